@@ -1,0 +1,33 @@
+"""User-facing errors: problems a user can fix, reported as one clear message."""
+
+
+class ExperimentError(Exception):
+    """Base for errors caused by input the user controls (config, data, environment).
+
+    The CLI prints these as a single line without a traceback and exits non-zero;
+    anything else is a bug and keeps its traceback.
+    """
+
+    exit_code = 2
+
+
+class ConfigValueError(ExperimentError):
+    """A config value is outside the range the run can use."""
+
+    def __init__(self, key: str, value, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"Invalid value for '{key}': {value!r}. Allowed: {allowed}.")
+
+
+class DataError(ExperimentError):
+    """A dataset is missing, empty or unreadable."""
+
+
+class TrackingError(ExperimentError):
+    """The MLflow tracking store cannot be reached or written."""
+
+
+class NonFiniteLossError(ExperimentError):
+    """Training diverged: the loss became NaN or infinite."""
+
+    exit_code = 3

@@ -1,0 +1,198 @@
+"""Everything MLflow: the store, the run, params, per-epoch metrics, the model.
+
+`Tracker` is the only MLflow-aware object the run uses; `NullTracker` stands in for it
+with `tracking=none`. A run is always closed with a final status (FINISHED, FAILED,
+KILLED): none is left RUNNING by an exception or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiment.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of a URL (scheme://user:password@host) anywhere in text."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def flatten(container: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to {'a.b.c': leaf}; lists stay whole leaves."""
+    if not isinstance(container, dict):
+        return {prefix: container}
+    flat: dict[str, Any] = {}
+    for key, value in container.items():
+        flat.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return flat
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """Every leaf of the resolved config as a string MLflow param, secrets redacted."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    resolved.pop("hydra", None)
+    return {key: redact(str(value)) for key, value in flatten(resolved).items()}
+
+
+def absolute_uri(uri: str) -> str:
+    """Make a relative sqlite path absolute (and its folder exist) so every process agrees."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(uri[len(prefix):]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(path)
+    if uri.startswith(prefix):
+        Path(uri[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class NullTracker:
+    """`tracking=none`: the same calls, recorded nowhere."""
+
+    run_id: str | None = None
+
+    def start(self, **_) -> None:
+        pass
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def finish(self, status: str) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "Tracking is off (tracking=none)."
+
+
+class Tracker:
+    """One MLflow run in one experiment of one store."""
+
+    def __init__(self, uri: str, artifact_root: str | None, experiment_name: str):
+        import mlflow
+
+        self.mlflow = mlflow
+        self.uri = absolute_uri(uri)
+        self.experiment_name = experiment_name
+        self.run_id: str | None = None
+        mlflow.set_tracking_uri(self.uri)
+        local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+        location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
+        try:
+            self.experiment_id = self._experiment_id(location)
+        except Exception as err:  # any failure here means the store is unusable
+            raise TrackingError(
+                f"Cannot use the MLflow tracking store {redact(self.uri)}: "
+                f"{type(err).__name__}: {redact(str(err)).splitlines()[0]}. "
+                "Check tracking.uri (start the server, or fix the path), or run with "
+                "tracking=none."
+            ) from None
+
+    def _experiment_id(self, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        client = self.mlflow.MlflowClient(self.uri)
+        found = client.get_experiment_by_name(self.experiment_name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(self.experiment_name, artifact_location)
+        except MlflowException:  # another process created it first
+            return client.get_experiment_by_name(self.experiment_name).experiment_id
+
+    def start(
+        self, *, run_name: str, params: dict[str, str], tags: dict[str, str],
+        texts: dict[str, str], parent_run_id: str | None = None,
+    ) -> None:
+        run = self.mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=run_name, tags=tags,
+            parent_run_id=parent_run_id,
+        )
+        self.run_id = run.info.run_id
+        self.mlflow.log_params(params)
+        for name, text in texts.items():
+            self.mlflow.log_text(text, name)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.mlflow.log_metrics(metrics, step=epoch)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.mlflow.log_metrics(metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """Log `model` (CPU copy, eval mode) with a signature and an input example.
+
+        Explicit pip requirements: inferring them imports and inspects the environment,
+        which costs several seconds per run.
+        """
+        from mlflow.models import infer_signature
+
+        cpu_model = copy.deepcopy(model).float().cpu().eval()
+        example_np = example.detach().float().cpu().contiguous().numpy()
+        with torch.no_grad():
+            output = cpu_model(torch.from_numpy(example_np)).numpy()
+        self.mlflow.pytorch.log_model(
+            cpu_model, name="model", signature=infer_signature(example_np, output),
+            input_example=example_np, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+    def finish(self, status: str) -> None:
+        if self.run_id is not None and self.mlflow.active_run() is not None:
+            self.mlflow.end_run(status)
+
+    def describe(self) -> str:
+        store = redact(self.uri)
+        ui = f"mlflow ui --backend-store-uri {store}" if store.startswith("sqlite") else store
+        return (
+            f"MLflow run {self.run_id} in experiment '{self.experiment_name}' at {store}. "
+            f"Open the UI with `make ui` (or `{ui}`)."
+        )
+
+
+def build_tracker(cfg: DictConfig) -> Tracker | NullTracker:
+    if not cfg.enabled:
+        return NullTracker()
+    return Tracker(cfg.uri, cfg.artifact_root, cfg.experiment_name)
+
+
+def example_batch(loader, size: int = 4) -> torch.Tensor:
+    """A few real, normalized inputs for the model signature and input example."""
+    images, _ = next(iter(loader))
+    return images[:size].float().contiguous(memory_format=torch.contiguous_format)
+
+
+__all__ = ["Tracker", "NullTracker", "build_tracker", "config_params", "redact", "np"]

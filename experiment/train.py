@@ -1,0 +1,136 @@
+"""The entry point: compose the config, build the run, train, evaluate, return the metric.
+
+    python -m experiment.train [group=option ...] [key=value ...]
+    python -m experiment.train -m hparams_search=optuna      # a sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from experiment.builders import (
+    build_model, build_optimizer, build_scheduler, is_convnet, scheduler_interval,
+)
+from experiment.checkpoint import BEST, load_checkpoint
+from experiment.data import build_data
+from experiment.engine import evaluate, fit
+from experiment.errors import ExperimentError
+from experiment.runtime import autocast_dtype, resolve_device, seed_everything
+from experiment.schema import register_configs, validate
+from experiment.tracking import build_tracker, config_params, example_batch, git_commit
+
+log = logging.getLogger("experiment")
+register_configs()
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
+    return f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _log_epoch(epochs: int):
+    def callback(epoch: int, m: dict[str, float]) -> None:
+        log.info(
+            f"epoch {epoch + 1}/{epochs}  train/loss {m['train/loss']:.4f}  "
+            f"train/acc {m['train/acc']:.4f}  val/loss {m['val/loss']:.4f}  "
+            f"val/acc {m['val/acc']:.4f}  lr {m['lr']:.2e}  {m['epoch_time_s']:.2f}s"
+        )
+    return callback
+
+
+def run(cfg: DictConfig, *, callbacks=(), tags: dict | None = None,
+        parent_run_id: str | None = None) -> float:
+    """Train and test one configuration; return the best value of cfg.optimized_metric."""
+    validate(cfg)  # value ranges, before any data is touched
+    trainer = cfg.trainer
+    device = resolve_device(trainer.device)
+    seed_everything(trainer.seed, trainer.deterministic)
+    amp_dtype = autocast_dtype(trainer.precision, device)
+    tracker = build_tracker(cfg.tracking)  # an unreachable store fails here, before training
+
+    data = build_data(cfg.dataset, device, seed=trainer.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
+    if device.type == "cuda" and is_convnet(model):
+        model = model.to(memory_format=torch.channels_last)
+        data.use_channels_last()
+    optimizer = build_optimizer(cfg.optimizer, model)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
+    train_model = torch.compile(model) if trainer.compile else model
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    tracker.start(
+        run_name=cfg.run_name or default_run_name(cfg),
+        params=config_params(cfg),
+        tags={"device": str(device), "git_commit": git_commit() or "none",
+              "torch": torch.__version__, **(tags or {})},
+        texts={"config.yaml": OmegaConf.to_yaml(resolved),
+               "overrides.yaml": OmegaConf.to_yaml(_overrides())},
+        parent_run_id=parent_run_id,
+    )
+    status = "FAILED"
+    try:
+        start = time.perf_counter()
+        result = fit(
+            model, data, optimizer, scheduler, epochs=trainer.epochs, device=device,
+            checkpoint_dir=Path(trainer.checkpoint_dir), monitor=cfg.optimized_metric,
+            maximize=cfg.optimized_direction.value == "maximize",
+            scheduler_interval=scheduler_interval(cfg.scheduler),
+            scheduler_monitor=cfg.scheduler.get("monitor", "val/loss"), amp_dtype=amp_dtype,
+            label_smoothing=trainer.label_smoothing, grad_clip=trainer.grad_clip,
+            patience=trainer.early_stopping_patience,
+            min_delta=trainer.early_stopping_min_delta,
+            callbacks=(_log_epoch(trainer.epochs), tracker.log_epoch, *callbacks),
+            config=resolved, train_model=train_model,
+        )
+        train_seconds = time.perf_counter() - start
+        # The test split is evaluated once, with the weights that were best on validation.
+        model.load_state_dict(load_checkpoint(Path(trainer.checkpoint_dir) / BEST)["model"])
+        test = evaluate(model, data.test, device=device, amp_dtype=amp_dtype)
+        summary = {"test/loss": test["loss"], "test/acc": test["acc"],
+                   "best/epoch": result.best_epoch, "best/value": result.best_value,
+                   "train_time_s": train_seconds, "epochs_run": result.epochs_run}
+        tracker.log_metrics(summary)
+        if cfg.tracking.log_model:
+            tracker.log_model(model, example_batch(data.val))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(status)
+    log.info(
+        f"best {cfg.optimized_metric} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
+        f"test/acc {test['acc']:.4f}; trained {train_seconds:.1f}s over {result.epochs_run} "
+        f"epochs{' (early stop)' if result.stopped_early else ''}. "
+        f"Checkpoints: {trainer.checkpoint_dir}"
+    )
+    log.info(tracker.describe())
+    return float(result.best_value)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except ExperimentError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error(f"{type(err).__name__}: {err}")
+        raise SystemExit(err.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()
