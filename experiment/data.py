@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
+from experiment.errors import ExperimentError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -28,8 +30,16 @@ class BatchTransform:
     """uint8 N x C x H x W on the device -> normalized float, optionally augmented."""
 
     def __init__(
-        self, mean, std, device: torch.device, *, augment: bool = False, crop_padding: int = 0,
-        hflip: bool = False, channels_last: bool = False, generator: torch.Generator | None = None,
+        self,
+        mean,
+        std,
+        device: torch.device,
+        *,
+        augment: bool = False,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        channels_last: bool = False,
+        generator: torch.Generator | None = None,
     ):
         # Folding /255 into the affine map makes normalization one multiply-add.
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -71,8 +81,14 @@ class DeviceLoader:
     """Batches sliced from uint8 tensors that already live on the training device."""
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-        transform: BatchTransform, *, shuffle: bool, generator: torch.Generator | None = None,
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        transform: BatchTransform,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.transform, self.shuffle, self.generator = transform, shuffle, generator
@@ -128,13 +144,23 @@ def build_data(
     cfg: DictConfig, device: torch.device, *, seed: int = 0, channels_last: bool = False
 ) -> DataBundle:
     """Load `cfg` (a `dataset` node) and wrap its splits in loaders for `device`."""
-    source = instantiate(cfg.source)
+    try:
+        source = instantiate(cfg.source)
+    except InstantiationException as err:  # unwrap our own message from Hydra's wrapper
+        if isinstance(err.__cause__, ExperimentError):
+            raise err.__cause__ from None
+        raise
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
         return BatchTransform(
-            cfg.mean, cfg.std, device, augment=train and cfg.augment,
-            crop_padding=cfg.crop_padding, hflip=cfg.hflip, channels_last=channels_last,
+            cfg.mean,
+            cfg.std,
+            device,
+            augment=train and cfg.augment,
+            crop_padding=cfg.crop_padding,
+            hflip=cfg.hflip,
+            channels_last=channels_last,
             generator=generator,
         )
 
@@ -153,8 +179,9 @@ def _device_bundle(cfg, source: ImageTensors, device, transform, generator) -> D
     }
     on_device = {k: (x.to(device), y.to(device)) for k, (x, y) in on_device.items()}
     return DataBundle(
-        train=DeviceLoader(*on_device["train"], cfg.batch_size, transform(True),
-                           shuffle=True, generator=generator),
+        train=DeviceLoader(
+            *on_device["train"], cfg.batch_size, transform(True), shuffle=True, generator=generator
+        ),
         val=DeviceLoader(*on_device["val"], cfg.eval_batch_size, transform(False), shuffle=False),
         test=DeviceLoader(*on_device["test"], cfg.eval_batch_size, transform(False), shuffle=False),
         input_shape=tuple(source.train_images.shape[1:]),

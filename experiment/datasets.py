@@ -57,14 +57,23 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> ImageTensors:
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     train_idx, test_idx = seeded_split(len(labels), test_fraction, seed)
     return ImageTensors(
-        images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
+        images[train_idx],
+        labels[train_idx],
+        images[test_idx],
+        labels[test_idx],
         [str(c) for c in bunch.target_names],
     )
 
 
 def synthetic(
-    num_train: int, num_test: int, channels: int, height: int, width: int,
-    num_classes: int, noise: float = 0.5, seed: int = 0,
+    num_train: int,
+    num_test: int,
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+    noise: float = 0.5,
+    seed: int = 0,
 ) -> ImageTensors:
     """Class-conditional random images: one random prototype per class plus noise.
 
@@ -154,7 +163,8 @@ def _check_folder(split_dir: Path) -> None:
     if not classes:
         raise DataError(f"No class folders in {split_dir}. Expected one folder per class: {layout}")
     empty = [
-        c.name for c in classes
+        c.name
+        for c in classes
         if not any(f.suffix.lower() in IMG_EXTENSIONS for f in c.rglob("*") if f.is_file())
     ]
     if len(empty) == len(classes):
@@ -189,11 +199,13 @@ def image_folder(
     for split_dir in split_dirs.values():
         _check_folder(split_dir)
 
-    to_uint8 = transforms.Compose([
-        _Convert("L" if channels == 1 else "RGB"),
-        transforms.Resize((image_size, image_size)),
-        transforms.PILToTensor(),
-    ])
+    to_uint8 = transforms.Compose(
+        [
+            _Convert("L" if channels == 1 else "RGB"),
+            transforms.Resize((image_size, image_size)),
+            transforms.PILToTensor(),
+        ]
+    )
     folders = {
         name: ImageFolder(str(d), transform=to_uint8, loader=_load_image)
         for name, d in split_dirs.items()
@@ -208,9 +220,12 @@ def image_folder(
     test = folders.get("test")
     if test is None:
         keep, held = seeded_split(len(train), test_fraction, seed)
-        train, test = Subset(folders["train"], keep.tolist()), Subset(folders["train"], held.tolist())
+        train, test = Subset(train, keep.tolist()), Subset(train, held.tolist())
     return FolderSplits(
-        train, folders.get("val"), test, list(folders["train"].classes),
+        train,
+        folders.get("val"),
+        test,
+        list(folders["train"].classes),
         (channels, image_size, image_size),
     )
 

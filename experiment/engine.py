@@ -24,8 +24,15 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 def train_one_epoch(
-    model: nn.Module, loader, optimizer, *, device, amp_dtype=None, label_smoothing=0.0,
-    grad_clip=None, step_scheduler=None,
+    model: nn.Module,
+    loader,
+    optimizer,
+    *,
+    device,
+    amp_dtype=None,
+    label_smoothing=0.0,
+    grad_clip=None,
+    step_scheduler=None,
 ) -> dict[str, float]:
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -73,11 +80,25 @@ class FitResult:
 
 
 def fit(
-    model: nn.Module, data, optimizer, scheduler, *, epochs: int, device, checkpoint_dir: Path,
-    monitor: str = "val/acc", maximize: bool = True, scheduler_interval: str = "epoch",
-    scheduler_monitor: str = "val/loss", amp_dtype=None, label_smoothing: float = 0.0,
-    grad_clip: float | None = None, patience: int | None = None, min_delta: float = 0.0,
-    callbacks: tuple[EpochCallback, ...] = (), config: dict | None = None,
+    model: nn.Module,
+    data,
+    optimizer,
+    scheduler,
+    *,
+    epochs: int,
+    device,
+    checkpoint_dir: Path,
+    monitor: str = "val/acc",
+    maximize: bool = True,
+    scheduler_interval: str = "epoch",
+    scheduler_monitor: str = "val/loss",
+    amp_dtype=None,
+    label_smoothing: float = 0.0,
+    grad_clip: float | None = None,
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    callbacks: tuple[EpochCallback, ...] = (),
+    config: dict | None = None,
     train_model: nn.Module | None = None,
 ) -> FitResult:
     """Train for `epochs`, keeping `last.pt` and `best.pt` (by `monitor`) in checkpoint_dir.
@@ -93,8 +114,14 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train = train_one_epoch(
-            train_model, data.train, optimizer, device=device, amp_dtype=amp_dtype,
-            label_smoothing=label_smoothing, grad_clip=grad_clip, step_scheduler=step_scheduler,
+            train_model,
+            data.train,
+            optimizer,
+            device=device,
+            amp_dtype=amp_dtype,
+            label_smoothing=label_smoothing,
+            grad_clip=grad_clip,
+            step_scheduler=step_scheduler,
         )
         train_time = time.perf_counter() - start
         if not math.isfinite(train["loss"]):
@@ -104,8 +131,11 @@ def fit(
             )
         val = evaluate(train_model, data.val, device=device, amp_dtype=amp_dtype)
         metrics = {
-            "train/loss": train["loss"], "train/acc": train["acc"],
-            "val/loss": val["loss"], "val/acc": val["acc"], "lr": lr,
+            "train/loss": train["loss"],
+            "train/acc": train["acc"],
+            "val/loss": val["loss"],
+            "val/acc": val["acc"],
+            "lr": lr,
             "epoch_time_s": time.perf_counter() - start,
             "samples_per_s": train["samples"] / train_time,
         }
@@ -118,9 +148,12 @@ def fit(
 
         improved = sign * (metrics[monitor] - best_value) > min_delta or best_epoch < 0
         state = dict(
-            model=model.state_dict(), optimizer=optimizer.state_dict(),
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,
-            epoch=epoch, metrics=metrics, config=config or {},
+            epoch=epoch,
+            metrics=metrics,
+            config=config or {},
         )
         save_checkpoint(checkpoint_dir / LAST, **state)
         if improved:

@@ -11,7 +11,11 @@ class ExperimentError(Exception):
     exit_code = 2
 
 
-class ConfigValueError(ExperimentError):
+class ConfigError(ExperimentError):
+    """The composed config cannot be run as it is."""
+
+
+class ConfigValueError(ConfigError):
     """A config value is outside the range the run can use."""
 
     def __init__(self, key: str, value, allowed: str):

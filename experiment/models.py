@@ -32,8 +32,14 @@ def init_weights(module: nn.Module, scheme: str = "default", std: float = 0.02) 
 
 class MLP(nn.Module):
     def __init__(
-        self, input_shape, num_classes: int, hidden_sizes=(512, 256), dropout: float = 0.0,
-        batch_norm: bool = False, init: str = "default", init_std: float = 0.02,
+        self,
+        input_shape,
+        num_classes: int,
+        hidden_sizes=(512, 256),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        init: str = "default",
+        init_std: float = 0.02,
     ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -59,16 +65,30 @@ class CNN(nn.Module):
     """
 
     def __init__(
-        self, input_shape, num_classes: int, channels=(32, 64), kernel_size: int = 3,
-        hidden_size: int = 128, dropout: float = 0.0, batch_norm: bool = False,
-        init: str = "default", init_std: float = 0.02,
+        self,
+        input_shape,
+        num_classes: int,
+        channels=(32, 64),
+        kernel_size: int = 3,
+        hidden_size: int = 128,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        init: str = "default",
+        init_std: float = 0.02,
     ):
         super().__init__()
         in_channels, height, width = input_shape
         layers: list[nn.Module] = []
         for out_channels in channels:
-            layers.append(nn.Conv2d(in_channels, out_channels, kernel_size,
-                                    padding=kernel_size // 2, bias=not batch_norm))
+            layers.append(
+                nn.Conv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size,
+                    padding=kernel_size // 2,
+                    bias=not batch_norm,
+                )
+            )
             layers += [nn.BatchNorm2d(out_channels)] if batch_norm else []
             layers.append(nn.ReLU(inplace=True))
             if min(height, width) >= 2:
@@ -94,8 +114,12 @@ class ResNet18(nn.Module):
     """torchvision's ResNet-18 (untrained), with a small-image stem below 64 px."""
 
     def __init__(
-        self, input_shape, num_classes: int, dropout: float = 0.0,
-        init: str = "default", init_std: float = 0.02,
+        self,
+        input_shape,
+        num_classes: int,
+        dropout: float = 0.0,
+        init: str = "default",
+        init_std: float = 0.02,
     ):
         super().__init__()
         from torchvision.models import resnet18

@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from experiment.errors import ConfigValueError
+from experiment.errors import ConfigError, ConfigValueError
 
 
 class Device(Enum):
@@ -308,26 +308,26 @@ class TrackingConf:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {
-        "digits_schema": DigitsDatasetConf,
-        "torchvision_schema": TorchvisionDatasetConf,
-        "synthetic_schema": SyntheticDatasetConf,
-        "image_folder_schema": ImageFolderDatasetConf,
+        "digits": DigitsDatasetConf,
+        "torchvision": TorchvisionDatasetConf,
+        "synthetic": SyntheticDatasetConf,
+        "image_folder": ImageFolderDatasetConf,
     },
-    "model": {"mlp_schema": MLPConf, "cnn_schema": CNNConf, "resnet18_schema": ResNet18Conf},
+    "model": {"mlp": MLPConf, "cnn": CNNConf, "resnet18": ResNet18Conf},
     "optimizer": {
-        "adam_schema": AdamConf,
-        "adamw_schema": AdamWConf,
-        "sgd_schema": SGDConf,
-        "rmsprop_schema": RMSpropConf,
+        "adam": AdamConf,
+        "adamw": AdamWConf,
+        "sgd": SGDConf,
+        "rmsprop": RMSpropConf,
     },
     "scheduler": {
-        "constant_schema": ConstantConf,
-        "step_schema": StepConf,
-        "cosine_schema": CosineConf,
-        "plateau_schema": PlateauConf,
-        "onecycle_schema": OneCycleConf,
+        "constant": ConstantConf,
+        "step": StepConf,
+        "cosine": CosineConf,
+        "plateau": PlateauConf,
+        "onecycle": OneCycleConf,
     },
-    "tracking": {"tracking_schema": TrackingConf},
+    "tracking": {"tracking": TrackingConf},
 }
 
 
@@ -337,7 +337,8 @@ def register_configs() -> None:
     store.store(name="config_schema", node=Config)
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
-            store.store(group=group, name=name, node=node)
+            # Under schema/<group>, not <group>, so `model=...` lists only real options.
+            store.store(group=f"schema/{group}", name=name, node=node)
 
 
 # --------------------------------------------------------------------------- value checks
@@ -409,7 +410,13 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigValueError for the first value outside its allowed range."""
+    """Raise ConfigValueError for a missing value or the first value out of range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"Missing value for '{missing[0]}': it has no default. "
+            f"Set it on the command line: {missing[0]}=<value>"
+        )
     for key, check, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:  # absent in this composition, or an allowed null
@@ -421,6 +428,8 @@ def validate(cfg: DictConfig) -> None:
     metric = cfg.optimized_metric
     if not metric.startswith("val/"):
         raise ConfigValueError(
-            "optimized_metric", metric, "a validation metric such as 'val/acc' or 'val/loss' "
-            "(the test split is never used for selection)"
+            "optimized_metric",
+            metric,
+            "a validation metric such as 'val/acc' or 'val/loss' "
+            "(the test split is never used for selection)",
         )

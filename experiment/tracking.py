@@ -36,7 +36,8 @@ def flatten(container: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: container}
     flat: dict[str, Any] = {}
     for key, value in container.items():
-        flat.update(flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+        nested = isinstance(value, dict)
+        flat.update(flatten(value, f"{prefix}{key}." if nested else f"{prefix}{key}"))
     return flat
 
 
@@ -51,11 +52,11 @@ def absolute_uri(uri: str) -> str:
     """Make a relative sqlite path absolute (and its folder exist) so every process agrees."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri[len(prefix):]).resolve()
+        path = Path(uri[len(prefix) :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     if uri.startswith(prefix):
-        Path(uri[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -132,11 +133,18 @@ class Tracker:
             return client.get_experiment_by_name(self.experiment_name).experiment_id
 
     def start(
-        self, *, run_name: str, params: dict[str, str], tags: dict[str, str],
-        texts: dict[str, str], parent_run_id: str | None = None,
+        self,
+        *,
+        run_name: str,
+        params: dict[str, str],
+        tags: dict[str, str],
+        texts: dict[str, str],
+        parent_run_id: str | None = None,
     ) -> None:
         run = self.mlflow.start_run(
-            experiment_id=self.experiment_id, run_name=run_name, tags=tags,
+            experiment_id=self.experiment_id,
+            run_name=run_name,
+            tags=tags,
             parent_run_id=parent_run_id,
         )
         self.run_id = run.info.run_id
@@ -161,13 +169,17 @@ class Tracker:
         """
         from mlflow.models import infer_signature
 
+        torch_version = torch.__version__.split("+")[0]  # no local tag such as +cu130
         cpu_model = copy.deepcopy(model).float().cpu().eval()
         example_np = example.detach().float().cpu().contiguous().numpy()
         with torch.no_grad():
             output = cpu_model(torch.from_numpy(example_np)).numpy()
         self.mlflow.pytorch.log_model(
-            cpu_model, name="model", signature=infer_signature(example_np, output),
-            input_example=example_np, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            cpu_model,
+            name="model",
+            signature=infer_signature(example_np, output),
+            input_example=example_np,
+            pip_requirements=[f"torch=={torch_version}"],
         )
 
     def finish(self, status: str) -> None:

@@ -1,7 +1,7 @@
 """The entry point: compose the config, build the run, train, evaluate, return the metric.
 
-    python -m experiment.train [group=option ...] [key=value ...]
-    python -m experiment.train -m hparams_search=optuna      # a sweep
+python -m experiment.train [group=option ...] [key=value ...]
+python -m experiment.train -m hparams_search=optuna      # a sweep
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiment.builders import (
-    build_model, build_optimizer, build_scheduler, is_convnet, scheduler_interval,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    is_convnet,
+    scheduler_interval,
 )
 from experiment.checkpoint import BEST, load_checkpoint
 from experiment.data import build_data
@@ -48,11 +52,13 @@ def _log_epoch(epochs: int):
             f"train/acc {m['train/acc']:.4f}  val/loss {m['val/loss']:.4f}  "
             f"val/acc {m['val/acc']:.4f}  lr {m['lr']:.2e}  {m['epoch_time_s']:.2f}s"
         )
+
     return callback
 
 
-def run(cfg: DictConfig, *, callbacks=(), tags: dict | None = None,
-        parent_run_id: str | None = None) -> float:
+def run(
+    cfg: DictConfig, *, callbacks=(), tags: dict | None = None, parent_run_id: str | None = None
+) -> float:
     """Train and test one configuration; return the best value of cfg.optimized_metric."""
     validate(cfg)  # value ranges, before any data is touched
     trainer = cfg.trainer
@@ -74,34 +80,54 @@ def run(cfg: DictConfig, *, callbacks=(), tags: dict | None = None,
     tracker.start(
         run_name=cfg.run_name or default_run_name(cfg),
         params=config_params(cfg),
-        tags={"device": str(device), "git_commit": git_commit() or "none",
-              "torch": torch.__version__, **(tags or {})},
-        texts={"config.yaml": OmegaConf.to_yaml(resolved),
-               "overrides.yaml": OmegaConf.to_yaml(_overrides())},
+        tags={
+            "device": str(device),
+            "git_commit": git_commit() or "none",
+            "torch": torch.__version__,
+            **(tags or {}),
+        },
+        texts={
+            "config.yaml": OmegaConf.to_yaml(resolved),
+            "overrides.yaml": OmegaConf.to_yaml(_overrides()),
+        },
         parent_run_id=parent_run_id,
     )
     status = "FAILED"
     try:
         start = time.perf_counter()
         result = fit(
-            model, data, optimizer, scheduler, epochs=trainer.epochs, device=device,
-            checkpoint_dir=Path(trainer.checkpoint_dir), monitor=cfg.optimized_metric,
+            model,
+            data,
+            optimizer,
+            scheduler,
+            epochs=trainer.epochs,
+            device=device,
+            checkpoint_dir=Path(trainer.checkpoint_dir),
+            monitor=cfg.optimized_metric,
             maximize=cfg.optimized_direction.value == "maximize",
             scheduler_interval=scheduler_interval(cfg.scheduler),
-            scheduler_monitor=cfg.scheduler.get("monitor", "val/loss"), amp_dtype=amp_dtype,
-            label_smoothing=trainer.label_smoothing, grad_clip=trainer.grad_clip,
+            scheduler_monitor=cfg.scheduler.get("monitor", "val/loss"),
+            amp_dtype=amp_dtype,
+            label_smoothing=trainer.label_smoothing,
+            grad_clip=trainer.grad_clip,
             patience=trainer.early_stopping_patience,
             min_delta=trainer.early_stopping_min_delta,
             callbacks=(_log_epoch(trainer.epochs), tracker.log_epoch, *callbacks),
-            config=resolved, train_model=train_model,
+            config=resolved,
+            train_model=train_model,
         )
         train_seconds = time.perf_counter() - start
         # The test split is evaluated once, with the weights that were best on validation.
         model.load_state_dict(load_checkpoint(Path(trainer.checkpoint_dir) / BEST)["model"])
         test = evaluate(model, data.test, device=device, amp_dtype=amp_dtype)
-        summary = {"test/loss": test["loss"], "test/acc": test["acc"],
-                   "best/epoch": result.best_epoch, "best/value": result.best_value,
-                   "train_time_s": train_seconds, "epochs_run": result.epochs_run}
+        summary = {
+            "test/loss": test["loss"],
+            "test/acc": test["acc"],
+            "best/epoch": result.best_epoch,
+            "best/value": result.best_value,
+            "train_time_s": train_seconds,
+            "epochs_run": result.epochs_run,
+        }
         tracker.log_metrics(summary)
         if cfg.tracking.log_model:
             tracker.log_model(model, example_batch(data.val))
