@@ -147,7 +147,11 @@ def run(
     return float(result.best_value)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path, so the console script finds conf/ as `python -m` does.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)

@@ -1,0 +1,124 @@
+"""The command line as users run it: real Hydra processes, real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import FAST, all_runs, output, run_cli, sqlite_uri, store_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run_cli(
+        [
+            "--cfg",
+            "job",
+            "model=mlp",
+            "optimizer=sgd",
+            "optimizer.lr=0.05",
+            "scheduler=step",
+            "regularization=strong",
+            "dataset.batch_size=32",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    text = proc.stdout
+    assert "_target_: experiment.models.MLP" in text
+    assert "_target_: torch.optim.SGD" in text and "lr: 0.05" in text
+    assert "batch_size: 32" in text and "StepLR" in text
+
+
+def test_console_script_matches_module(tmp_path):
+    script = shutil.which("experiment-train", path=os.path.dirname(sys.executable))
+    assert script, "the experiment-train console script is installed with the package"
+    proc = subprocess.run(
+        [script, "--cfg", "job", "model=resnet18"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, output(proc)
+    assert "experiment.models.ResNet18" in proc.stdout
+
+
+def test_single_run_with_overrides(tmp_path):
+    proc = run_cli(
+        [
+            *FAST,
+            "model=mlp",
+            "optimizer=sgd",
+            "optimizer.lr=0.05",
+            "scheduler=step",
+            "regularization=strong",
+            "dataset.batch_size=32",
+            "trainer.seed=1",
+            *store_overrides(tmp_path),
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    assert "MLflow run" in output(proc) and "make ui" in output(proc)
+    (finished,) = all_runs(sqlite_uri(tmp_path))
+    assert finished.info.status == "FINISHED"
+    assert finished.data.params["regularization.label_smoothing"] == "0.1"
+    assert finished.data.params["dataset.batch_size"] == "32"
+    assert (
+        "- trainer.seed=1"
+        in (tmp_path / "mlruns")
+        .joinpath("artifacts")
+        .rglob("overrides.yaml")
+        .__next__()
+        .read_text()
+    )
+
+
+def test_multirun_over_two_overrides(tmp_path):
+    overrides = [o for o in store_overrides(tmp_path) if "checkpoint_dir" not in o]
+    proc = run_cli(
+        ["-m", *FAST, "model=mlp,cnn", "trainer.seed=0,1", *overrides, "tracking.log_model=false"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    runs = all_runs(sqlite_uri(tmp_path))
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    combos = {(r.data.params["model._target_"], r.data.params["trainer.seed"]) for r in runs}
+    assert len(combos) == 4
+    # Each job kept its own checkpoints in its own Hydra output directory.
+    assert len(list((tmp_path / "multirun").rglob("best.pt"))) == 4
+
+
+def test_ctrl_c_marks_the_run_killed(tmp_path):
+    args = [
+        *FAST,
+        "trainer.epochs=200",
+        "regularization.early_stopping.patience=null",
+        *store_overrides(tmp_path),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiment.train", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until training is under way
+        if "epoch 2/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    (killed,) = all_runs(sqlite_uri(tmp_path))
+    assert killed.info.status == "KILLED"

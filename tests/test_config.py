@@ -1,0 +1,102 @@
+"""Every option of every config group composes, validates and instantiates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from experiment.builders import build_model, build_optimizer, build_scheduler
+from experiment.schema import validate
+from tests.conftest import CONF, compose_config
+
+GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert options("dataset") == sorted(
+        ["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "synthetic"]
+    )
+    assert options("model") == ["cnn", "mlp", "resnet18"]
+    assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
+    assert options("regularization") == ["default", "none", "strong"]
+    assert options("tracking") == ["mlflow", "none"]
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in GROUPS for o in options(g) if (g, o) != ("dataset", "image_folder")],
+)
+def test_option_composes_and_validates(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    validate(cfg)
+    # Every interpolation resolves.
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_image_folder_needs_a_path():
+    cfg = compose_config(["dataset=image_folder", "dataset.source.path=/some/images"])
+    validate(cfg)
+    assert cfg.dataset.source.path == "/some/images"
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_models_take_their_shape_from_the_data(model, shape):
+    cfg = compose_config([f"model={model}"])
+    net = build_model(cfg.model, shape, num_classes=7)
+    net.eval()
+    assert net(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("init", ["default", "kaiming", "xavier", "normal"])
+def test_weight_init_schemes(init):
+    cfg = compose_config(["model=cnn", f"model.init={init}", "model.init_std=0.5"])
+    net = build_model(cfg.model, (1, 8, 8), num_classes=3)
+    weight = net.features[0].weight
+    assert torch.isfinite(weight).all()
+    if init == "normal":
+        assert 0.3 < weight.std().item() < 0.7
+
+
+def test_dropout_and_weight_decay_come_from_regularization():
+    cfg = compose_config(["regularization.dropout=0.3", "regularization.weight_decay=0.01"])
+    assert cfg.model.dropout == 0.3
+    assert cfg.optimizer.weight_decay == 0.01
+    net = build_model(cfg.model, (1, 8, 8), 10)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in net.modules())
+    assert build_optimizer(cfg.optimizer, net).param_groups[0]["weight_decay"] == 0.01
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_instantiate_and_step(optimizer, scheduler):
+    cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}", "optimizer.lr=0.01"])
+    net = build_model(cfg.model, (1, 8, 8), 10)
+    opt = build_optimizer(cfg.optimizer, net)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=5)
+    net(torch.zeros(2, 1, 8, 8)).sum().backward()
+    opt.step()
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        sched.step(1.0)
+    else:
+        sched.step()
+    assert opt.param_groups[0]["lr"] > 0
+
+
+def test_swept_keys_and_objective_exist():
+    cfg = compose_config([])
+    for key in [
+        "optimizer.lr",
+        "dataset.batch_size",
+        "regularization.dropout",
+        "regularization.weight_decay",
+    ]:
+        assert OmegaConf.select(cfg, key) is not None, key
+    assert cfg.optimized_metric == "val/acc"

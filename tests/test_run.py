@@ -1,0 +1,130 @@
+"""Real runs, in process, tracked to a real SQLite MLflow store under tmp_path."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from experiment.builders import build_model
+from experiment.checkpoint import BEST, LAST, load_checkpoint
+from experiment.train import run
+from tests.conftest import FAST, all_runs, compose_config, sqlite_uri, store_overrides
+
+EPOCH_METRICS = [
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "lr",
+    "epoch_time_s",
+    "samples_per_s",
+]
+
+
+def _run(tmp_path, overrides):
+    cfg = compose_config([*overrides, *store_overrides(tmp_path)])
+    value = run(cfg)
+    (finished,) = all_runs(sqlite_uri(tmp_path))
+    return cfg, value, finished
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(["trainer.epochs=3"], id="digits-cnn"),
+        pytest.param(
+            [*FAST, "model=mlp", "optimizer=sgd", "scheduler=onecycle"], id="synthetic-mlp"
+        ),
+    ],
+)
+def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
+    cfg, value, finished = _run(tmp_path, overrides)
+    client = MlflowClient(sqlite_uri(tmp_path))
+    assert finished.info.status == "FINISHED"
+
+    # Every leaf of the resolved config is a param, by its dotted key.
+    params = finished.data.params
+    assert params["optimizer.lr"] == str(cfg.optimizer.lr)
+    assert params["dataset.batch_size"] == str(cfg.dataset.batch_size)
+    assert params["regularization.dropout"] == str(cfg.regularization.dropout)
+    assert params["trainer.epochs"] == str(cfg.trainer.epochs)
+    assert params["dataset.source._target_"] == cfg.dataset.source._target_
+
+    # One value per epoch for each per-epoch metric, then the test metrics.
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(finished.info.run_id, name)
+        assert [m.step for m in history] == list(range(cfg.trainer.epochs)), name
+    val_acc = [m.value for m in client.get_metric_history(finished.info.run_id, "val/acc")]
+    assert value == pytest.approx(max(val_acc))
+    metrics = finished.data.metrics
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/loss"])
+    assert value > 1.5 / 10  # learned something beyond chance
+
+    # Config and overrides are artifacts; tags name the device.
+    artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
+    assert {"config.yaml", "overrides.yaml"} <= artifacts
+    assert finished.data.tags["device"] == "cpu"
+
+    # The logged model loads back and predicts what the best checkpoint predicts.
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[finished.info.experiment_id], output_format="list"
+    )
+    loaded = mlflow.pytorch.load_model(logged.model_uri)
+    example = np.asarray(mlflow.models.Model.load(logged.model_uri).load_input_example())
+    net = build_model(cfg.model, example.shape[1:], cfg.dataset.source.get("num_classes", 10))
+    net.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / BEST)["model"])
+    net.eval()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(example)).numpy()
+        got = loaded(torch.from_numpy(example))
+    got = got.numpy() if hasattr(got, "numpy") else np.asarray(got)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoints_hold_the_full_training_state(tmp_path):
+    cfg, _, _ = _run(tmp_path, [*FAST, "tracking.log_model=false"])
+    last = load_checkpoint(tmp_path / "checkpoints" / LAST)  # weights_only=True inside
+    assert set(last) >= {"model", "optimizer", "scheduler", "epoch", "config", "metrics"}
+    assert last["epoch"] == cfg.trainer.epochs - 1
+    assert last["config"]["optimizer"]["lr"] == cfg.optimizer.lr
+    assert "state" in last["optimizer"] and last["scheduler"]["last_epoch"] == cfg.trainer.epochs
+
+
+def test_early_stopping_stops_on_the_validation_metric(tmp_path):
+    # lr so small nothing improves: patience 1 must stop after the second epoch.
+    cfg, _, finished = _run(
+        tmp_path,
+        [
+            *FAST,
+            "trainer.epochs=10",
+            "regularization.early_stopping.patience=1",
+            "regularization.early_stopping.min_delta=0.5",
+            "tracking.log_model=false",
+        ],
+    )
+    assert finished.data.metrics["epochs_run"] == 2
+
+
+def test_tracking_none_records_nothing(tmp_path):
+    cfg = compose_config([*FAST, "tracking=none", f"trainer.checkpoint_dir={tmp_path / 'ck'}"])
+    assert 0 <= run(cfg) <= 1
+    assert not (tmp_path / "mlruns").exists()
+    assert (tmp_path / "ck" / BEST).exists()
+
+
+def test_nan_loss_fails_the_run_and_keeps_what_was_logged(tmp_path):
+    from experiment.errors import NonFiniteLossError
+
+    cfg = compose_config(
+        [*FAST, "optimizer=sgd", "optimizer.lr=1e30", "scheduler=none", *store_overrides(tmp_path)]
+    )
+    with pytest.raises(NonFiniteLossError, match="optimizer.lr"):
+        run(cfg)
+    (failed,) = all_runs(sqlite_uri(tmp_path))
+    assert failed.info.status == "FAILED"
+    assert failed.data.params["optimizer.lr"] == "1e+30"
