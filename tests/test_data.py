@@ -1,0 +1,139 @@
+"""The device-side data path: every sample once per epoch, labels stay aligned, and
+precision auto on CPU is exactly fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiment.data import BatchTransform, DeviceLoader, random_crop, random_hflip
+from experiment.engine import evaluate, train_one_epoch
+from experiment.models import CNN
+from experiment.runtime import autocast_dtype
+
+CPU = torch.device("cpu")
+
+
+def identity_transform():
+    return BatchTransform([0.0], [1.0 / 255.0], CPU)  # float of the raw uint8 values
+
+
+def test_device_loader_yields_every_sample_once_per_epoch():
+    n = 103  # not a multiple of the batch size
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1)
+    labels = torch.arange(n)
+    loader = DeviceLoader(
+        images,
+        labels,
+        10,
+        identity_transform(),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    epochs = [torch.cat([y for _, y in loader]) for _ in range(2)]
+    for seen in epochs:
+        assert sorted(seen.tolist()) == list(range(n))
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled each epoch
+    assert len(loader) == 11
+
+
+def test_batches_keep_images_and_labels_aligned():
+    n = 50
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    loader = DeviceLoader(images, torch.arange(n), 8, identity_transform(), shuffle=True)
+    for x, y in loader:
+        assert torch.equal(x[:, 0, 0, 0].long(), y)
+
+
+def test_normalization_matches_the_formula():
+    images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 0.2]
+    out = BatchTransform(mean, std, CPU)(images)
+    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+        std
+    ).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_random_crop_shifts_each_sample_within_the_padding():
+    # Each sample is a ramp; a crop is the same ramp shifted by at most `padding` pixels.
+    n, size, pad = 64, 8, 2
+    ramp = (
+        torch.arange(1, size + 1, dtype=torch.float32).view(1, 1, 1, size).expand(n, 1, size, size)
+    )
+    out = random_crop(ramp.clone(), pad, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape
+    shifts = set()
+    for sample in out:
+        row = sample[0, size // 2]
+        inside = row[row > 0]
+        shift = int(inside[0].item()) - 1 - int((row > 0).nonzero()[0].item())
+        assert abs(shift) <= pad
+        shifts.add(shift)
+    assert len(shifts) > 1  # per-sample offsets, not one for the batch
+
+
+def test_hflip_flips_some_samples_and_keeps_the_others():
+    x = torch.randn(200, 1, 3, 5)
+    out = random_hflip(x, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.equal(o, s.flip(2)) for o, s in zip(out, x, strict=True)])
+    kept = torch.tensor([torch.equal(o, s) for o, s in zip(out, x, strict=True)])
+    assert (flipped | kept).all() and 50 < flipped.sum() < 150
+
+
+def test_augmented_loader_keeps_label_alignment():
+    # Label k's images are constant k: any crop/flip of them is still constant k
+    # (padding is the normalized zero), so a misaligned label would show.
+    n = 40
+    images = (
+        torch.arange(1, n + 1, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 6, 6).contiguous()
+    )
+    transform = BatchTransform([0.0], [1.0 / 255.0], CPU, augment=True, crop_padding=2, hflip=True)
+    for x, y in DeviceLoader(images, torch.arange(1, n + 1), 7, transform, shuffle=True):
+        assert x.shape[1:] == (1, 6, 6)
+        assert torch.equal(x.amax(dim=(1, 2, 3)).long(), y)
+
+
+def test_precision_auto_on_cpu_equals_fp32():
+    assert autocast_dtype("auto", CPU) is None
+
+    def train(precision):
+        torch.manual_seed(0)
+        model = CNN((1, 8, 8), 10, channels=[4, 8], hidden_size=16)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=gen)
+        loader = DeviceLoader(
+            images,
+            torch.randint(0, 10, (64,), generator=gen),
+            16,
+            BatchTransform([0.5], [0.25], CPU),
+            shuffle=False,
+        )
+        dtype = autocast_dtype(precision, CPU)
+        train_one_epoch(model, loader, opt, device=CPU, amp_dtype=dtype)
+        return evaluate(model, loader, device=CPU, amp_dtype=dtype), model.state_dict()
+
+    (auto_metrics, auto_state), (fp32_metrics, fp32_state) = train("auto"), train("fp32")
+    assert auto_metrics == fp32_metrics
+    for key in fp32_state:
+        assert torch.equal(auto_state[key], fp32_state[key]), key
+
+
+@pytest.mark.gpu
+def test_cuda_path_runs_in_bf16_with_data_on_the_device():
+    device = torch.device("cuda")
+    images = torch.randint(0, 256, (256, 1, 8, 8), dtype=torch.uint8, device=device)
+    loader = DeviceLoader(
+        images,
+        torch.randint(0, 10, (256,), device=device),
+        64,
+        BatchTransform([0.5], [0.25], device, channels_last=True),
+        shuffle=True,
+    )
+    model = CNN((1, 8, 8), 10).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters())
+    metrics = train_one_epoch(
+        model, loader, opt, device=device, amp_dtype=autocast_dtype("auto", device)
+    )
+    assert autocast_dtype("auto", device) == torch.bfloat16 and metrics["samples"] == 256
