@@ -16,6 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from experiment import sweep_context
 from experiment.builders import (
     build_model,
     build_optimizer,
@@ -56,10 +57,13 @@ def _log_epoch(epochs: int):
     return callback
 
 
-def run(
-    cfg: DictConfig, *, callbacks=(), tags: dict | None = None, parent_run_id: str | None = None
-) -> float:
-    """Train and test one configuration; return the best value of cfg.optimized_metric."""
+def run(cfg: DictConfig) -> float:
+    """Train and test one configuration; return the best value of cfg.optimized_metric.
+
+    Inside a sweep (a TrialContext is active) the run also reports to its trial every
+    epoch, nests its MLflow run under the study's parent run and tags it with its state.
+    """
+    trial = sweep_context.current()
     validate(cfg)  # value ranges, before any data is touched
     trainer = cfg.trainer
     device = resolve_device(trainer.device)
@@ -84,14 +88,20 @@ def run(
             "device": str(device),
             "git_commit": git_commit() or "none",
             "torch": torch.__version__,
-            **(tags or {}),
+            **(trial.tags if trial else {}),
         },
         texts={
             "config.yaml": OmegaConf.to_yaml(resolved),
             "overrides.yaml": OmegaConf.to_yaml(_overrides()),
         },
-        parent_run_id=parent_run_id,
+        parent_run_id=trial.parent_run_id if trial else None,
     )
+    callbacks = [tracker.log_epoch]
+    if trial:
+        trial.record_run(tracker.run_id)
+        callbacks.append(trial.report(cfg.optimized_metric))
+    if not (trial and trial.quiet):
+        callbacks.insert(0, _log_epoch(trainer.epochs))
     status = "FAILED"
     try:
         start = time.perf_counter()
@@ -112,7 +122,7 @@ def run(
             grad_clip=trainer.grad_clip,
             patience=trainer.early_stopping_patience,
             min_delta=trainer.early_stopping_min_delta,
-            callbacks=(_log_epoch(trainer.epochs), tracker.log_epoch, *callbacks),
+            callbacks=callbacks,
             config=resolved,
             train_model=train_model,
         )
@@ -132,8 +142,18 @@ def run(
         if cfg.tracking.log_model:
             tracker.log_model(model, example_batch(data.val))
         status = "FINISHED"
+        if trial:
+            tracker.set_tags({"optuna.state": sweep_context.COMPLETE})
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Exception as err:
+        if trial:  # a pruned trial ended as intended; anything else failed it
+            pruned = trial.is_pruned(err)
+            status = "FINISHED" if pruned else "FAILED"
+            tracker.set_tags(
+                {"optuna.state": sweep_context.PRUNED if pruned else sweep_context.FAIL}
+            )
         raise
     finally:
         tracker.finish(status)
@@ -156,7 +176,8 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
     except ExperimentError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        # In a sweep the sweeper records the failure and goes on with the next trial.
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep_context.current():
             raise
         log.error(f"{type(err).__name__}: {err}")
         raise SystemExit(err.exit_code) from None

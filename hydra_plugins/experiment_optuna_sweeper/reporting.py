@@ -1,0 +1,148 @@
+"""What a sweep leaves behind: the MLflow parent run, the study plots, the results file,
+and one console line per finished trial."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from experiment.tracking import Tracker, redact
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "sweep.parent"
+
+
+class ParentRun:
+    """The study's MLflow run; trials nest under it. Found again by tag on resume."""
+
+    def __init__(self, tracking_cfg, study_name: str, storage: str | None):
+        self.tracker = Tracker(
+            tracking_cfg.uri, tracking_cfg.artifact_root, tracking_cfg.experiment_name
+        )
+        self.client = self.tracker.mlflow.MlflowClient(self.tracker.uri)
+        found = self.client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = 'true' and "
+            f"tags.`optuna.study_name` = '{study_name}'",
+            max_results=1,
+        )
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.tracker.experiment_id,
+                run_name=f"sweep-{study_name}",
+                tags={
+                    PARENT_TAG: "true",
+                    "optuna.study_name": study_name,
+                    "optuna.storage": redact(storage or "in-memory"),
+                },
+            )
+            self.run_id = run.info.run_id
+
+    def mark_killed(self, run_ids: list[str]) -> None:
+        """MLflow runs of trials whose process was killed: KILLED, not RUNNING forever."""
+        for run_id in run_ids:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")
+
+    def finish(
+        self, study: optuna.Study, summary: dict, results_file: Path | None, failed: bool
+    ) -> None:
+        metrics = {f"trials_{state.lower()}": count for state, count in summary["counts"].items()}
+        if summary.get("best_value") is not None:
+            metrics["best_value"] = summary["best_value"]
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value)
+        for key, value in (summary.get("best_params") or {}).items():
+            self.client.set_tag(self.run_id, f"best.{key}", str(value))
+        if summary.get("best_trial") is not None:
+            self.client.set_tag(self.run_id, "best.trial", str(summary["best_trial"]))
+        if results_file is not None and results_file.exists():
+            self.client.log_artifact(self.run_id, str(results_file))
+        for path in study_plots(study):
+            self.client.log_artifact(self.run_id, str(path), "plots")
+        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+
+
+def study_plots(study: optuna.Study) -> list[Path]:
+    """The Optuna plots as PNG files (matplotlib: they show in the UI without a network)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    folder = Path(tempfile.mkdtemp(prefix="optuna-plots-"))
+    wanted = {
+        "optimization_history": (plots.plot_optimization_history, 1),
+        "param_importances": (plots.plot_param_importances, 2),
+        "parallel_coordinate": (plots.plot_parallel_coordinate, 1),
+        "intermediate_values": (plots.plot_intermediate_values, 1),
+    }
+    written = []
+    for name, (plot, min_trials) in wanted.items():
+        if len(complete) < min_trials:
+            continue
+        try:
+            with warnings.catch_warnings():  # the matplotlib backend is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            figure.set_size_inches(10, 6)
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png", dpi=100)
+            plt.close(figure)
+            written.append(folder / f"{name}.png")
+        except Exception as err:  # a plot that cannot be drawn must not fail the sweep
+            log.warning("Could not draw %s: %s", name, err)
+    return written
+
+
+def summarize(study: optuna.Study) -> dict:
+    counts = {state.name: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name in counts:
+            counts[trial.state.name] += 1
+    summary = {"counts": counts, "best_value": None, "best_params": None, "best_trial": None}
+    if counts["COMPLETE"]:
+        best = study.best_trial
+        summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
+    return summary
+
+
+def write_results(path: Path, study_name: str, summary: dict) -> None:
+    """optimization_results.yaml, in the shape the official Optuna sweeper writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "name": "optuna",
+                "study_name": study_name,
+                "best_params": summary["best_params"],
+                "best_value": summary["best_value"],
+                "trials": summary["counts"],
+            }
+        ),
+        path,
+    )
+
+
+def trial_line(result, params: dict) -> str:
+    value = "" if result.value is None else f" value={result.value:.4f}"
+    shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
+    error = f" ({result.error})" if result.error and result.state != "COMPLETE" else ""
+    return f"trial {result.number} {result.state}{value} {result.seconds:.1f}s  {shown}{error}"
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,216 @@
+"""Running trial jobs: in this process, or in long-lived worker processes.
+
+Either way a trial is one Hydra job (`run_job`: its own output folder, logging and
+`.hydra/` record) executed with a TrialContext set, so the run reports to its trial.
+Workers are started once per sweep and take a new trial as soon as theirs ends; no
+Python process is started per trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobStatus, run_job
+from hydra.types import HydraContext
+from omegaconf import DictConfig
+
+from experiment import sweep_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialResult:
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def execute(
+    hydra_context, task_function, job_config: DictConfig, context
+) -> tuple[str, float | None, str | None]:
+    """Run one trial job; (state, value, error message)."""
+    HydraConfig.instance().set_config(job_config)
+    with sweep_context.active(context):
+        try:
+            ret = run_job(
+                hydra_context=hydra_context,
+                task_function=task_function,
+                config=job_config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself
+            return sweep_context.FAIL, None, f"{type(err).__name__}: {err}"
+    if ret.status == JobStatus.COMPLETED:
+        return sweep_context.COMPLETE, float(ret.return_value), None
+    error = ret._return_value  # the exception the task raised
+    if context.is_pruned(error):
+        return sweep_context.PRUNED, None, str(error)
+    return sweep_context.FAIL, None, f"{type(error).__name__}: {error}"
+
+
+class InProcessExecutor:
+    """n_jobs=1: trials run one after another in the sweep's own process."""
+
+    def __init__(self, hydra_context, task_function):
+        self.hydra_context, self.task_function = hydra_context, task_function
+        self.done: list[TrialResult] = []
+
+    @property
+    def free(self) -> int:
+        return 0 if self.done else 1
+
+    @property
+    def busy(self) -> int:
+        return len(self.done)
+
+    def submit(self, trial, job_config: DictConfig, context) -> None:
+        start = time.perf_counter()
+        state, value, error = execute(self.hydra_context, self.task_function, job_config, context)
+        self.done.append(
+            TrialResult(trial.number, state, value, error, time.perf_counter() - start)
+        )
+
+    def next_result(self) -> TrialResult:
+        return self.done.pop()
+
+    def close(self) -> None:
+        pass
+
+
+def _task_reference(task_function) -> tuple[str, str]:
+    return task_function.__module__, task_function.__qualname__
+
+
+def _resolve_task(module: str, name: str):
+    function = getattr(importlib.import_module(module), name)
+    return getattr(function, "__wrapped__", function)  # the function under @hydra.main
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker whose sweep died (SIGKILL leaves no chance to stop it) ends itself."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def worker_main(conn, task_ref, singleton_state, storage_url, study_name, pruner, gpu) -> None:
+    if gpu is not None:  # pin before anything initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    import optuna
+
+    Singleton.set_state(singleton_state)
+    task_function = _resolve_task(*task_ref)
+    from hydra._internal.callbacks import Callbacks
+
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage_url,
+        pruner=pruner,
+        sampler=optuna.samplers.RandomSampler(),
+    )
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        trial_id, job_config, context = message
+        context.trial = optuna.Trial(study, trial_id)
+        hydra_context = HydraContext(config_loader=None, callbacks=Callbacks(job_config))
+        start = time.perf_counter()
+        state, value, error = execute(hydra_context, task_function, job_config, context)
+        conn.send(
+            TrialResult(context.trial.number, state, value, error, time.perf_counter() - start)
+        )
+
+
+class WorkerPool:
+    """n_jobs=K: K worker processes, each fed a new trial as soon as it finishes one."""
+
+    def __init__(
+        self, n_jobs: int, task_function, storage_url: str, study_name: str, pruner, gpus: int = 0
+    ):
+        self.mp = mp.get_context("spawn")  # CUDA cannot be used in forked children
+        self.args = (
+            _task_reference(task_function),
+            Singleton.get_state(),
+            storage_url,
+            study_name,
+            pruner,
+        )
+        self.gpus = gpus
+        self.workers = [self._start(index) for index in range(n_jobs)]
+
+    def _start(self, index: int) -> dict:
+        parent_end, child_end = self.mp.Pipe()
+        gpu = index % self.gpus if self.gpus else None  # round-robin over the GPUs
+        process = self.mp.Process(
+            target=worker_main,
+            name=f"sweep-worker-{index}",
+            daemon=True,
+            args=(child_end, *self.args, gpu),
+        )
+        process.start()
+        child_end.close()
+        return {"index": index, "process": process, "conn": parent_end, "trial": None, "start": 0.0}
+
+    @property
+    def free(self) -> int:
+        return sum(1 for w in self.workers if w["trial"] is None and w["process"].is_alive())
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for w in self.workers if w["trial"] is not None)
+
+    def submit(self, trial, job_config: DictConfig, context) -> None:
+        worker = next(w for w in self.workers if w["trial"] is None and w["process"].is_alive())
+        context.trial = None  # rebuilt in the worker from the shared storage
+        worker["conn"].send((trial._trial_id, job_config, context))
+        worker["trial"], worker["start"] = trial.number, time.perf_counter()
+
+    def next_result(self) -> TrialResult:
+        busy = [w for w in self.workers if w["trial"] is not None]
+        ready = wait([w["conn"] for w in busy] + [w["process"].sentinel for w in busy])
+        for worker in busy:
+            if worker["conn"] in ready and worker["conn"].poll():
+                result = worker["conn"].recv()
+                worker["trial"] = None
+                return result
+        for worker in busy:  # a worker died mid-trial (killed, out of memory, segfault)
+            if worker["process"].sentinel in ready:
+                number, code = worker["trial"], worker["process"].exitcode
+                self.workers[self.workers.index(worker)] = self._start(worker["index"])
+                return TrialResult(
+                    number,
+                    sweep_context.FAIL,
+                    None,
+                    f"worker process died (exit code {code})",
+                    time.perf_counter() - worker["start"],
+                )
+        return self.next_result()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                worker["conn"].send(None)
+        for worker in self.workers:
+            worker["process"].join(timeout=30)
+            if worker["process"].is_alive():
+                worker["process"].terminate()
