@@ -35,3 +35,7 @@ class NonFiniteLossError(ExperimentError):
     """Training diverged: the loss became NaN or infinite."""
 
     exit_code = 3
+
+
+class SweepError(ExperimentError):
+    """The sweep's own settings are wrong, or every trial it ran failed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -36,10 +37,12 @@ log = logging.getLogger("experiment")
 register_configs()
 
 
-def default_run_name(cfg: DictConfig) -> str:
+def default_run_name(cfg: DictConfig, trial=None) -> str:
+    """model-optimizer-lr, plus the trial number in a sweep so no two trials share a name."""
     model = cfg.model._target_.rsplit(".", 1)[-1].lower()
     optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
-    return f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
+    name = f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
+    return f"{name}-trial{trial.trial.number}" if trial else name
 
 
 def _overrides() -> list[str]:
@@ -82,12 +85,13 @@ def run(cfg: DictConfig) -> float:
 
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tracker.start(
-        run_name=cfg.run_name or default_run_name(cfg),
+        run_name=cfg.run_name or default_run_name(cfg, trial),
         params=config_params(cfg),
         tags={
             "device": str(device),
             "git_commit": git_commit() or "none",
             "torch": torch.__version__,
+            "process": f"{socket.gethostname()}:{os.getpid()}",
             **(trial.tags if trial else {}),
         },
         texts={

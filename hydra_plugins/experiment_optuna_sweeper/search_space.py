@@ -21,8 +21,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from experiment.errors import SweepError
 
-class SearchSpaceError(ValueError):
+
+class SearchSpaceError(SweepError):
     """A `params:` entry or sweep override that cannot become a distribution."""
 
 
@@ -62,7 +64,7 @@ def to_distribution(override: Override) -> BaseDistribution:
     raise SearchSpaceError(f"{key}: {override.input_line} is not a sweep")
 
 
-def parse(
+def build(
     params: dict[str, Any], arguments: list[str]
 ) -> tuple[dict[str, BaseDistribution], list[str]]:
     """Search space and fixed overrides from the sweeper's `params` and the command line.

@@ -18,6 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from experiment.errors import SweepError
+
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -39,7 +41,13 @@ PRUNERS = {
 
 
 def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
-    """A sampler/pruner given as a name from `table` or as a `_target_` node."""
+    """A sampler/pruner given as a name from `table` or as a `_target_` node.
+
+    Hydra instantiates `_target_` nodes of the sweeper's config before the sweeper sees
+    them, so a node usually arrives here as the object already.
+    """
+    if isinstance(value, optuna.samplers.BaseSampler | optuna.pruners.BasePruner):
+        return value
     if isinstance(value, DictConfig | dict):
         node = (
             OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
@@ -50,8 +58,9 @@ def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
     else:
         name, kwargs = value, {}
     if name not in table:
-        raise ValueError(
-            f"Unknown {kind} {name!r}. Allowed: {', '.join(table)}, or a node with _target_."
+        raise SweepError(
+            f"Unknown hydra.sweeper.{kind} {name!r}. Allowed: {', '.join(table)}, "
+            "or a node with _target_."
         )
     accepted = {k: v for k, v in defaults.items() if k in table[name].__init__.__code__.co_varnames}
     return table[name](**{**accepted, **kwargs})
@@ -131,7 +140,7 @@ def load_or_create(name: str, storage, direction: str, sampler, pruner) -> optun
         load_if_exists=True,
     )
     if study.direction.name.lower() != direction:
-        raise ValueError(
+        raise SweepError(
             f"Study '{name}' exists with direction {study.direction.name.lower()}, not "
             f"{direction}. Use another hydra.sweeper.study_name."
         )

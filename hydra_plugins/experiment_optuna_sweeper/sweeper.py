@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from experiment.errors import ExperimentError, SweepError
 from experiment.sweep_context import FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
@@ -26,10 +28,6 @@ from hydra_plugins.experiment_optuna_sweeper.config import ExperimentOptunaSweep
 from hydra_plugins.experiment_optuna_sweeper.workers import InProcessExecutor, WorkerPool
 
 log = logging.getLogger(__name__)
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot start, or every trial it ran failed."""
 
 
 class ExperimentOptunaSweeper(Sweeper):
@@ -58,10 +56,19 @@ class ExperimentOptunaSweeper(Sweeper):
     # ------------------------------------------------------------------ the sweep
 
     def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return self._sweep(arguments)
+        except ExperimentError as err:  # one clear line, as for a single run
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error(f"{type(err).__name__}: {err}")
+            raise SystemExit(err.exit_code) from None
+
+    def _sweep(self, arguments: list[str]) -> Any:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         self._check_settings()
-        space, fixed = search_space.parse(
+        space, fixed = search_space.build(
             OmegaConf.to_container(self.params, resolve=True)
             if OmegaConf.is_config(self.params)
             else self.params,

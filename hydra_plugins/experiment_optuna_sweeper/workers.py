@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.singleton import Singleton
-from hydra.core.utils import JobStatus, run_job
+from hydra.core.utils import JobStatus, run_job, setup_globals
 from hydra.types import HydraContext
 from omegaconf import DictConfig
 
@@ -108,13 +107,13 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def worker_main(conn, task_ref, singleton_state, storage_url, study_name, pruner, gpu) -> None:
+def worker_main(conn, task_ref, storage_url, study_name, pruner, gpu) -> None:
     if gpu is not None:  # pin before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import optuna
 
-    Singleton.set_state(singleton_state)
+    setup_globals()  # Hydra's resolvers (${now:}, ${hydra:}) for the jobs' configs
     task_function = _resolve_task(*task_ref)
     from hydra._internal.callbacks import Callbacks
 
@@ -150,7 +149,6 @@ class WorkerPool:
         self.mp = mp.get_context("spawn")  # CUDA cannot be used in forked children
         self.args = (
             _task_reference(task_function),
-            Singleton.get_state(),
             storage_url,
             study_name,
             pruner,

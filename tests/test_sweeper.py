@@ -1,0 +1,224 @@
+"""Real sweeps: Hydra multiruns in subprocesses, a real Optuna SQLite storage, a real
+MLflow SQLite store, all under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import FAST, all_runs, output, run_cli, sqlite_uri
+
+pytestmark = pytest.mark.slow
+STUDY = "test-study"
+
+
+def sweep_args(tmp_path, *extra, n_trials=4, log_model=False):
+    return [
+        "-m",
+        "hparams_search=optuna",
+        *FAST,
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        f"hydra.sweeper.study_name={STUDY}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"tracking.uri={sqlite_uri(tmp_path)}",
+        f"tracking.artifact_root={tmp_path / 'mlruns' / 'artifacts'}",
+        f"tracking.log_model={str(log_model).lower()}",
+        *extra,
+    ]
+
+
+def load_study(tmp_path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def split_runs(tmp_path):
+    runs = all_runs(sqlite_uri(tmp_path))
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    children = [r for r in runs if r.data.tags.get("sweep.parent") != "true"]
+    return parents, children
+
+
+def test_sweep_records_every_trial_under_one_parent_run(tmp_path):
+    proc = run_cli(sweep_args(tmp_path, log_model=True), tmp_path)
+    assert proc.returncode == 0, output(proc)
+    study = load_study(tmp_path)
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert set(study.trials[0].params) == {
+        "optimizer.lr",
+        "dataset.batch_size",
+        "regularization.dropout",
+        "regularization.weight_decay",
+    }
+
+    (parent,), children = split_runs(tmp_path)
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3]
+    assert len({c.info.run_name for c in children}) == 4  # unique, readable names
+    for child in children:
+        trial = study.trials[int(child.data.tags["optuna.trial"])]
+        assert child.data.tags["optuna.state"] == trial.state.name
+        assert float(child.data.params["optimizer.lr"]) == pytest.approx(
+            trial.params["optimizer.lr"]
+        )
+        assert child.data.params["dataset.batch_size"] == str(trial.params["dataset.batch_size"])
+
+    # The parent holds the summary, the best params and the study plots.
+    counts = {s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED")}
+    assert parent.data.metrics["trials_complete"] == counts["COMPLETE"]
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best.trial"] == str(study.best_trial.number)
+    client = MlflowClient(sqlite_uri(tmp_path))
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png"} <= plots
+    assert parent.info.status == "FINISHED"
+    (results,) = (tmp_path / "multirun").rglob("optimization_results.yaml")
+    assert f"best_value: {study.best_value}" in results.read_text()
+    # Every trial logged its model.
+    mlflow.set_tracking_uri(sqlite_uri(tmp_path))
+    models = mlflow.search_logged_models(
+        experiment_ids=[parent.info.experiment_id], output_format="list"
+    )
+    assert {m.source_run_id for m in models} == {
+        c.info.run_id for c in children if c.data.tags["optuna.state"] == "COMPLETE"
+    }
+
+
+def test_rerun_resumes_the_study_instead_of_restarting(tmp_path):
+    assert run_cli(sweep_args(tmp_path, n_trials=2), tmp_path).returncode == 0
+    proc = run_cli(sweep_args(tmp_path, n_trials=3), tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert "2 of 3 trials already counted" in output(proc)
+    study = load_study(tmp_path)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    (parent,), children = split_runs(tmp_path)  # the same parent run, resumed
+    assert len(children) == 3
+
+
+def test_sigkill_mid_sweep_then_resume_ends_with_exactly_n_trials(tmp_path):
+    args = sweep_args(
+        tmp_path, "trainer.epochs=8", "regularization.early_stopping.patience=null", n_trials=4
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiment.train", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    for line in proc.stdout:
+        if (
+            "epoch 2/8" in line
+            and "trial 0 " in "".join([])
+            or ("trial 0 COMPLETE" in line or "trial 0 PRUNED" in line)
+        ):
+            break
+        assert time.time() < deadline, "the sweep never got going"
+    time.sleep(1.0)  # into trial 1
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    killed = load_study(tmp_path)
+    running = [t for t in killed.trials if t.state == TrialState.RUNNING]
+    assert len(running) == 1, [t.state for t in killed.trials]
+
+    resumed = run_cli(args, tmp_path)
+    assert resumed.returncode == 0, output(resumed)
+    study = load_study(tmp_path)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == len(study.trials) == 4
+    stale = study.trials[running[0].number]
+    assert stale.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
+    assert len(retries) == 1 and retries[0].params == stale.params
+    _, children = split_runs(tmp_path)
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert [
+        c.info.status for c in children if c.data.tags["optuna.trial"] == str(stale.number)
+    ] == ["KILLED"]
+
+
+def test_pruned_trials_are_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
+    # A threshold no accuracy reaches: every trial is pruned at its first report.
+    proc = run_cli(
+        sweep_args(
+            tmp_path,
+            "trainer.epochs=5",
+            "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}",
+            n_trials=2,
+        ),
+        tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    study = load_study(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [0] for t in study.trials)
+    _, children = split_runs(tmp_path)
+    assert {c.data.tags["optuna.state"] for c in children} == {"PRUNED"}
+    assert "trial 0 PRUNED" in output(proc)
+
+
+def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
+    # lr 1e30 diverges (NaN loss); the random sampler with this seed draws both values.
+    proc = run_cli(
+        sweep_args(
+            tmp_path,
+            "optimizer=sgd",
+            "scheduler=none",
+            "optimizer.lr=choice(0.05, 1e30)",
+            "hydra.sweeper.sampler=random",
+            "hydra.sweeper.seed=4",
+            n_trials=4,
+        ),
+        tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    study = load_study(tmp_path)
+    states = {t.params["optimizer.lr"]: t.state for t in study.trials}
+    assert states == {0.05: TrialState.COMPLETE, 1e30: TrialState.FAIL}
+    assert len(study.trials) == 4
+    _, children = split_runs(tmp_path)
+    failed = [c for c in children if c.data.params["optimizer.lr"] == "1e+30"]
+    assert failed and {c.info.status for c in failed} == {"FAILED"}
+    assert "NonFiniteLossError" in output(proc)
+
+
+def test_sweep_exits_non_zero_when_every_trial_fails(tmp_path):
+    proc = run_cli(
+        sweep_args(
+            tmp_path,
+            "optimizer=sgd",
+            "scheduler=none",
+            "optimizer.lr=1e30",
+            n_trials=2,
+        ),
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "All 2 trials of this sweep failed" in output(proc)
+    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.FAIL] * 2
+
+
+def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
+    proc = run_cli(sweep_args(tmp_path, "hydra.sweeper.n_jobs=2", n_trials=6), tmp_path)
+    assert proc.returncode == 0, output(proc)
+    study = load_study(tmp_path)
+    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
+    _, children = split_runs(tmp_path)
+    processes = [c.data.tags["process"] for c in children]
+    assert len(children) == 6 and len(set(processes)) == 2  # two workers, reused
+    sweep_process = study.trials[0].system_attrs["worker"]  # the process that asked
+    assert sweep_process not in processes
