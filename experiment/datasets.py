@@ -7,6 +7,7 @@ training device; `image_folder` returns `FolderSplits`, served by a DataLoader.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,17 @@ def seeded_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torc
     return order[n_held:], order[:n_held]
 
 
-def digits(test_fraction: float = 0.2, seed: int = 0) -> ImageTensors:
-    """scikit-learn's bundled 8x8 digits (values 0..16), rescaled to uint8."""
+@functools.lru_cache(maxsize=1)
+def _digits_bunch():
+    """Parsed once per process: trials of a sweep share it (parsing costs ~0.2 s)."""
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()
+    return load_digits()
+
+
+def digits(test_fraction: float = 0.2, seed: int = 0) -> ImageTensors:
+    """scikit-learn's bundled 8x8 digits (values 0..16), rescaled to uint8."""
+    bunch = _digits_bunch()
     images = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8))
     images = images.unsqueeze(1)  # N x 1 x 8 x 8
     labels = torch.from_numpy(bunch.target.astype(np.int64))

@@ -42,6 +42,11 @@ class Interval(Enum):
     step = "step"
 
 
+class ModelFormat(Enum):
+    pt2 = "pt2"
+    pickle = "pickle"
+
+
 class InitScheme(Enum):
     default = "default"  # PyTorch's own per-layer initialisation
     kaiming = "kaiming"
@@ -304,6 +309,9 @@ class TrackingConf:
     artifact_root: str = "mlruns/artifacts"
     experiment_name: str = "default"
     log_model: bool = True
+    # pt2: an exported graph, portable, ~0.6 s to log; pickle: the nn.Module itself,
+    # trainable when loaded (needs this package importable), ~0.07 s to log.
+    model_format: ModelFormat = ModelFormat.pt2
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

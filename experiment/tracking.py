@@ -7,6 +7,7 @@ KILLED): none is left RUNNING by an exception or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import re
@@ -14,7 +15,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +22,7 @@ from experiment.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
+_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
 _CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 
 
@@ -100,12 +101,15 @@ class NullTracker:
 class Tracker:
     """One MLflow run in one experiment of one store."""
 
-    def __init__(self, uri: str, artifact_root: str | None, experiment_name: str):
+    def __init__(
+        self, uri: str, artifact_root: str | None, experiment_name: str, model_format: str = "pt2"
+    ):
         import mlflow
 
         self.mlflow = mlflow
         self.uri = absolute_uri(uri)
         self.experiment_name = experiment_name
+        self.model_format = getattr(model_format, "value", model_format)
         self.run_id: str | None = None
         mlflow.set_tracking_uri(self.uri)
         local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
@@ -123,14 +127,18 @@ class Tracker:
     def _experiment_id(self, artifact_location: str | None) -> str:
         from mlflow.exceptions import MlflowException
 
+        key = (self.uri, self.experiment_name)
+        if key in _EXPERIMENT_IDS:  # trials of a sweep reuse it: a lookup costs ~0.3 s
+            return _EXPERIMENT_IDS[key]
         client = self.mlflow.MlflowClient(self.uri)
         found = client.get_experiment_by_name(self.experiment_name)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return client.create_experiment(self.experiment_name, artifact_location)
-        except MlflowException:  # another process created it first
-            return client.get_experiment_by_name(self.experiment_name).experiment_id
+        if found is None:
+            # Another process may create it between the lookup and here: that is fine.
+            with contextlib.suppress(MlflowException):
+                client.create_experiment(self.experiment_name, artifact_location)
+            found = client.get_experiment_by_name(self.experiment_name)
+        _EXPERIMENT_IDS[key] = found.experiment_id
+        return found.experiment_id
 
     def start(
         self,
@@ -180,6 +188,7 @@ class Tracker:
             signature=infer_signature(example_np, output),
             input_example=example_np,
             pip_requirements=[f"torch=={torch_version}"],
+            serialization_format=self.model_format,
         )
 
     def finish(self, status: str) -> None:
@@ -198,13 +207,10 @@ class Tracker:
 def build_tracker(cfg: DictConfig) -> Tracker | NullTracker:
     if not cfg.enabled:
         return NullTracker()
-    return Tracker(cfg.uri, cfg.artifact_root, cfg.experiment_name)
+    return Tracker(cfg.uri, cfg.artifact_root, cfg.experiment_name, cfg.model_format)
 
 
 def example_batch(loader, size: int = 4) -> torch.Tensor:
     """A few real, normalized inputs for the model signature and input example."""
     images, _ = next(iter(loader))
     return images[:size].float().contiguous(memory_format=torch.contiguous_format)
-
-
-__all__ = ["Tracker", "NullTracker", "build_tracker", "config_params", "redact", "np"]

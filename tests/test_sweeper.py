@@ -222,3 +222,26 @@ def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
     assert len(children) == 6 and len(set(processes)) == 2  # two workers, reused
     sweep_process = study.trials[0].system_attrs["worker"]  # the process that asked
     assert sweep_process not in processes
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("hydra.sweeper.n_trials=0", "n_trials=0"),
+        ("hydra.sweeper.pruner=sometimes", "Unknown hydra.sweeper.pruner 'sometimes'"),
+        ("optimizer.lr=interval(1, 0)", "optimizer.lr: interval(1, 0) needs low < high"),
+        ("hydra.sweeper.storage=null", None),  # with n_jobs=2 below
+    ],
+)
+def test_bad_sweep_settings_are_reported_clearly(tmp_path, override, message):
+    extra = [override] + (["hydra.sweeper.n_jobs=2"] if "storage" in override else [])
+    args = (
+        [a for a in sweep_args(tmp_path) if not a.startswith("hydra.sweeper.storage")]
+        if "storage" in override
+        else sweep_args(tmp_path)
+    )
+    proc = run_cli([*args, *extra], tmp_path)
+    text = output(proc)
+    assert proc.returncode != 0
+    assert (message or "needs a database storage") in text, text
+    assert "Traceback" not in text

@@ -7,6 +7,7 @@ configuration is queued once more.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
@@ -62,7 +63,8 @@ def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
             f"Unknown hydra.sweeper.{kind} {name!r}. Allowed: {', '.join(table)}, "
             "or a node with _target_."
         )
-    accepted = {k: v for k, v in defaults.items() if k in table[name].__init__.__code__.co_varnames}
+    parameters = inspect.signature(table[name]).parameters  # e.g. seed, where it is taken
+    accepted = {k: v for k, v in defaults.items() if k in parameters}
     return table[name](**{**accepted, **kwargs})
 
 

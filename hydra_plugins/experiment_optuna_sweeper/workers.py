@@ -9,6 +9,7 @@ Python process is started per trial.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import logging
 import multiprocessing as mp
@@ -56,9 +57,21 @@ def execute(
     if ret.status == JobStatus.COMPLETED:
         return sweep_context.COMPLETE, float(ret.return_value), None
     error = ret._return_value  # the exception the task raised
+    _release_memory()  # an out-of-memory trial must not starve the next one
     if context.is_pruned(error):
         return sweep_context.PRUNED, None, str(error)
     return sweep_context.FAIL, None, f"{type(error).__name__}: {error}"
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 class InProcessExecutor:
