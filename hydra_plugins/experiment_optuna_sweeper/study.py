@@ -7,6 +7,7 @@ configuration is queued once more.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -34,7 +35,9 @@ SAMPLERS = {
     "qmc": optuna.samplers.QMCSampler,
 }
 PRUNERS = {
-    "median": optuna.pruners.MedianPruner,
+    # Pruning starts after 3 complete trials (Optuna's default waits for 5): in a 20-trial
+    # sweep those 2 extra unpruned trials cost about a fifth of all epochs.
+    "median": functools.partial(optuna.pruners.MedianPruner, n_startup_trials=3),
     "hyperband": optuna.pruners.HyperbandPruner,
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "none": optuna.pruners.NopPruner,
