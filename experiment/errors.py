@@ -39,3 +39,7 @@ class NonFiniteLossError(ExperimentError):
 
 class SweepError(ExperimentError):
     """The sweep's own settings are wrong, or every trial it ran failed."""
+
+
+class SearchSpaceError(SweepError):
+    """A search-space entry that cannot become an Optuna distribution."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from hydra_plugins.experiment_optuna_sweeper.search_space import (
-    SearchSpaceError,
-    build,
-)
+from experiment.errors import SearchSpaceError
+from hydra_plugins.experiment_optuna_sweeper.search_space import build
 
 
 def space(**params):
@@ -55,7 +53,7 @@ def test_command_line_sweeps_join_and_plain_values_pass_through():
     "entry,message",
     [
         ("interval(1, 0)", "low < high"),
-        ("tag(log, interval(0, 1))", "low > 0"),
+        ("tag(log, interval(0, 1))", "log scale needs low > 0"),
         ("range(5, 1)", "empty"),
         ("interval(0.1", "Cannot parse"),
     ],

@@ -21,30 +21,26 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from experiment.errors import SweepError
+from experiment.errors import SearchSpaceError
 
 
-class SearchSpaceError(SweepError):
-    """A `params:` entry or sweep override that cannot become a distribution."""
-
-
-def _range_distribution(key: str, sweep: RangeSweep) -> BaseDistribution:
+def _range_distribution(key: str, text: str, sweep: RangeSweep) -> BaseDistribution:
     start, stop, step = sweep.start, sweep.stop, sweep.step
     count = math.ceil((stop - start) / step)
     if count < 1:
-        raise SearchSpaceError(f"{key}: range({start}, {stop}, {step}) is empty")
+        raise SearchSpaceError(f"{key}: {text} is empty")
     last = start + (count - 1) * step  # Hydra's range excludes `stop`
     if all(isinstance(v, int) for v in (start, stop, step)):
         return IntDistribution(start, last, step=step)
     return FloatDistribution(start, last, step=step)
 
 
-def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
+def _interval_distribution(key: str, text: str, sweep: IntervalSweep) -> BaseDistribution:
     log = "log" in sweep.tags
     if sweep.start >= sweep.end:
-        raise SearchSpaceError(f"{key}: interval({sweep.start}, {sweep.end}) needs low < high")
+        raise SearchSpaceError(f"{key}: {text} needs low < high")
     if log and sweep.start <= 0:
-        raise SearchSpaceError(f"{key}: a log-scale interval needs low > 0, got {sweep.start}")
+        raise SearchSpaceError(f"{key}: {text}: a log scale needs low > 0")
     if isinstance(sweep.start, int) and isinstance(sweep.end, int):
         return IntDistribution(sweep.start, sweep.end, log=log)
     return FloatDistribution(float(sweep.start), float(sweep.end), log=log)
@@ -52,16 +48,17 @@ def _interval_distribution(key: str, sweep: IntervalSweep) -> BaseDistribution:
 
 def to_distribution(override: Override) -> BaseDistribution:
     value, key = override.value(), override.get_key_element()
+    text = override.input_line.split("=", 1)[-1]
     if isinstance(value, ChoiceSweep):
         choices = [v for v in value.list]
         if not choices:
             raise SearchSpaceError(f"{key}: choice() needs at least one value")
         return CategoricalDistribution(choices)
     if isinstance(value, RangeSweep):
-        return _range_distribution(key, value)
+        return _range_distribution(key, text, value)
     if isinstance(value, IntervalSweep):
-        return _interval_distribution(key, value)
-    raise SearchSpaceError(f"{key}: {override.input_line} is not a sweep")
+        return _interval_distribution(key, text, value)
+    raise SearchSpaceError(f"{key}: {text} is not a sweep")
 
 
 def build(
