@@ -6,6 +6,7 @@ make the host wait for the GPU after every step.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from torch import nn
 
 from experiment.checkpoint import BEST, LAST, save_checkpoint
 from experiment.errors import NonFiniteLossError
-from experiment.runtime import autocast
+from experiment.runtime import autocast, synchronize
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -70,6 +71,26 @@ def evaluate(model: nn.Module, loader, *, device, amp_dtype=None) -> dict[str, f
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
 
 
+def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtype=None) -> float:
+    """Run one train and one eval step so a compiled model compiles before the timed
+    epochs; return the seconds it took. The model's weights and buffers are restored."""
+    state = copy.deepcopy(model.state_dict())
+    images, labels = batch
+    start = time.perf_counter()
+    train_model.train()
+    with autocast(device, amp_dtype):
+        loss = F.cross_entropy(train_model(images), labels)
+    loss.backward()
+    with torch.no_grad(), autocast(device, amp_dtype):
+        train_model.eval()
+        train_model(images)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+    return seconds
+
+
 @dataclass
 class FitResult:
     best_value: float
@@ -106,7 +127,7 @@ def fit(
     `train_model` is what runs forward (a compiled wrapper, say); `model` is what is saved.
     Callbacks get (epoch, metrics) after each epoch: tracking, pruning.
     """
-    train_model = train_model or model
+    train_model = model if train_model is None else train_model
     step_scheduler = scheduler if scheduler_interval == "step" else None
     sign = 1.0 if maximize else -1.0
     best_value, best_epoch, history = -math.inf * sign, -1, []

@@ -55,3 +55,20 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """This process's peak host RSS and, on CUDA, the run's peak GPU allocation."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = {"peak_rss_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if device.type == "cuda":
+        peak["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

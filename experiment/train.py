@@ -27,9 +27,9 @@ from experiment.builders import (
 )
 from experiment.checkpoint import BEST, load_checkpoint
 from experiment.data import build_data
-from experiment.engine import evaluate, fit
+from experiment.engine import evaluate, fit, warm_up
 from experiment.errors import ExperimentError
-from experiment.runtime import autocast_dtype, resolve_device, seed_everything
+from experiment.runtime import autocast_dtype, peak_memory_mb, resolve_device, seed_everything
 from experiment.schema import register_configs, validate
 from experiment.tracking import build_tracker, config_params, example_batch, git_commit
 
@@ -79,9 +79,10 @@ def run(cfg: DictConfig) -> float:
     if device.type == "cuda" and is_convnet(model):
         model = model.to(memory_format=torch.channels_last)
         data.use_channels_last()
-    optimizer = build_optimizer(cfg.optimizer, model)
+    optimizer = build_optimizer(cfg.optimizer, model, device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
-    train_model = torch.compile(model) if trainer.compile else model
+    # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
+    train_model = torch.compile(model, dynamic=True) if trainer.compile else model
 
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     tracker.start(
@@ -108,6 +109,14 @@ def run(cfg: DictConfig) -> float:
         callbacks.insert(0, _log_epoch(trainer.epochs))
     status = "FAILED"
     try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if trainer.compile:  # compile outside the timed epochs, and report it on its own
+            compile_seconds = warm_up(
+                model, train_model, next(iter(data.train)), device=device, amp_dtype=amp_dtype
+            )
+            tracker.log_metrics({"compile_time_s": compile_seconds})
+            log.info(f"torch.compile: {compile_seconds:.1f}s")
         start = time.perf_counter()
         result = fit(
             model,
@@ -141,6 +150,7 @@ def run(cfg: DictConfig) -> float:
             "best/value": result.best_value,
             "train_time_s": train_seconds,
             "epochs_run": result.epochs_run,
+            **peak_memory_mb(device),
         }
         tracker.log_metrics(summary)
         if cfg.tracking.log_model:

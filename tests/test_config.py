@@ -100,3 +100,17 @@ def test_swept_keys_and_objective_exist():
     ]:
         assert OmegaConf.select(cfg, key) is not None, key
     assert cfg.optimized_metric == "val/acc"
+
+
+def test_optimizer_is_fused_only_on_cuda():
+    cfg = compose_config(["optimizer=adamw"])
+    net = build_model(cfg.model, (1, 8, 8), 10)
+    assert not build_optimizer(cfg.optimizer, net, torch.device("cpu")).defaults.get("fused")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizer_is_fused_on_cuda(optimizer):
+    cfg = compose_config([f"optimizer={optimizer}"])
+    net = build_model(cfg.model, (1, 8, 8), 10).cuda()
+    assert build_optimizer(cfg.optimizer, net, torch.device("cuda")).defaults["fused"] is True

@@ -64,6 +64,7 @@ def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
     metrics = finished.data.metrics
     assert 0.0 <= metrics["test/acc"] <= 1.0 and math.isfinite(metrics["test/loss"])
     assert value > 1.5 / 10  # learned something beyond chance
+    assert metrics["peak_rss_mb"] > 50
 
     # Config and overrides are artifacts; tags name the device.
     artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
@@ -128,3 +129,17 @@ def test_nan_loss_fails_the_run_and_keeps_what_was_logged(tmp_path):
     (failed,) = all_runs(sqlite_uri(tmp_path))
     assert failed.info.status == "FAILED"
     assert failed.data.params["optimizer.lr"] == "1e+30"
+
+
+@pytest.mark.slow
+def test_compiled_model_reports_compile_time_separately(tmp_path):
+    _, value, finished = _run(
+        tmp_path, [*FAST, "model=mlp", "trainer.compile=true", "tracking.log_model=false"]
+    )
+    metrics = finished.data.metrics
+    assert metrics["compile_time_s"] > 0
+    # Compilation happened before the timed epochs: the first epoch is not the slow one.
+    client = MlflowClient(sqlite_uri(tmp_path))
+    first_epoch = client.get_metric_history(finished.info.run_id, "epoch_time_s")[0].value
+    assert first_epoch < metrics["compile_time_s"]
+    assert 0 <= value <= 1
