@@ -1,8 +1,8 @@
 """Batches for the training loop: splits, device-side normalization and augmentation.
 
-Every path ends in the same place: uint8 images reach the training device, where one
-batched `BatchTransform` normalizes (and, for training, augments) them. In-memory datasets
-live on the device whole and batches are slices of a shuffled index (no per-sample Python,
+Every path ends in the same place: uint8 images reach the training device, where
+`BatchTransform` augments (for training) and normalizes them, batched. In-memory datasets
+live on the device whole and batches are slices of a shuffled copy (no per-sample Python,
 no host-to-device copy per batch); image folders come through a DataLoader whose workers
 only decode and resize.
 """
@@ -27,7 +27,11 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class BatchTransform:
-    """uint8 N x C x H x W on the device -> normalized float, optionally augmented."""
+    """Augmentation and normalization of uint8 N x C x H x W batches on their device.
+
+    Augmentation works on uint8, before normalization, as torchvision's transforms do
+    (crop padding is black); normalization is one multiply-add to float32.
+    """
 
     def __init__(
         self,
@@ -48,37 +52,62 @@ class BatchTransform:
         self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
         self.channels_last, self.generator = channels_last, generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+        if self.crop_padding:
+            images = random_crop(images, self.crop_padding, self.generator)
+        if self.hflip:
+            images = random_hflip(images, self.generator)
+        return images
+
+    def normalized(self, images: torch.Tensor) -> torch.Tensor:
         x = torch.addcmul(self.shift, images.float(), self.scale)
-        if self.augment:
-            if self.crop_padding:
-                x = random_crop(x, self.crop_padding, self.generator)
-            if self.hflip:
-                x = random_hflip(x, self.generator)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalized(self.augmented(images) if self.augment else images)
+
 
 def random_crop(x: torch.Tensor, padding: int, generator=None) -> torch.Tensor:
-    """Per-sample random crop of a zero-padded batch (zero is the mean after normalization)."""
-    n, _, h, w = x.shape
+    """Random crop of each zero-padded sample back to its size, for a batch in random order.
+
+    Offsets are dealt out by position (sample i gets offset (i + phase) mod the number of
+    offsets): in a shuffled batch every sample still gets a uniformly random offset, and
+    each offset becomes one strided slice copy, with no per-sample index tensors. Cheap
+    enough to crop a whole shuffled epoch at once.
+    """
+    _, _, h, w = x.shape
+    side = 2 * padding + 1
     padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device, generator=generator)
-    rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # n x h x 1
-    cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # n x 1 x w
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    phase = int(torch.randint(side * side, (1,), generator=_host(generator)))
+    out = torch.empty_like(x)
+    for offset in range(side * side):
+        dy, dx = divmod((offset + phase) % (side * side), side)
+        out[offset :: side * side] = padded[offset :: side * side, :, dy : dy + h, dx : dx + w]
+    return out
 
 
 def random_hflip(x: torch.Tensor, generator=None) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    """Flip half the samples of a batch in random order: every other one, from a random start."""
+    start = int(torch.randint(2, (1,), generator=_host(generator)))
+    out = x.clone()
+    out[start::2] = x[start::2].flip(3)
+    return out
+
+
+def _host(generator: torch.Generator | None) -> torch.Generator | None:
+    """A CPU generator for the one random number per call (no device round trip)."""
+    return generator if generator is None or generator.device.type == "cpu" else None
 
 
 class DeviceLoader:
-    """Batches sliced from uint8 tensors that already live on the training device."""
+    """Batches sliced from uint8 tensors that already live on the training device.
+
+    Each epoch gathers the data once in shuffled order and augments it in a few large
+    operations; a batch is then a contiguous slice plus one multiply-add, so the Python
+    cost per batch stays at a handful of tensor operations.
+    """
 
     def __init__(
         self,
@@ -97,14 +126,15 @@ class DeviceLoader:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        n, device = len(self.labels), self.labels.device
+        images, labels = self.images, self.labels
         if self.shuffle:
-            order = torch.randperm(n, device=device, generator=self.generator)
-        else:
-            order = torch.arange(n, device=device)
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self.transform(self.images[index]), self.labels[index]
+            order = torch.randperm(len(labels), device=labels.device, generator=self.generator)
+            images, labels = images[order], labels[order]
+        if self.transform.augment:
+            images = self.transform.augmented(images)
+        for start in range(0, len(labels), self.batch_size):
+            end = start + self.batch_size
+            yield self.transform.normalized(images[start:end]), labels[start:end]
 
 
 class HostLoader:

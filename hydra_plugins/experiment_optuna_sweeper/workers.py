@@ -120,9 +120,13 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def worker_main(conn, task_ref, storage_url, study_name, pruner, gpu) -> None:
+def worker_main(conn, task_ref, storage_url, study_name, pruner, gpu, cpu_threads) -> None:
     if gpu is not None:  # pin before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import torch
+
+    # K workers each using every core would thrash: share the cores between them.
+    torch.set_num_threads(cpu_threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import optuna
 
@@ -176,7 +180,7 @@ class WorkerPool:
             target=worker_main,
             name=f"sweep-worker-{index}",
             daemon=True,
-            args=(child_end, *self.args, gpu),
+            args=(child_end, *self.args, gpu, self.cpu_threads),
         )
         process.start()
         child_end.close()
