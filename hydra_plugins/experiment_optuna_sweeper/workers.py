@@ -171,6 +171,7 @@ class WorkerPool:
             pruner,
         )
         self.gpus = gpus
+        self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
 
     def _start(self, index: int) -> dict:
