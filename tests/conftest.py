@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,32 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
         timeout=timeout,
         env=full_env,
     )
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m experiment.train ARGS` in the background, in its own process group,
+    with stdout+stderr readable line by line."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiment.train", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, *fragments: str, timeout: float = 180) -> str:
+    """Read the process's output until a line holds one of `fragments`."""
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        if any(f in line for f in fragments):
+            return line
+        assert time.time() < deadline, f"no line with {fragments} within {timeout}s"
+    raise AssertionError(f"the process ended without printing any of {fragments}")
 
 
 def output(proc: subprocess.CompletedProcess) -> str:

@@ -7,11 +7,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import FAST, all_runs, output, run_cli, sqlite_uri, store_overrides
+from tests.conftest import (
+    FAST,
+    all_runs,
+    output,
+    run_cli,
+    sqlite_uri,
+    start_cli,
+    store_overrides,
+    wait_for_line,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -104,19 +112,8 @@ def test_ctrl_c_marks_the_run_killed(tmp_path):
         "regularization.early_stopping.patience=null",
         *store_overrides(tmp_path),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiment.train", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    deadline = time.time() + 120
-    for line in proc.stdout:  # wait until training is under way
-        if "epoch 2/" in line or time.time() > deadline:
-            break
+    proc = start_cli(args, tmp_path)
+    wait_for_line(proc, "epoch 2/")  # training is under way
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode != 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import mlflow
@@ -15,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import FAST, all_runs, output, run_cli, sqlite_uri
+from tests.conftest import FAST, all_runs, output, run_cli, sqlite_uri, start_cli, wait_for_line
 
 pytestmark = pytest.mark.slow
 STUDY = "test-study"
@@ -108,25 +106,8 @@ def test_sigkill_mid_sweep_then_resume_ends_with_exactly_n_trials(tmp_path):
     args = sweep_args(
         tmp_path, "trainer.epochs=8", "regularization.early_stopping.patience=null", n_trials=4
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiment.train", *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.time() + 180
-    for line in proc.stdout:
-        if (
-            "epoch 2/8" in line
-            and "trial 0 " in "".join([])
-            or ("trial 0 COMPLETE" in line or "trial 0 PRUNED" in line)
-        ):
-            break
-        assert time.time() < deadline, "the sweep never got going"
+    proc = start_cli(args, tmp_path)
+    wait_for_line(proc, "trial 0 COMPLETE", "trial 0 PRUNED")
     time.sleep(1.0)  # into trial 1
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
