@@ -29,7 +29,13 @@ from experiment.checkpoint import BEST, load_checkpoint
 from experiment.data import build_data
 from experiment.engine import evaluate, fit, warm_up
 from experiment.errors import ExperimentError
-from experiment.runtime import autocast_dtype, peak_memory_mb, resolve_device, seed_everything
+from experiment.runtime import (
+    autocast_dtype,
+    peak_memory_mb,
+    resolve_device,
+    seed_everything,
+    stop_on_sigterm,
+)
 from experiment.schema import register_configs, validate
 from experiment.tracking import build_tracker, config_params, example_batch, git_commit
 
@@ -187,6 +193,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
+    stop_on_sigterm()
     try:
         return run(cfg)
     except ExperimentError as err:

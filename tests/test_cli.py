@@ -105,7 +105,8 @@ def test_multirun_over_two_overrides(tmp_path):
     assert len(list((tmp_path / "multirun").rglob("best.pt"))) == 4
 
 
-def test_ctrl_c_marks_the_run_killed(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_is_marked_killed(tmp_path, signum):
     args = [
         *FAST,
         "trainer.epochs=200",
@@ -114,7 +115,7 @@ def test_ctrl_c_marks_the_run_killed(tmp_path):
     ]
     proc = start_cli(args, tmp_path)
     wait_for_line(proc, "epoch 2/")  # training is under way
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     (killed,) = all_runs(sqlite_uri(tmp_path))

@@ -226,3 +226,24 @@ def test_bad_sweep_settings_are_reported_clearly(tmp_path, override, message):
     assert proc.returncode != 0
     assert (message or "needs a database storage") in text, text
     assert "Traceback" not in text
+
+
+def test_sigterm_stops_the_sweep_and_records_it_as_killed(tmp_path):
+    args = sweep_args(
+        tmp_path, "trainer.epochs=8", "regularization.early_stopping.patience=null", n_trials=3
+    )
+    proc = start_cli(args, tmp_path)
+    wait_for_line(proc, "trial 0 COMPLETE", "trial 0 PRUNED")
+    time.sleep(1.0)  # into trial 1
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    (parent,), children = split_runs(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    assert {c.info.status for c in children if c.data.tags["optuna.trial"] == "1"} == {"KILLED"}
+    # The interrupted trial is retried when the same command runs again.
+    assert run_cli(args, tmp_path).returncode == 0
+    study = load_study(tmp_path)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, None, 1]

@@ -55,8 +55,9 @@ class ParentRun:
                 self.client.set_terminated(run_id, "KILLED")
 
     def finish(
-        self, study: optuna.Study, summary: dict, results_file: Path | None, failed: bool
+        self, study: optuna.Study, summary: dict, results_file: Path | None, status: str
     ) -> None:
+        """Record the summary and plots; status FINISHED, FAILED (all trials failed) or KILLED."""
         metrics = {f"trials_{state.lower()}": count for state, count in summary["counts"].items()}
         if summary.get("best_value") is not None:
             metrics["best_value"] = summary["best_value"]
@@ -70,7 +71,7 @@ class ParentRun:
             self.client.log_artifact(self.run_id, str(results_file))
         for path in study_plots(study):
             self.client.log_artifact(self.run_id, str(path), "plots")
-        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+        self.client.set_terminated(self.run_id, status)
 
 
 def study_plots(study: optuna.Study) -> list[Path]:
@@ -96,6 +97,7 @@ def study_plots(study: optuna.Study) -> list[Path]:
         try:
             with warnings.catch_warnings():  # the matplotlib backend is marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # e.g. equal importances
                 axes = plot(study)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
             figure.set_size_inches(10, 6)

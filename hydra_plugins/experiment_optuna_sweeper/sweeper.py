@@ -21,6 +21,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiment.errors import ExperimentError, SweepError
+from experiment.runtime import stop_on_sigterm
 from experiment.sweep_context import FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
@@ -65,6 +66,7 @@ class ExperimentOptunaSweeper(Sweeper):
             raise SystemExit(err.exit_code) from None
 
     def _sweep(self, arguments: list[str]) -> Any:
+        stop_on_sigterm()
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         self._check_settings()
@@ -107,9 +109,14 @@ class ExperimentOptunaSweeper(Sweeper):
                 self.n_jobs, self.task_function, self.storage_url, name, pruner, gpus=_gpu_count()
             )
         )
-        results = []
+        results, interrupted = [], False
         try:
             results = self._run_trials(study, executor, space, fixed, name, parent)
+        except KeyboardInterrupt:
+            # The trial in flight stays RUNNING: the next run of the sweep fails it and
+            # retries its configuration once, like a trial of a killed sweep.
+            interrupted = True
+            raise
         finally:
             executor.close()
             summary = reporting.summarize(study)
@@ -117,7 +124,8 @@ class ExperimentOptunaSweeper(Sweeper):
             reporting.write_results(results_file, name, summary)
             all_failed = bool(results) and all(r.state == FAIL for r in results)
             if parent is not None:
-                parent.finish(study, summary, results_file, failed=all_failed)
+                status = "KILLED" if interrupted else "FAILED" if all_failed else "FINISHED"
+                parent.finish(study, summary, results_file, status)
         log.info(
             "Sweep done: %s. Best %s. Results: %s",
             summary["counts"],

@@ -52,6 +52,8 @@ def execute(
                 job_dir_key="hydra.sweep.dir",
                 job_subdir_key="hydra.sweep.subdir",
             )
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM stops the sweep, not just the trial
+            raise
         except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself
             return sweep_context.FAIL, None, f"{type(err).__name__}: {err}"
     if ret.status == JobStatus.COMPLETED:
