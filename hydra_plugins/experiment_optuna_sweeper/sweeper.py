@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hydra.core.plugins import Plugins  # noqa: F401  (imported for Hydra's plugin scan order)
 from hydra.core.utils import configure_log, setup_globals
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -25,7 +24,6 @@ from experiment.runtime import stop_on_sigterm
 from experiment.sweep_context import FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
-from hydra_plugins.experiment_optuna_sweeper.config import ExperimentOptunaSweeperConf  # noqa: F401
 from hydra_plugins.experiment_optuna_sweeper.workers import InProcessExecutor, WorkerPool
 
 log = logging.getLogger(__name__)
