@@ -167,7 +167,8 @@ class Tracker:
         self.mlflow.log_metrics(metrics)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.mlflow.set_tags(tags)
+        if self.run_id is not None:  # the fluent API would start a new run otherwise
+            self.mlflow.set_tags(tags)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """Log `model` (CPU copy, eval mode) with a signature and an input example.

@@ -90,31 +90,31 @@ def run(cfg: DictConfig) -> float:
     # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
     train_model = torch.compile(model, dynamic=True) if trainer.compile else model
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    tracker.start(
-        run_name=cfg.run_name or default_run_name(cfg, trial),
-        params=config_params(cfg),
-        tags={
-            "device": str(device),
-            "git_commit": git_commit() or "none",
-            "torch": torch.__version__,
-            "process": f"{socket.gethostname()}:{os.getpid()}",
-            **(trial.tags if trial else {}),
-        },
-        texts={
-            "config.yaml": OmegaConf.to_yaml(resolved),
-            "overrides.yaml": OmegaConf.to_yaml(_overrides()),
-        },
-        parent_run_id=trial.parent_run_id if trial else None,
-    )
-    callbacks = [tracker.log_epoch]
-    if trial:
-        trial.record_run(tracker.run_id)
-        callbacks.append(trial.report(cfg.optimized_metric))
-    if not (trial and trial.quiet):
-        callbacks.insert(0, _log_epoch(trainer.epochs))
     status = "FAILED"
-    try:
+    try:  # from the start of the MLflow run on, it always gets a final status
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        tracker.start(
+            run_name=cfg.run_name or default_run_name(cfg, trial),
+            params=config_params(cfg),
+            tags={
+                "device": str(device),
+                "git_commit": git_commit() or "none",
+                "torch": torch.__version__,
+                "process": f"{socket.gethostname()}:{os.getpid()}",
+                **(trial.tags if trial else {}),
+            },
+            texts={
+                "config.yaml": OmegaConf.to_yaml(resolved),
+                "overrides.yaml": OmegaConf.to_yaml(_overrides()),
+            },
+            parent_run_id=trial.parent_run_id if trial else None,
+        )
+        callbacks = [tracker.log_epoch]
+        if trial:
+            trial.record_run(tracker.run_id)
+            callbacks.append(trial.report(cfg.optimized_metric))
+        if not (trial and trial.quiet):
+            callbacks.insert(0, _log_epoch(trainer.epochs))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if trainer.compile:  # compile outside the timed epochs, and report it on its own
