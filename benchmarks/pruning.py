@@ -2,7 +2,7 @@
 
 Prints total epochs trained, wall time and best val/acc for each, and the ratios.
 
-    .venv/bin/python benchmarks/pruning.py [--trials 20]
+    .venv/bin/python -m benchmarks.pruning [--trials 20]
 """
 
 from __future__ import annotations

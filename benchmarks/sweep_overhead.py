@@ -4,7 +4,7 @@ Runs a 20-trial sweep of the default digits run (one process, trials in it) and,
 reference, single runs each started as a new process (what a launcher that spawns a
 process per trial pays). Prints the medians and their ratio.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 20] [--reference-runs 3]
+    .venv/bin/python -m benchmarks.sweep_overhead [--trials 20] [--reference-runs 3]
 """
 
 from __future__ import annotations
