@@ -23,21 +23,19 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 
+# The README's override example (its epochs and seed aside).
+README_OVERRIDES = [
+    "model=mlp",
+    "optimizer=sgd",
+    "optimizer.lr=0.05",
+    "scheduler=step",
+    "regularization=strong",
+    "dataset.batch_size=32",
+]
+
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    proc = run_cli(
-        [
-            "--cfg",
-            "job",
-            "model=mlp",
-            "optimizer=sgd",
-            "optimizer.lr=0.05",
-            "scheduler=step",
-            "regularization=strong",
-            "dataset.batch_size=32",
-        ],
-        tmp_path,
-    )
+    proc = run_cli(["--cfg", "job", *README_OVERRIDES], tmp_path)
     assert proc.returncode == 0, output(proc)
     text = proc.stdout
     assert "_target_: experiment.models.MLP" in text
@@ -63,12 +61,7 @@ def test_single_run_with_overrides(tmp_path):
     proc = run_cli(
         [
             *FAST,
-            "model=mlp",
-            "optimizer=sgd",
-            "optimizer.lr=0.05",
-            "scheduler=step",
-            "regularization=strong",
-            "dataset.batch_size=32",
+            *README_OVERRIDES,
             "trainer.seed=1",
             *store_overrides(tmp_path),
         ],

@@ -247,3 +247,12 @@ def test_sigterm_stops_the_sweep_and_records_it_as_killed(tmp_path):
     study = load_study(tmp_path)
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, None, 1]
+
+
+def test_trials_whose_config_cannot_be_composed_count_as_failed(tmp_path):
+    proc = run_cli(sweep_args(tmp_path, "model=transformer,perceiver", n_trials=2), tmp_path)
+    assert proc.returncode != 0
+    text = output(proc)
+    assert "All 2 trials of this sweep failed" in text
+    assert "Could not find 'model/" in text  # Hydra's own message, per trial
+    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.FAIL] * 2

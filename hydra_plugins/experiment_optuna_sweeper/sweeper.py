@@ -21,10 +21,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiment.errors import ExperimentError, SweepError
 from experiment.runtime import stop_on_sigterm
-from experiment.sweep_context import FAIL, TrialContext
+from experiment.sweep_context import COMPLETE, FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
-from hydra_plugins.experiment_optuna_sweeper.workers import InProcessExecutor, WorkerPool
+from hydra_plugins.experiment_optuna_sweeper.workers import (
+    InProcessExecutor,
+    TrialResult,
+    WorkerPool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +162,19 @@ class ExperimentOptunaSweeper(Sweeper):
                 try:
                     job_config = self._job_config(overrides, trial.number)
                 except Exception as err:  # e.g. a sampled value the config rejects
+                    result = TrialResult(trial.number, FAIL, error=f"{type(err).__name__}: {err}")
                     study.tell(trial, state=studies.TrialState.FAIL)
-                    log.error("trial %d FAIL: %s", trial.number, err)
+                    results.append(result)
+                    log.info(reporting.trial_line(result, trial.params))
                     continue
                 executor.submit(trial, job_config, context)
             if not executor.busy:
                 return results
             result = executor.next_result()
-            if result.state == FAIL:
-                study.tell(result.number, state=studies.TrialState.FAIL)
-            elif result.state == "PRUNED":
-                study.tell(result.number, state=studies.TrialState.PRUNED)
-            else:
+            if result.state == COMPLETE:
                 study.tell(result.number, result.value)
+            else:
+                study.tell(result.number, state=studies.TrialState[result.state])
             results.append(result)
             log.info(reporting.trial_line(result, params_of.get(result.number, {})))
 
