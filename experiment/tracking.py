@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiment.errors import TrackingError
+from experiment.sqlite_files import create_atomically
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,14 @@ def git_commit() -> str | None:
         return None
 
 
+def _create_mlflow_tables(uri: str) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # The artifact root MLflow itself gives the Default experiment of a new store.
+    store = SqlAlchemyStore(uri, default_artifact_root=Path("mlruns").resolve().as_uri())
+    store.engine.dispose()
+
+
 class NullTracker:
     """`tracking=none`: the same calls, recorded nowhere."""
 
@@ -112,9 +122,12 @@ class Tracker:
         self.model_format = getattr(model_format, "value", model_format)
         self.run_id: str | None = None
         mlflow.set_tracking_uri(self.uri)
+        if redact(self.uri) != self.uri:  # MLflow prints run URLs, credentials and all
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
         location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
         try:
+            create_atomically(self.uri, _create_mlflow_tables)
             self.experiment_id = self._experiment_id(location)
         except Exception as err:  # any failure here means the store is unusable
             raise TrackingError(

@@ -113,3 +113,30 @@ def all_runs(uri: str):
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments, max_results=1000) if experiments else []
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (see tests/services.py)."""
+    import shutil
+    import tempfile
+
+    from tests.services import postgres_server
+
+    # Not under pytest's tmp_path: its folders are private to this user, and the server
+    # runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="experiment-pg-"))
+    try:
+        with postgres_server(root) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    from tests.services import MlflowServer
+
+    server = MlflowServer(tmp_path / "mlflow-server").start()
+    yield server
+    server.stop()

@@ -4,6 +4,7 @@ MLflow SQLite store, all under tmp_path."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 
@@ -108,7 +109,7 @@ def test_sigkill_mid_sweep_then_resume_ends_with_exactly_n_trials(tmp_path):
     )
     proc = start_cli(args, tmp_path)
     wait_for_line(proc, "trial 0 COMPLETE", "trial 0 PRUNED")
-    time.sleep(1.0)  # into trial 1
+    wait_for_line(proc, "epoch 2/8")  # trial 1 is training
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -119,10 +120,11 @@ def test_sigkill_mid_sweep_then_resume_ends_with_exactly_n_trials(tmp_path):
     resumed = run_cli(args, tmp_path)
     assert resumed.returncode == 0, output(resumed)
     study = load_study(tmp_path)
-    finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) == len(study.trials) == 4
     stale = study.trials[running[0].number]
-    assert stale.state == TrialState.FAIL
+    assert stale.state == TrialState.FAIL and stale.system_attrs["fail_reason"] == "process killed"
+    # The killed trial does not use up the budget: its retry takes its place.
+    counted = [t for t in study.trials if t.number != stale.number]
+    assert len(counted) == 4 and all(t.state.is_finished() for t in counted)
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == stale.number]
     assert len(retries) == 1 and retries[0].params == stale.params
     _, children = split_runs(tmp_path)
@@ -130,6 +132,34 @@ def test_sigkill_mid_sweep_then_resume_ends_with_exactly_n_trials(tmp_path):
     assert [
         c.info.status for c in children if c.data.tags["optuna.trial"] == str(stale.number)
     ] == ["KILLED"]
+
+
+def test_sweep_killed_twice_at_random_points_ends_with_exactly_n_trials(tmp_path):
+    args = sweep_args(
+        tmp_path, "trainer.epochs=6", "regularization.early_stopping.patience=null", n_trials=5
+    )
+    delays = [random.uniform(4.0, 12.0) for _ in range(2)]  # start-up alone takes ~4 s
+    for delay in delays:
+        proc = start_cli(args, tmp_path)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    resumed = run_cli(args, tmp_path)
+    assert resumed.returncode == 0, (delays, output(resumed))
+    study = load_study(tmp_path)
+    killed = [t for t in study.trials if t.system_attrs.get("fail_reason") == "process killed"]
+    counted = [t for t in study.trials if t not in killed]
+    states = [(t.number, t.state.name, t.system_attrs, t.user_attrs) for t in study.trials]
+    assert len(counted) == 5, (delays, states)
+    assert all(t.state.is_finished() for t in study.trials), (delays, states)
+    for trial in killed:  # each killed trial ran again once, unless it was a retry itself
+        retries = [t for t in study.trials if t.user_attrs.get("retry_of") == trial.number]
+        assert len(retries) == (0 if "retry_of" in trial.user_attrs else 1)
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    parents, children = split_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
 
 
 def test_pruned_trials_are_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
@@ -234,7 +264,7 @@ def test_sigterm_stops_the_sweep_and_records_it_as_killed(tmp_path):
     )
     proc = start_cli(args, tmp_path)
     wait_for_line(proc, "trial 0 COMPLETE", "trial 0 PRUNED")
-    time.sleep(1.0)  # into trial 1
+    wait_for_line(proc, "epoch 2/8")  # trial 1 is training
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode != 0

@@ -48,16 +48,36 @@ class ParentRun:
             )
             self.run_id = run.info.run_id
 
-    def mark_killed(self, run_ids: list[str]) -> None:
-        """MLflow runs of trials whose process was killed: KILLED, not RUNNING forever."""
-        for run_id in run_ids:
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.client.set_terminated(run_id, "KILLED")
+    def close_orphans(self, study: optuna.Study) -> None:
+        """Trial runs left RUNNING by a killed process: KILLED, not RUNNING forever.
+
+        Any child run still RUNNING whose trial no longer is: that also covers a process
+        killed after starting its run but before recording the run's id in the study, and
+        one killed between recovering a trial and closing its run."""
+        running_trials = {
+            str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        }
+        runs = self.client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}' "
+            "and attributes.status = 'RUNNING'",
+            max_results=5000,
+        )
+        for run in runs:
+            if run.data.tags.get("optuna.trial") not in running_trials:
+                self.client.set_terminated(run.info.run_id, "KILLED")
 
     def finish(
-        self, study: optuna.Study, summary: dict, results_file: Path | None, status: str
+        self,
+        study: optuna.Study,
+        summary: dict,
+        results_file: Path | None,
+        status: str,
+        close: bool = True,
     ) -> None:
-        """Record the summary and plots; status FINISHED, FAILED (all trials failed) or KILLED."""
+        """Record the summary and plots; status FINISHED, FAILED (all trials failed) or KILLED.
+
+        `close=False` leaves the run RUNNING for the other processes sharing the study."""
         metrics = {f"trials_{state.lower()}": count for state, count in summary["counts"].items()}
         if summary.get("best_value") is not None:
             metrics["best_value"] = summary["best_value"]
@@ -71,7 +91,8 @@ class ParentRun:
             self.client.log_artifact(self.run_id, str(results_file))
         for path in study_plots(study):
             self.client.log_artifact(self.run_id, str(path), "plots")
-        self.client.set_terminated(self.run_id, status)
+        if close or status == "KILLED":
+            self.client.set_terminated(self.run_id, status)
 
 
 def study_plots(study: optuna.Study) -> list[Path]:

@@ -24,6 +24,7 @@ from experiment.runtime import stop_on_sigterm
 from experiment.sweep_context import COMPLETE, FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
+from hydra_plugins.experiment_optuna_sweeper.locking import StudyLock
 from hydra_plugins.experiment_optuna_sweeper.workers import (
     InProcessExecutor,
     TrialResult,
@@ -82,17 +83,19 @@ class ExperimentOptunaSweeper(Sweeper):
         direction = self.direction or self._task_direction()
         storage = studies.make_storage(self.storage_url)
         pruner = studies.make_pruner(self.pruner_spec)
-        study = studies.load_or_create(
-            name, storage, direction, studies.make_sampler(self.sampler_spec, self.seed), pruner
-        )
-        stale = studies.recover_stale_trials(study)
-        parent = self._parent_run(name)
-        if parent is not None:
-            parent.mark_killed(
-                [t.user_attrs["mlflow_run_id"] for t in stale if "mlflow_run_id" in t.user_attrs]
+        # Every sweep process joining the study takes this lock for the steps that must not
+        # interleave with another's: joining, recovery, the parent run, counting + asking.
+        lock = StudyLock(self.storage_url, name, getattr(storage, "engine", None))
+        with lock:
+            study = studies.load_or_create(name, storage, direction, None, pruner)
+            study.sampler = studies.make_sampler(
+                self.sampler_spec, self.seed, studies.join(study) if storage else 0
             )
-
-        done = studies.counted_trials(study)
+            studies.recover_stale_trials(study)
+            parent = self._parent_run(name)
+            if parent is not None:
+                parent.close_orphans(study)
+            done = studies.counted_trials(study)
         log.info(
             "Study '%s' (%s, %s): %d of %d trials already counted; search space: %s",
             name,
@@ -113,7 +116,7 @@ class ExperimentOptunaSweeper(Sweeper):
         )
         results, interrupted = [], False
         try:
-            results = self._run_trials(study, executor, space, fixed, name, parent)
+            results = self._run_trials(study, lock, executor, space, fixed, name, parent)
         except KeyboardInterrupt:
             # The trial in flight stays RUNNING: the next run of the sweep fails it and
             # retries its configuration once, like a trial of a killed sweep.
@@ -127,7 +130,9 @@ class ExperimentOptunaSweeper(Sweeper):
             all_failed = bool(results) and all(r.state == FAIL for r in results)
             if parent is not None:
                 status = "KILLED" if interrupted else "FAILED" if all_failed else "FINISHED"
-                parent.finish(study, summary, results_file, status)
+                with lock:  # the last process of a shared study to finish closes the run
+                    others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
+                    parent.finish(study, summary, results_file, status, close=not others_running)
         log.info(
             "Sweep done: %s. Best %s. Results: %s",
             summary["counts"],
@@ -143,14 +148,22 @@ class ExperimentOptunaSweeper(Sweeper):
             )
         return [[r] for r in results]
 
-    def _run_trials(self, study, executor, space, fixed, name, parent) -> list:
+    def _ask(self, study, lock, space):
+        """The next trial, or None once the study holds n_trials (counted across every
+        process sharing it: the count and the ask happen under the study lock)."""
+        with lock:
+            if studies.counted_trials(study) >= self.n_trials:
+                return None
+            trial = study.ask(fixed_distributions=space)
+            study._storage.set_trial_system_attr(
+                trial._trial_id, studies.WORKER_ATTR, studies.this_worker()
+            )
+            return trial
+
+    def _run_trials(self, study, lock, executor, space, fixed, name, parent) -> list:
         results, params_of = [], {}
         while True:
-            while executor.free and studies.counted_trials(study) < self.n_trials:
-                trial = study.ask(fixed_distributions=space)
-                study._storage.set_trial_system_attr(
-                    trial._trial_id, studies.WORKER_ATTR, studies.this_worker()
-                )
+            while executor.free and (trial := self._ask(study, lock, space)) is not None:
                 overrides = [
                     *fixed,
                     *(f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()),

@@ -1,0 +1,158 @@
+"""Real servers for the tests, each started in a temporary folder and stopped afterwards:
+a PostgreSQL server (the Debian package's binaries, a throwaway cluster) and an MLflow
+tracking server. Both listen on 127.0.0.1 only, on a free port.
+
+Without the PostgreSQL binaries the tests that need them are skipped, except under CI
+(`CI` set), where `.ci/run` installs them and a skip would hide a missing install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_USER, POSTGRES_PASSWORD = "experiment", "pg-s3cret-Pa55"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if found:
+        return Path(found[-1]).parent
+    postgres = shutil.which("postgres")
+    return Path(postgres).parent if postgres else None
+
+
+def _missing(what: str):
+    message = f"{what} is not installed (apt-get install postgresql)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@contextlib.contextmanager
+def postgres_server(root: Path) -> Iterator[str]:
+    """A PostgreSQL server with user `experiment` (password auth over TCP) and database
+    `optuna`; yields its SQLAlchemy URL, password included."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        _missing("PostgreSQL")
+    # PostgreSQL refuses to run as root: run it as the Debian package's postgres user.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data, sockets = root / "pgdata", root / "pgsocket"
+    root.mkdir(parents=True, exist_ok=True)
+    sockets.mkdir()
+    password_file = root / "pgpass"
+    password_file.write_text(POSTGRES_PASSWORD + "\n")
+    if as_user:
+        uid = pwd.getpwnam("postgres").pw_uid
+        for path in (root, sockets, password_file):
+            os.chown(path, uid, -1)
+    port = free_port()
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            POSTGRES_USER,
+            f"--pwfile={password_file}",
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets}"
+    # The server's output goes to a log file: a pipe would stay open as long as it runs.
+    server_log = root / "server.log"
+    server_log.touch()
+    if as_user:
+        os.chown(server_log, uid, -1)
+    subprocess.run(
+        [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options]
+        + ["-l", str(server_log), "-w", "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        subprocess.run(
+            [*as_user, str(bin_dir / "createdb"), "-h", str(sockets), "-p", str(port)]
+            + ["-U", POSTGRES_USER, "optuna"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend and an artifact root under `root`."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.root / "server.log", "a")  # noqa: SIM115  closed in stop()
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.process.poll() is None, (self.root / "server.log").read_text()
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + "/health", timeout=2) as response,
+            ):
+                if response.status == 200:
+                    return self
+            time.sleep(0.5)
+        raise AssertionError(f"mlflow server did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=30)
+        self.log.close()

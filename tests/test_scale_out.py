@@ -1,0 +1,104 @@
+"""Scaling out as the README shows it: several sweep commands share one study in a real
+PostgreSQL database and track to one real MLflow server over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from tests.conftest import FAST, ROOT
+from tests.services import POSTGRES_PASSWORD
+
+pytestmark = pytest.mark.slow
+TRACKING_PASSWORD = "trk-s3cret-Pa55"
+
+
+def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
+    tmp_path, postgres_url, mlflow_server
+):
+    tracking_uri = mlflow_server.url.replace("http://", f"http://user:{TRACKING_PASSWORD}@")
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        *FAST,
+        f"hydra.sweeper.storage={postgres_url}",
+        "hydra.sweeper.study_name=shared",
+        "hydra.sweeper.n_trials=12",
+        f"tracking.uri={tracking_uri}",
+        "tracking.experiment_name=scale-out",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs, processes = [], []
+    for index in range(3):  # three commands at once, as on three machines
+        log = tmp_path / f"sweep{index}.log"
+        workdir = tmp_path / f"machine{index}"
+        workdir.mkdir()
+        logs.append(log)
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "experiment.train", *args],
+                cwd=workdir,
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+                env={**env, "PYTHONPATH": str(ROOT)},
+            )
+        )
+    codes = [p.wait(timeout=400) for p in processes]
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0, 0], "\n\n".join(outputs)
+
+    # Optuna: exactly 12 trials, all finished, distinct numbers and parameter sets.
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    trials = study.trials
+    assert len(trials) == 12, [(t.number, t.state) for t in trials]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert sorted(t.number for t in trials) == list(range(12))
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 12
+    assert study.user_attrs["coordinators"] == 3
+    assert len({t.system_attrs["worker"] for t in trials}) >= 2  # the work was shared
+
+    # MLflow over HTTP: one parent, twelve children under it, none left RUNNING.
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("scale-out")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("sweep.parent") == "true"]
+    children = [r for r in runs if r.data.tags.get("sweep.parent") != "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 12
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(12))
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert parents[0].data.metrics["trials_complete"] + parents[0].data.metrics.get(
+        "trials_pruned", 0
+    ) == pytest.approx(12)
+
+    # A logged model comes back through the server and predicts.
+    complete = next(c for c in children if c.data.tags["optuna.state"] == "COMPLETE")
+    mlflow.set_tracking_uri(mlflow_server.url)
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"source_run_id = '{complete.info.run_id}'",
+        output_format="list",
+    )
+    model = mlflow.pytorch.load_model(logged.model_uri)
+    images = np.random.default_rng(0).standard_normal((3, 1, 12, 12)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        assert model(torch.from_numpy(images)).shape == (3, 4)
+
+    # Neither password is in any log line, param or tag.
+    for text in outputs:
+        assert POSTGRES_PASSWORD not in text and TRACKING_PASSWORD not in text
+    for run in runs:
+        recorded = [*run.data.params.values(), *run.data.tags.values()]
+        assert not [v for v in recorded if POSTGRES_PASSWORD in v or TRACKING_PASSWORD in v]
+    assert "***" in parents[0].data.tags["optuna.storage"]
