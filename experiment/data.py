@@ -125,6 +125,10 @@ class DeviceLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
+    def seed(self, value: int) -> None:
+        if self.generator is not None:  # shared with the augmenting transform
+            self.generator.manual_seed(value)
+
     def __iter__(self) -> Iterator[Batch]:
         images, labels = self.images, self.labels
         if self.shuffle:
@@ -146,6 +150,11 @@ class HostLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def seed(self, value: int) -> None:
+        for generator in (self.loader.generator, self.transform.generator):
+            if generator is not None:
+                generator.manual_seed(value)
+
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:
             images = images.to(self.device, non_blocking=True)
@@ -163,6 +172,10 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def seed_epoch(self, seed: int) -> None:
+        """Reseed the training loader's shuffling and augmentation for one epoch."""
+        self.train.seed(seed)
 
     def use_channels_last(self) -> None:
         """Hand batches to a channels_last conv net in its own memory layout."""

@@ -91,6 +91,13 @@ def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtyp
     return seconds
 
 
+def seed_epoch(data, seed: int, epoch: int) -> None:
+    """Seed everything random in one epoch from (seed, epoch)."""
+    epoch_seed = seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)  # dropout and other in-model randomness, on every device
+    data.seed_epoch(epoch_seed)
+
+
 @dataclass
 class FitResult:
     best_value: float
@@ -121,17 +128,32 @@ def fit(
     callbacks: tuple[EpochCallback, ...] = (),
     config: dict | None = None,
     train_model: nn.Module | None = None,
+    seed: int | None = None,
+    resume_from: dict | None = None,
+    checkpoint_extra: dict | None = None,
 ) -> FitResult:
     """Train for `epochs`, keeping `last.pt` and `best.pt` (by `monitor`) in checkpoint_dir.
 
     `train_model` is what runs forward (a compiled wrapper, say); `model` is what is saved.
     Callbacks get (epoch, metrics) after each epoch: tracking, pruning.
+    With `seed`, every epoch draws its randomness (shuffling, augmentation, dropout) from
+    seed and epoch alone, so a run resumed from a checkpoint (`resume_from`, a loaded
+    last.pt) trains exactly as the uninterrupted run would have.
     """
     train_model = model if train_model is None else train_model
     step_scheduler = scheduler if scheduler_interval == "step" else None
     sign = 1.0 if maximize else -1.0
-    best_value, best_epoch, history = -math.inf * sign, -1, []
-    for epoch in range(epochs):
+    best_value, best_epoch, history, first_epoch = -math.inf * sign, -1, [], 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        if scheduler is not None and resume_from.get("scheduler") is not None:
+            scheduler.load_state_dict(resume_from["scheduler"])
+        best_value, best_epoch = resume_from["best_value"], resume_from["best_epoch"]
+        history, first_epoch = list(resume_from["history"]), resume_from["epoch"] + 1
+    for epoch in range(first_epoch, epochs):
+        if seed is not None:
+            seed_epoch(data, seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train = train_one_epoch(
@@ -167,19 +189,23 @@ def fit(
             else:
                 scheduler.step()
 
-        improved = sign * (metrics[monitor] - best_value) > min_delta or best_epoch < 0
+        if sign * (metrics[monitor] - best_value) > min_delta or best_epoch < 0:
+            best_value, best_epoch = metrics[monitor], epoch
         state = dict(
             model=model.state_dict(),
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             epoch=epoch,
             metrics=metrics,
+            best_value=best_value,
+            best_epoch=best_epoch,
+            history=history,
             config=config or {},
+            extra=checkpoint_extra or {},
         )
-        save_checkpoint(checkpoint_dir / LAST, **state)
-        if improved:
-            best_value, best_epoch = metrics[monitor], epoch
+        if best_epoch == epoch:
             save_checkpoint(checkpoint_dir / BEST, **state)
+        save_checkpoint(checkpoint_dir / LAST, **state)  # last: a resume finds best.pt whole
         for callback in callbacks:
             callback(epoch, metrics)
         if patience is not None and epoch - best_epoch >= patience:

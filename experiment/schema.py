@@ -86,6 +86,8 @@ class TrainerConf:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
     checkpoint_dir: str = "checkpoints"
+    resume: str | None = None
+    resume_dir: str | None = "outputs"
 
 
 @dataclass

@@ -73,6 +73,22 @@ def git_commit() -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def _few_http_retries():
+    """MLflow retries a failing HTTP request 7 times with growing pauses (minutes in all):
+    right for a long run riding out a server restart, too slow for the first contact."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",)}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _create_mlflow_tables(uri: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -93,6 +109,9 @@ class NullTracker:
         pass
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def backfill(self, history: list[dict[str, float]]) -> None:
         pass
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
@@ -128,7 +147,8 @@ class Tracker:
         location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
         try:
             create_atomically(self.uri, _create_mlflow_tables)
-            self.experiment_id = self._experiment_id(location)
+            with _few_http_retries():  # a server that is not there: say so in seconds
+                self.experiment_id = self._experiment_id(location)
         except Exception as err:  # any failure here means the store is unusable
             raise TrackingError(
                 f"Cannot use the MLflow tracking store {redact(self.uri)}: "
@@ -161,7 +181,12 @@ class Tracker:
         tags: dict[str, str],
         texts: dict[str, str],
         parent_run_id: str | None = None,
+        resume_run_id: str | None = None,
     ) -> None:
+        """Start the run; with `resume_run_id`, reopen that run (its params are logged)."""
+        if resume_run_id is not None and self._reopen(resume_run_id):
+            self.mlflow.set_tags({"resumed": "true"})
+            return
         run = self.mlflow.start_run(
             experiment_id=self.experiment_id,
             run_name=run_name,
@@ -173,11 +198,30 @@ class Tracker:
         for name, text in texts.items():
             self.mlflow.log_text(text, name)
 
+    def _reopen(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.mlflow.start_run(run_id=run_id)
+        except MlflowException as err:  # deleted, or in another store
+            log.warning(f"Cannot reopen MLflow run {run_id} ({err}); starting a new run.")
+            return False
+        self.run_id = run.info.run_id
+        return True
+
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.mlflow.log_metrics(metrics, step=epoch)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         self.mlflow.log_metrics(metrics)
+
+    def backfill(self, history: list[dict[str, float]]) -> None:
+        """Log the epochs a killed run checkpointed but did not get to log."""
+        client = self.mlflow.MlflowClient(self.uri)
+        logged = {m.step for m in client.get_metric_history(self.run_id, "val/acc")}
+        for epoch, metrics in enumerate(history):
+            if epoch not in logged:
+                self.log_epoch(epoch, metrics)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id is not None:  # the fluent API would start a new run otherwise

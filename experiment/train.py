@@ -6,6 +6,7 @@ python -m experiment.train -m hparams_search=optuna      # a sweep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from experiment import sweep_context
+from experiment import resume, sweep_context
 from experiment.builders import (
     build_model,
     build_optimizer,
@@ -28,7 +29,7 @@ from experiment.builders import (
 from experiment.checkpoint import BEST, load_checkpoint
 from experiment.data import build_data
 from experiment.engine import evaluate, fit, warm_up
-from experiment.errors import ExperimentError
+from experiment.errors import ExperimentError, TrackingError
 from experiment.runtime import (
     autocast_dtype,
     peak_memory_mb,
@@ -37,7 +38,13 @@ from experiment.runtime import (
     stop_on_sigterm,
 )
 from experiment.schema import register_configs, validate
-from experiment.tracking import build_tracker, config_params, example_batch, git_commit
+from experiment.tracking import (
+    build_tracker,
+    config_params,
+    example_batch,
+    git_commit,
+    redact,
+)
 
 log = logging.getLogger("experiment")
 register_configs()
@@ -66,6 +73,33 @@ def _log_epoch(epochs: int):
     return callback
 
 
+@contextlib.contextmanager
+def _store_failure_keeps(checkpoint_dir: Path, when: str):
+    """A tracking store that fails mid-run: stop with a message that says where the
+    trained weights are and how to continue, instead of a traceback."""
+    try:
+        yield
+    except (ExperimentError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        if sweep_context.TrialContext.is_pruned(err):
+            raise
+        raise TrackingError(
+            f"The MLflow tracking store failed {when}: {type(err).__name__}: "
+            f"{redact(str(err)).splitlines()[0] if str(err) else ''}. Nothing trained is "
+            f"lost: the checkpoints (last.pt, best.pt) are in {checkpoint_dir}. Once the "
+            "store is back, run the same command with trainer.resume=auto to continue."
+        ) from None
+
+
+def _tracked(log_epoch, checkpoint_dir: Path):
+    def callback(epoch: int, metrics: dict[str, float]) -> None:
+        with _store_failure_keeps(checkpoint_dir, f"in epoch {epoch + 1}"):
+            log_epoch(epoch, metrics)
+
+    return callback
+
+
 def run(cfg: DictConfig) -> float:
     """Train and test one configuration; return the best value of cfg.optimized_metric.
 
@@ -78,6 +112,15 @@ def run(cfg: DictConfig) -> float:
     device = resolve_device(trainer.device)
     seed_everything(trainer.seed, trainer.deterministic)
     amp_dtype = autocast_dtype(trainer.precision, device)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    checkpoint_dir = Path(trainer.checkpoint_dir)
+    resume_point = None
+    if not trial:  # a sweep resumes trials itself
+        search = Path(trainer.resume_dir) if trainer.resume_dir else None
+        resume_point = resume.find(trainer.resume, resolved, checkpoint_dir, search)
+    if resume_point is not None:
+        checkpoint_dir = resume_point.checkpoint.parent  # keep writing next to it
+        log.info(f"Resuming from {resume_point.checkpoint} at epoch {resume_point.next_epoch + 1}")
     tracker = build_tracker(cfg.tracking)  # an unreachable store fails here, before training
 
     data = build_data(cfg.dataset, device, seed=trainer.seed)
@@ -92,7 +135,6 @@ def run(cfg: DictConfig) -> float:
 
     status = "FAILED"
     try:  # from the start of the MLflow run on, it always gets a final status
-        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         tracker.start(
             run_name=cfg.run_name or default_run_name(cfg, trial),
             params=config_params(cfg),
@@ -108,8 +150,11 @@ def run(cfg: DictConfig) -> float:
                 "overrides.yaml": OmegaConf.to_yaml(_overrides()),
             },
             parent_run_id=trial.parent_run_id if trial else None,
+            resume_run_id=resume_point.mlflow_run_id if resume_point else None,
         )
-        callbacks = [tracker.log_epoch]
+        if resume_point is not None:
+            tracker.backfill(resume_point.state["history"])
+        callbacks = [_tracked(tracker.log_epoch, checkpoint_dir)]
         if trial:
             trial.record_run(tracker.run_id)
             callbacks.append(trial.report(cfg.optimized_metric))
@@ -131,7 +176,7 @@ def run(cfg: DictConfig) -> float:
             scheduler,
             epochs=trainer.epochs,
             device=device,
-            checkpoint_dir=Path(trainer.checkpoint_dir),
+            checkpoint_dir=checkpoint_dir,
             monitor=cfg.optimized_metric,
             maximize=cfg.optimized_direction.value == "maximize",
             scheduler_interval=scheduler_interval(cfg.scheduler),
@@ -144,10 +189,16 @@ def run(cfg: DictConfig) -> float:
             callbacks=callbacks,
             config=resolved,
             train_model=train_model,
+            seed=trainer.seed,
+            resume_from=resume_point.state if resume_point else None,
+            checkpoint_extra={
+                "fingerprint": resume.fingerprint(resolved),
+                "mlflow_run_id": tracker.run_id,
+            },
         )
         train_seconds = time.perf_counter() - start
         # The test split is evaluated once, with the weights that were best on validation.
-        model.load_state_dict(load_checkpoint(Path(trainer.checkpoint_dir) / BEST)["model"])
+        model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
         test = evaluate(model, data.test, device=device, amp_dtype=amp_dtype)
         summary = {
             "test/loss": test["loss"],
@@ -158,9 +209,11 @@ def run(cfg: DictConfig) -> float:
             "epochs_run": result.epochs_run,
             **peak_memory_mb(device),
         }
-        tracker.log_metrics(summary)
-        if cfg.tracking.log_model:
-            tracker.log_model(model, example_batch(data.val))
+        with _store_failure_keeps(checkpoint_dir, "after training"):
+            tracker.log_metrics(summary)
+            if cfg.tracking.log_model:
+                tracker.log_model(model, example_batch(data.val))
+        resume.mark_complete(checkpoint_dir)
         status = "FINISHED"
         if trial:
             tracker.set_tags({"optuna.state": sweep_context.COMPLETE})
@@ -176,12 +229,15 @@ def run(cfg: DictConfig) -> float:
             )
         raise
     finally:
-        tracker.finish(status)
+        try:
+            tracker.finish(status)
+        except Exception as err:  # the store is down: the error that brought us here counts
+            log.warning(f"Could not record the run's end in MLflow: {type(err).__name__}")
     log.info(
         f"best {cfg.optimized_metric} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
         f"test/acc {test['acc']:.4f}; trained {train_seconds:.1f}s over {result.epochs_run} "
         f"epochs{' (early stop)' if result.stopped_early else ''}. "
-        f"Checkpoints: {trainer.checkpoint_dir}"
+        f"Checkpoints: {checkpoint_dir}"
     )
     log.info(tracker.describe())
     return float(result.best_value)

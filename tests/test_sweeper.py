@@ -275,8 +275,9 @@ def test_sigterm_stops_the_sweep_and_records_it_as_killed(tmp_path):
     # The interrupted trial is retried when the same command runs again.
     assert run_cli(args, tmp_path).returncode == 0
     study = load_study(tmp_path)
-    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
-    assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, None, 1]
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert study.trials[1].system_attrs["fail_reason"] == "process killed"
+    assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, None, 1, None]
 
 
 def test_trials_whose_config_cannot_be_composed_count_as_failed(tmp_path):

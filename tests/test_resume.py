@@ -1,0 +1,85 @@
+"""`trainer.resume=auto`: a run killed with SIGKILL continues from its last checkpoint, in
+the same MLflow run, and ends where the uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import all_runs, output, run_cli, sqlite_uri, start_cli, wait_for_line
+
+pytestmark = pytest.mark.slow
+
+RUN = [
+    "dataset=synthetic",
+    "dataset.source.num_train=3000",
+    "dataset.source.num_test=200",
+    "dataset.source.height=16",
+    "dataset.source.width=16",
+    "dataset.source.num_classes=4",
+    "trainer.epochs=10",
+    "trainer.deterministic=true",
+    "regularization.early_stopping.patience=null",
+    "tracking.log_model=false",
+]
+
+
+def store_args(workdir):
+    return [
+        *RUN,
+        f"tracking.uri={sqlite_uri(workdir)}",
+        f"tracking.artifact_root={workdir / 'mlruns' / 'artifacts'}",
+    ]
+
+
+def final_metrics(workdir) -> tuple[dict, list]:
+    (run,) = all_runs(sqlite_uri(workdir))
+    history = MlflowClient(sqlite_uri(workdir)).get_metric_history(run.info.run_id, "val/acc")
+    return run, sorted((m.step, m.value) for m in history)
+
+
+def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_path):
+    reference_dir, resumed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference_dir.mkdir()
+    resumed_dir.mkdir()
+    reference = run_cli(store_args(reference_dir), reference_dir)
+    assert reference.returncode == 0, output(reference)
+
+    proc = start_cli([*store_args(resumed_dir), "trainer.resume=auto"], resumed_dir)
+    wait_for_line(proc, "epoch 4/10")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    (killed,) = all_runs(sqlite_uri(resumed_dir))
+    assert killed.info.status == "RUNNING"
+    assert "test/acc" not in killed.data.metrics
+
+    resumed = run_cli([*store_args(resumed_dir), "trainer.resume=auto"], resumed_dir)
+    assert resumed.returncode == 0, output(resumed)
+    assert "Resuming from" in output(resumed)
+    assert "epoch 1/10 " not in output(resumed)  # it did not start over
+
+    expected, expected_history = final_metrics(reference_dir)
+    run, history = final_metrics(resumed_dir)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["resumed"] == "true"
+    for key in ("test/acc", "test/loss", "best/value", "best/epoch"):
+        assert run.data.metrics[key] == pytest.approx(expected.data.metrics[key], rel=1e-6)
+    assert [step for step, _ in history] == list(range(10))  # every epoch, once
+    assert [v for _, v in history] == pytest.approx([v for _, v in expected_history], rel=1e-6)
+
+    # Run again after it finished: a new run, not a resumption of the finished one.
+    again = run_cli(
+        [*store_args(resumed_dir), "trainer.resume=auto", "trainer.epochs=1"], resumed_dir
+    )
+    assert again.returncode == 0, output(again)
+    assert "Resuming from" not in output(again)
+    assert len(all_runs(sqlite_uri(resumed_dir))) == 2
+
+
+def test_resume_from_a_missing_path_is_refused(tmp_path):
+    proc = run_cli([*store_args(tmp_path), f"trainer.resume={tmp_path / 'nope.pt'}"], tmp_path)
+    assert proc.returncode == 2
+    assert "trainer.resume" in output(proc) and "Traceback" not in output(proc)
