@@ -76,10 +76,10 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
     )
 
 
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+def start_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """`python -m experiment.train ARGS` in the background, in its own process group,
     with stdout+stderr readable line by line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.Popen(
         [sys.executable, "-m", "experiment.train", *args],

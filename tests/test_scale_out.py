@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import FAST, ROOT
+from experiment.checkpoint import load_checkpoint
+from tests.conftest import FAST, ROOT, start_cli, wait_for_line
 from tests.services import POSTGRES_PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -102,3 +103,27 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
         recorded = [*run.data.params.values(), *run.data.tags.values()]
         assert not [v for v in recorded if POSTGRES_PASSWORD in v or TRACKING_PASSWORD in v]
     assert "***" in parents[0].data.tags["optuna.storage"]
+
+
+def test_tracking_server_failing_mid_run_keeps_the_checkpoints(tmp_path, mlflow_server):
+    checkpoints = tmp_path / "checkpoints"
+    args = [
+        *FAST,
+        "dataset.source.num_train=3000",
+        "trainer.epochs=40",
+        "regularization.early_stopping.patience=null",
+        f"tracking.uri={mlflow_server.url}",
+        f"trainer.checkpoint_dir={checkpoints}",
+    ]
+    # No retries: the failure shows at once (MLflow's default rides out minutes of outage).
+    proc = start_cli(args, tmp_path, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    wait_for_line(proc, "epoch 2/40")
+    mlflow_server.stop()
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, rest
+    assert "The MLflow tracking store failed in epoch" in rest, rest
+    assert str(checkpoints) in rest and "trainer.resume=auto" in rest
+    assert "Traceback" not in rest
+    state = load_checkpoint(checkpoints / "last.pt")  # weights_only=True
+    assert state["epoch"] >= 1 and state["model"]
+    assert (checkpoints / "best.pt").exists()
