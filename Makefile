@@ -4,11 +4,13 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 STORE ?= sqlite:///mlruns/mlflow.db
+STUDIES ?= sqlite:///multirun/optuna.db
 HOST ?= 127.0.0.1
 PORT ?= 5000
+DASHBOARD_PORT ?= 8080
 ARGS ?=
 
-.PHONY: install train sweep test test-fast lint ui clean
+.PHONY: install train sweep test test-fast lint ui dashboard clean
 
 install: $(STAMP)
 
@@ -35,6 +37,9 @@ lint: $(STAMP)
 
 ui: $(STAMP)  ## the MLflow UI over the project's store, on http://$(HOST):$(PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
+
+dashboard: $(STAMP)  ## optuna-dashboard over the sweeps' study storage, on http://$(HOST):$(DASHBOARD_PORT)
+	$(VENV)/bin/optuna-dashboard $(STUDIES) --host $(HOST) --port $(DASHBOARD_PORT)
 
 clean:
 	rm -rf outputs multirun mlruns .pytest_cache

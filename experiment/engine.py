@@ -57,18 +57,28 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, device, amp_dtype=None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader, *, device, amp_dtype=None, num_classes: int | None = None
+) -> dict:
+    """Loss and accuracy; with `num_classes`, also the confusion matrix (rows: true)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    pairs = torch.zeros((num_classes or 0) ** 2, device=device, dtype=torch.long)
     seen = 0
     for images, labels in loader:
         with autocast(device, amp_dtype):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
+        predicted = logits.argmax(1)
+        correct += (predicted == labels).sum()
+        if num_classes:
+            pairs += torch.bincount(labels * num_classes + predicted, minlength=len(pairs))
         seen += len(labels)
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
+    result = {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
+    if num_classes:
+        result["confusion"] = pairs.view(num_classes, num_classes).cpu().numpy()
+    return result
 
 
 def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtype=None) -> float:

@@ -20,6 +20,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from experiment.errors import ConfigError, ConfigValueError
 
 
+class Progress(Enum):
+    auto = "auto"  # a bar on a terminal, plain lines otherwise
+    bar = "bar"
+    lines = "lines"
+    quiet = "quiet"
+
+
 class Device(Enum):
     auto = "auto"  # CUDA when present, else CPU
     cpu = "cpu"
@@ -87,6 +94,7 @@ class TrainerConf:
     early_stopping_min_delta: float = 0.0
     checkpoint_dir: str = "checkpoints"
     resume: str | None = None
+    progress: Progress = Progress.auto
     resume_dir: str | None = "outputs"
 
 
@@ -311,6 +319,7 @@ class TrackingConf:
     artifact_root: str = "mlruns/artifacts"
     experiment_name: str = "default"
     log_model: bool = True
+    log_plots: bool = True  # learning curves and test confusion matrix, PNG under plots/
     # pt2: an exported graph, portable, ~0.6 s to log; pickle: the nn.Module itself,
     # trainable when loaded (needs this package importable), ~0.07 s to log.
     model_format: ModelFormat = ModelFormat.pt2

@@ -117,6 +117,9 @@ class NullTracker:
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         pass
 
+    def log_plots(self, history, confusion, classes) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
@@ -226,6 +229,17 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id is not None:  # the fluent API would start a new run otherwise
             self.mlflow.set_tags(tags)
+
+    def log_plots(self, history: list[dict], confusion, classes: list[str]) -> None:
+        """Learning curves and the test confusion matrix, as PNG under `plots/`."""
+        import tempfile
+
+        from experiment import plots
+
+        with tempfile.TemporaryDirectory() as folder:
+            plots.learning_curves(history, Path(folder) / "learning_curves.png")
+            plots.confusion_matrix(confusion, classes, Path(folder) / "confusion_matrix.png")
+            self.mlflow.log_artifacts(folder, "plots")
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """Log `model` (CPU copy, eval mode) with a signature and an input example.

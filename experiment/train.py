@@ -30,6 +30,7 @@ from experiment.checkpoint import BEST, load_checkpoint
 from experiment.data import build_data
 from experiment.engine import evaluate, fit, warm_up
 from experiment.errors import ExperimentError, TrackingError
+from experiment.progress import EpochProgress
 from experiment.runtime import (
     autocast_dtype,
     peak_memory_mb,
@@ -60,17 +61,6 @@ def default_run_name(cfg: DictConfig, trial=None) -> str:
 
 def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _log_epoch(epochs: int):
-    def callback(epoch: int, m: dict[str, float]) -> None:
-        log.info(
-            f"epoch {epoch + 1}/{epochs}  train/loss {m['train/loss']:.4f}  "
-            f"train/acc {m['train/acc']:.4f}  val/loss {m['val/loss']:.4f}  "
-            f"val/acc {m['val/acc']:.4f}  lr {m['lr']:.2e}  {m['epoch_time_s']:.2f}s"
-        )
-
-    return callback
 
 
 @contextlib.contextmanager
@@ -133,7 +123,7 @@ def run(cfg: DictConfig) -> float:
     # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
     train_model = torch.compile(model, dynamic=True) if trainer.compile else model
 
-    status = "FAILED"
+    status, progress = "FAILED", None
     try:  # from the start of the MLflow run on, it always gets a final status
         tracker.start(
             run_name=cfg.run_name or default_run_name(cfg, trial),
@@ -158,8 +148,13 @@ def run(cfg: DictConfig) -> float:
         if trial:
             trial.record_run(tracker.run_id)
             callbacks.append(trial.report(cfg.optimized_metric))
-        if not (trial and trial.quiet):
-            callbacks.insert(0, _log_epoch(trainer.epochs))
+        progress = EpochProgress(
+            trainer.epochs,
+            cfg.optimized_metric,
+            "quiet" if trial and trial.quiet else trainer.progress.value,
+            first_epoch=resume_point.next_epoch if resume_point else 0,
+        )
+        callbacks.insert(0, progress)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if trainer.compile:  # compile outside the timed epochs, and report it on its own
@@ -199,7 +194,9 @@ def run(cfg: DictConfig) -> float:
         train_seconds = time.perf_counter() - start
         # The test split is evaluated once, with the weights that were best on validation.
         model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
-        test = evaluate(model, data.test, device=device, amp_dtype=amp_dtype)
+        test = evaluate(
+            model, data.test, device=device, amp_dtype=amp_dtype, num_classes=data.num_classes
+        )
         summary = {
             "test/loss": test["loss"],
             "test/acc": test["acc"],
@@ -211,6 +208,8 @@ def run(cfg: DictConfig) -> float:
         }
         with _store_failure_keeps(checkpoint_dir, "after training"):
             tracker.log_metrics(summary)
+            if cfg.tracking.log_plots:
+                tracker.log_plots(result.history, test["confusion"], data.classes)
             if cfg.tracking.log_model:
                 tracker.log_model(model, example_batch(data.val))
         resume.mark_complete(checkpoint_dir)
@@ -229,6 +228,8 @@ def run(cfg: DictConfig) -> float:
             )
         raise
     finally:
+        if progress is not None:
+            progress.close()
         try:
             tracker.finish(status)
         except Exception as err:  # the store is down: the error that brought us here counts

@@ -169,3 +169,30 @@ def trial_line(result, params: dict) -> str:
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_table(study: optuna.Study, limit: int = 20) -> str:
+    """The study's trials as a table, best first (then the unfinished and failed ones)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    if not trials:
+        return "(no trials)"
+    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+
+    def order(t):
+        return (t.value is None, sign * t.value if t.value is not None else 0.0, t.number)
+
+    names = sorted({k for t in trials for k in t.params})
+    header = ["trial", "state", "value", "seconds", *names]
+    rows = []
+    for t in sorted(trials, key=order)[:limit]:
+        seconds = t.duration.total_seconds() if t.duration else float("nan")
+        value = "" if t.value is None else f"{t.value:.4f}"
+        params = [_short(t.params[k]) if k in t.params else "" for k in names]
+        rows.append([str(t.number), t.state.name, value, f"{seconds:.1f}", *params])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    more = len(trials) - len(rows)
+    return "\n".join(lines + ([f"... and {more} more"] if more > 0 else []))

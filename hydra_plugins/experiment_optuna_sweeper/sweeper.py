@@ -133,6 +133,7 @@ class ExperimentOptunaSweeper(Sweeper):
                 with lock:  # the last process of a shared study to finish closes the run
                     others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
                     parent.finish(study, summary, results_file, status, close=not others_running)
+        log.info("Trials of study '%s', best first:\n%s", name, reporting.summary_table(study))
         log.info(
             "Sweep done: %s. Best %s. Results: %s",
             summary["counts"],

@@ -1,0 +1,50 @@
+"""What a run shows while it trains: a progress bar on a terminal, one plain line per
+epoch anywhere else (CI logs, files), nothing inside parallel sweep workers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("experiment")
+
+
+def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    return (
+        f"epoch {epoch + 1}/{epochs}  train/loss {m['train/loss']:.4f}  "
+        f"train/acc {m['train/acc']:.4f}  val/loss {m['val/loss']:.4f}  "
+        f"val/acc {m['val/acc']:.4f}  lr {m['lr']:.2e}  {m['epoch_time_s']:.2f}s"
+    )
+
+
+class EpochProgress:
+    """An epoch callback. `mode`: 'bar' (tqdm), 'lines' (log lines) or 'quiet';
+    'auto' picks the bar when stdout is a terminal and lines otherwise."""
+
+    def __init__(self, epochs: int, monitor: str, mode: str = "auto", first_epoch: int = 0):
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "lines"
+        self.epochs, self.monitor, self.mode = epochs, monitor, mode
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs, initial=first_epoch, unit="epoch", dynamic_ncols=True)
+
+    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(
+                {
+                    "train/loss": f"{metrics['train/loss']:.4f}",
+                    self.monitor: f"{metrics[self.monitor]:.4f}",
+                },
+                refresh=False,
+            )
+            self.bar.update(1)
+        elif self.mode == "lines":
+            log.info(epoch_line(epoch, self.epochs, metrics))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
