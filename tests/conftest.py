@@ -135,8 +135,8 @@ def postgres_url():
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    from tests.services import MlflowServer
+    from tests.services import mlflow_server
 
-    server = MlflowServer(tmp_path / "mlflow-server").start()
+    server = mlflow_server(tmp_path / "mlflow-server").start()
     yield server
     server.stop()

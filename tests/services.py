@@ -109,50 +109,86 @@ def postgres_server(root: Path) -> Iterator[str]:
         )
 
 
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a SQLite backend and an artifact root under `root`."""
+class Server:
+    """A command serving HTTP on 127.0.0.1:`port`, in its own process group, its output in
+    `root/server.log`; `start()` returns once `health_path` answers 200."""
 
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, root: Path, command: list[str], port: int, health_path: str = "/"):
+        self.root, self.command, self.port, self.health_path = root, command, port, health_path
+        self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> MlflowServer:
+    def start(self, timeout: float = 90):
         self.root.mkdir(parents=True, exist_ok=True)
         self.log = open(self.root / "server.log", "a")  # noqa: SIM115  closed in stop()
         self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{self.root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.process.poll() is None, (self.root / "server.log").read_text()
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(self.url + "/health", timeout=2) as response,
+                urllib.request.urlopen(self.url + self.health_path, timeout=2) as response,
             ):
                 if response.status == 200:
                     return self
             time.sleep(0.5)
-        raise AssertionError(f"mlflow server did not answer within {timeout}s")
+        raise AssertionError(f"{self.command[0]} did not answer within {timeout}s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, 9)
             self.process.wait(timeout=30)
         self.log.close()
+
+
+def _venv_tool(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def mlflow_server(root: Path, backend_uri: str | None = None) -> Server:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend and an artifact root under `root`."""
+    port = free_port()
+    command = [_venv_tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += [
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_uri or f"sqlite:///{root / 'mlflow.db'}",
+    ]
+    command += ["--artifacts-destination", str(root / "artifacts")]
+    return Server(root, command, port, "/health")
+
+
+def optuna_dashboard(root: Path, storage_url: str) -> Server:
+    port = free_port()
+    command = [_venv_tool("optuna-dashboard"), storage_url, "--host", "127.0.0.1"]
+    return Server(root, [*command, "--port", str(port)], port, "/dashboard")
+
+
+def chromium(profile: Path):
+    """Headless Debian Chromium driven by Selenium through Debian's chromedriver."""
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        message = "Chromium is not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 from experiment.builders import build_model
 from experiment.checkpoint import BEST, LAST, load_checkpoint
@@ -70,6 +72,12 @@ def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
     artifacts = {a.path for a in client.list_artifacts(finished.info.run_id)}
     assert {"config.yaml", "overrides.yaml"} <= artifacts
     assert finished.data.tags["device"] == "cpu"
+
+    # Learning curves and the test confusion matrix, as real PNG images.
+    plots = client.download_artifacts(finished.info.run_id, "plots", str(tmp_path))
+    for name in ("learning_curves.png", "confusion_matrix.png"):
+        with Image.open(Path(plots) / name) as image:
+            assert image.format == "PNG" and min(image.size) > 300
 
     # The logged model loads back and predicts what the best checkpoint predicts.
     (logged,) = mlflow.search_logged_models(

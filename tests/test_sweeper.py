@@ -233,6 +233,10 @@ def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
     assert len(children) == 6 and len(set(processes)) == 2  # two workers, reused
     sweep_process = study.trials[0].system_attrs["worker"]  # the process that asked
     assert sweep_process not in processes
+    # Workers keep quiet: the console has the sweep's line per trial, no epoch lines.
+    assert "epoch 1/2" not in output(proc)
+    assert sum(f"trial {n} " in output(proc) for n in range(6)) == 6
+    assert "best first:" in output(proc)
 
 
 @pytest.mark.parametrize(
