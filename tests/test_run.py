@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 
 import mlflow
@@ -102,6 +103,20 @@ def test_checkpoints_hold_the_full_training_state(tmp_path):
     assert last["epoch"] == cfg.trainer.epochs - 1
     assert last["config"]["optimizer"]["lr"] == cfg.optimizer.lr
     assert "state" in last["optimizer"] and last["scheduler"]["last_epoch"] == cfg.trainer.epochs
+    assert {"best_value", "best_epoch", "history", "extra"} <= set(last)  # what resume needs
+    assert len(last["history"]) == cfg.trainer.epochs and last["extra"]["fingerprint"]
+
+
+class _Payload:
+    def __reduce__(self):  # what a booby-trapped checkpoint would run when unpickled
+        return (print, ("unpickled code ran",))
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_checkpoint(path)
 
 
 def test_early_stopping_stops_on_the_validation_metric(tmp_path):
