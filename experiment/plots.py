@@ -24,14 +24,15 @@ def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation, side by side."""
     plt = _pyplot()
     epochs = np.arange(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             ax.plot(epochs, [h[f"{split}/{metric}"] for h in history], style, label=split)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.savefig(path, dpi=110)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -41,7 +42,7 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path
     plt = _pyplot()
     n = len(classes)
     size = max(4.5, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
     ax.set_yticks(range(n), classes)
@@ -54,6 +55,7 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path
             for j in range(n):
                 color = "white" if matrix[i, j] > threshold else "black"
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
-    fig.savefig(path, dpi=110)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
