@@ -4,7 +4,7 @@ Runs a 20-trial sweep of the default digits run (one process, trials in it) and,
 reference, single runs each started as a new process (what a launcher that spawns a
 process per trial pays). Prints the medians and their ratio.
 
-    .venv/bin/python -m benchmarks.sweep_overhead [--trials 20] [--reference-runs 3]
+    .venv/bin/python -m benchmarks.sweep_overhead [--trials 20] [--reference-runs 3] [OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--reference-runs", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="extra overrides for the sweep's trials")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     storage = f"sqlite:///{work / 'optuna.db'}"
@@ -35,6 +36,7 @@ def main() -> None:
             f"hydra.sweeper.storage={storage}",
             "hydra.sweeper.study_name=overhead",
             *store_args(work),
+            *args.overrides,
         ],
         work,
     )

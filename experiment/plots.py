@@ -1,6 +1,6 @@
 """Per-run figures logged to MLflow as PNG: learning curves and the test confusion matrix.
 
-Drawn with matplotlib's Agg backend, so they render without a display and show in the
+Drawn on matplotlib's Agg canvas, so they render without a display and show in the
 MLflow UI without a network.
 """
 
@@ -11,38 +11,41 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def _figure(width: float, height: float):
+    # A bare Figure (no pyplot): nothing global to register or close, and a bit faster.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return Figure(figsize=(width, height))
 
-    return plt
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    # Fast zlib level: these PNGs are small, and encoding at the default level is a third
+    # of the time a plot takes.
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
+    return path
 
 
 def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation, side by side."""
-    plt = _pyplot()
     epochs = np.arange(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(10, 4)
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split, style in (("train", "-"), ("val", "--")):
             ax.plot(epochs, [h[f"{split}/{metric}"] for h in history], style, label=split)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     """Counts of (true class, predicted class) on the test split, with class names."""
-    plt = _pyplot()
     n = len(classes)
     size = max(4.5, 0.45 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure(size, size)
+    ax = fig.add_subplot()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45 if n > 6 else 0, ha="right" if n > 6 else "center")
     ax.set_yticks(range(n), classes)
@@ -55,7 +58,4 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path
             for j in range(n):
                 color = "white" if matrix[i, j] > threshold else "black"
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
