@@ -77,16 +77,16 @@ def git_commit() -> str | None:
 def _few_http_retries():
     """MLflow retries a failing HTTP request 7 times with growing pauses (minutes in all):
     right for a long run riding out a server restart, too slow for the first contact."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",)}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "1"
+    key = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    saved = os.environ.get(key)
+    os.environ[key] = "1"
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
 
 
 def _create_mlflow_tables(uri: str) -> None:
