@@ -69,11 +69,9 @@ def _store_failure_keeps(checkpoint_dir: Path, when: str):
     trained weights are and how to continue, instead of a traceback."""
     try:
         yield
-    except (ExperimentError, KeyboardInterrupt):
+    except ExperimentError:
         raise
-    except Exception as err:
-        if sweep_context.TrialContext.is_pruned(err):
-            raise
+    except Exception as err:  # Ctrl-C (KeyboardInterrupt) is no Exception: it passes
         raise TrackingError(
             f"The MLflow tracking store failed {when}: {type(err).__name__}: "
             f"{redact(str(err)).splitlines()[0] if str(err) else ''}. Nothing trained is "
