@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from benchmarks._common import machine
 from experiment.data import BatchTransform, DeviceLoader
-from experiment.engine import train_one_epoch
+from experiment.engine import FitSettings, train_one_epoch
 from experiment.models import CNN
 from experiment.runtime import autocast_dtype, seed_everything
 
@@ -110,14 +110,11 @@ def bench(shape, epochs: int, batch: int, workers: int, device) -> tuple[float, 
         BatchTransform(mean, std, device, channels_last=channels_last),
         shuffle=True,
     )
-    amp = autocast_dtype("auto", device)
+    settings = FitSettings(epochs=epochs, device=device, amp_dtype=autocast_dtype("auto", device))
     warm_up = list(itertools.islice(ours_loader, 5))
-    train_one_epoch(model, warm_up, optimizer, device=device, amp_dtype=amp)
+    train_one_epoch(model, warm_up, optimizer, settings)
     ours = timed(
-        lambda: [
-            train_one_epoch(model, ours_loader, optimizer, device=device, amp_dtype=amp)
-            for _ in range(epochs)
-        ],
+        lambda: [train_one_epoch(model, ours_loader, optimizer, settings) for _ in range(epochs)],
         device,
     )
     return n * epochs / ref, n * epochs / ours

@@ -4,14 +4,55 @@ what the config cannot know: the data's shape, the model's parameters, the optim
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-# Scheduler keys that steer the loop rather than the scheduler's constructor.
-SCHEDULER_CONTROL_KEYS = ("interval", "monitor")
+from experiment.data import DataBundle, build_loaders
+from experiment.errors import ExperimentError
+
+
+@dataclass
+class Parts:
+    """What a run trains: the data, the model, its optimizer and schedule."""
+
+    data: DataBundle
+    model: nn.Module  # what is saved and logged
+    forward: nn.Module  # what runs forward: the model, or its compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+
+
+def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
+    """Data, model, optimizer and scheduler for a (plain, validated) run config."""
+    source = load_source(cfg.dataset)
+    model = build_model(cfg.model, source.input_shape, source.num_classes).to(device)
+    # channels_last suits cuDNN's conv kernels; batches then come in the same layout.
+    channels_last = device.type == "cuda" and is_convnet(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = build_loaders(
+        cfg.dataset, source, device, seed=cfg.trainer.seed, channels_last=channels_last
+    )
+    optimizer = build_optimizer(cfg.optimizer, model, device)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
+    # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
+    forward = torch.compile(model, dynamic=True) if cfg.trainer.compile else model
+    return Parts(data, model, forward, optimizer, scheduler)
+
+
+def load_source(cfg: DictConfig):
+    """The dataset's images and labels (`cfg` is a `dataset` node)."""
+    try:
+        return instantiate(cfg.source)
+    except InstantiationException as err:  # unwrap our own message from Hydra's wrapper
+        if isinstance(err.__cause__, ExperimentError):
+            raise err.__cause__ from None
+        raise
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
@@ -32,16 +73,13 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, device=None) -> torch.opt
 
 
 def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int):
-    node = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    factory = instantiate({k: v for k, v in node.items() if k not in SCHEDULER_CONTROL_KEYS})
+    """The `scheduler.schedule` node over the optimizer; None for a constant rate."""
+    if cfg.schedule is None:
+        return None
     runtime = {}
-    if "steps_per_epoch" in cfg and cfg.steps_per_epoch is None:
+    if "steps_per_epoch" in cfg.schedule and cfg.schedule.steps_per_epoch is None:
         runtime["steps_per_epoch"] = steps_per_epoch  # known only once the data is loaded
-    return factory(optimizer, **runtime)
-
-
-def scheduler_interval(cfg: DictConfig) -> str:
-    return getattr(cfg.interval, "value", cfg.interval)
+    return instantiate(cfg.schedule)(optimizer, **runtime)
 
 
 def is_convnet(model: nn.Module) -> bool:

@@ -15,13 +15,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
-from experiment.errors import ExperimentError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -177,22 +174,17 @@ class DataBundle:
         """Reseed the training loader's shuffling and augmentation for one epoch."""
         self.train.seed(seed)
 
-    def use_channels_last(self) -> None:
-        """Hand batches to a channels_last conv net in its own memory layout."""
-        for loader in (self.train, self.val, self.test):
-            loader.transform.channels_last = True
 
-
-def build_data(
-    cfg: DictConfig, device: torch.device, *, seed: int = 0, channels_last: bool = False
+def build_loaders(
+    cfg: DictConfig,
+    source: ImageTensors | FolderSplits,
+    device: torch.device,
+    *,
+    seed: int = 0,
+    channels_last: bool = False,
 ) -> DataBundle:
-    """Load `cfg` (a `dataset` node) and wrap its splits in loaders for `device`."""
-    try:
-        source = instantiate(cfg.source)
-    except InstantiationException as err:  # unwrap our own message from Hydra's wrapper
-        if isinstance(err.__cause__, ExperimentError):
-            raise err.__cause__ from None
-        raise
+    """Wrap a loaded dataset's splits in loaders for `device` (`cfg`: a `dataset` node);
+    `channels_last`: batches in the memory layout of a channels_last conv net."""
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:

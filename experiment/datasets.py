@@ -29,6 +29,14 @@ class ImageTensors:
     test_labels: torch.Tensor
     classes: list[str]
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
 
 @dataclass
 class FolderSplits:
@@ -39,6 +47,10 @@ class FolderSplits:
     test: Dataset
     classes: list[str]
     input_shape: tuple[int, int, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def seeded_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

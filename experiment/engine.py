@@ -1,7 +1,8 @@
 """The training loop: `train_one_epoch`, `evaluate` and `fit` over epochs.
 
 Metrics are summed on the device and read once per epoch: a `.item()` per batch would
-make the host wait for the GPU after every step.
+make the host wait for the GPU after every step. What happens between epochs besides
+training (checkpoints, early stopping, tracking, pruning, progress) is a callback.
 """
 
 from __future__ import annotations
@@ -9,44 +10,85 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiment.checkpoint import BEST, LAST, save_checkpoint
 from experiment.errors import NonFiniteLossError
 from experiment.runtime import autocast, synchronize
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+
+@dataclass
+class FitSettings:
+    """How `fit` trains, besides the objects it trains."""
+
+    epochs: int
+    device: torch.device
+    monitor: str = "val/acc"  # the epoch metric that decides the best epoch
+    maximize: bool = True
+    min_delta: float = 0.0  # a smaller change of `monitor` is no improvement
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: plain fp32
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm
+    scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
+    scheduler_monitor: str = "val/loss"  # what a plateau schedule watches
+    seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
+
+
+@dataclass
+class FitState:
+    """What the loop knows after an epoch. Callbacks read it (and may set `stop_reason`);
+    checkpoints store it, so a resumed run continues from it."""
+
+    epoch: int = -1  # the last finished epoch
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_value: float | None = None
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    @property
+    def improved(self) -> bool:
+        return self.best_epoch == self.epoch
+
+    @property
+    def epochs_run(self) -> int:
+        return self.epoch + 1
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop_reason is not None
+
+    def record(self, epoch: int, metrics: dict[str, float], settings: FitSettings) -> None:
+        self.epoch, self.metrics = epoch, metrics
+        self.history.append(metrics)
+        value = metrics[settings.monitor]
+        change = value - self.best_value if self.best_value is not None else math.inf
+        if (change if settings.maximize else -change) > settings.min_delta or self.best_epoch < 0:
+            self.best_value, self.best_epoch = value, epoch
+
+
+EpochCallback = Callable[[FitState], None]
 
 
 def train_one_epoch(
-    model: nn.Module,
-    loader,
-    optimizer,
-    *,
-    device,
-    amp_dtype=None,
-    label_smoothing=0.0,
-    grad_clip=None,
-    step_scheduler=None,
+    model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None
 ) -> dict[str, float]:
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=settings.device)
+    correct = torch.zeros((), device=settings.device, dtype=torch.long)
     seen = 0
     for images, labels in loader:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp_dtype):
+        with autocast(settings.device, settings.amp_dtype):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
         loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         if step_scheduler is not None:  # per-batch schedules (one-cycle)
             step_scheduler.step()
@@ -108,81 +150,37 @@ def seed_epoch(data, seed: int, epoch: int) -> None:
     data.seed_epoch(epoch_seed)
 
 
-@dataclass
-class FitResult:
-    best_value: float
-    best_epoch: int
-    epochs_run: int
-    stopped_early: bool
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def fit(
     model: nn.Module,
     data,
     optimizer,
     scheduler,
-    *,
-    epochs: int,
-    device,
-    checkpoint_dir: Path,
-    monitor: str = "val/acc",
-    maximize: bool = True,
-    scheduler_interval: str = "epoch",
-    scheduler_monitor: str = "val/loss",
-    amp_dtype=None,
-    label_smoothing: float = 0.0,
-    grad_clip: float | None = None,
-    patience: int | None = None,
-    min_delta: float = 0.0,
-    callbacks: tuple[EpochCallback, ...] = (),
-    config: dict | None = None,
-    train_model: nn.Module | None = None,
-    seed: int | None = None,
-    resume_from: dict | None = None,
-    checkpoint_extra: dict | None = None,
-) -> FitResult:
-    """Train for `epochs`, keeping `last.pt` and `best.pt` (by `monitor`) in checkpoint_dir.
+    settings: FitSettings,
+    callbacks: Sequence[EpochCallback] = (),
+    state: FitState | None = None,
+) -> FitState:
+    """Train from `state` (a new run, or one restored from a checkpoint) to
+    `settings.epochs` or until a callback sets `state.stop_reason`; return the last state.
 
-    `train_model` is what runs forward (a compiled wrapper, say); `model` is what is saved.
-    Callbacks get (epoch, metrics) after each epoch: tracking, pruning.
-    With `seed`, every epoch draws its randomness (shuffling, augmentation, dropout) from
-    seed and epoch alone, so a run resumed from a checkpoint (`resume_from`, a loaded
-    last.pt) trains exactly as the uninterrupted run would have.
+    `model` is what runs forward (it may be a compiled wrapper). With `settings.seed`,
+    every epoch draws its randomness (shuffling, augmentation, dropout) from seed and
+    epoch alone, so a resumed run trains exactly as the uninterrupted run would have.
     """
-    train_model = model if train_model is None else train_model
-    step_scheduler = scheduler if scheduler_interval == "step" else None
-    sign = 1.0 if maximize else -1.0
-    best_value, best_epoch, history, first_epoch = -math.inf * sign, -1, [], 0
-    if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        if scheduler is not None and resume_from.get("scheduler") is not None:
-            scheduler.load_state_dict(resume_from["scheduler"])
-        best_value, best_epoch = resume_from["best_value"], resume_from["best_epoch"]
-        history, first_epoch = list(resume_from["history"]), resume_from["epoch"] + 1
-    for epoch in range(first_epoch, epochs):
-        if seed is not None:
-            seed_epoch(data, seed, epoch)
+    state = state if state is not None else FitState()
+    step_scheduler = scheduler if settings.scheduler_interval == "step" else None
+    for epoch in range(state.epoch + 1, settings.epochs):
+        if settings.seed is not None:
+            seed_epoch(data, settings.seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        train = train_one_epoch(
-            train_model,
-            data.train,
-            optimizer,
-            device=device,
-            amp_dtype=amp_dtype,
-            label_smoothing=label_smoothing,
-            grad_clip=grad_clip,
-            step_scheduler=step_scheduler,
-        )
+        train = train_one_epoch(model, data.train, optimizer, settings, step_scheduler)
         train_time = time.perf_counter() - start
         if not math.isfinite(train["loss"]):
             raise NonFiniteLossError(
                 f"Training loss became {train['loss']} in epoch {epoch}: the run diverged. "
                 f"Lower optimizer.lr (now {lr:g}) or set regularization.grad_clip."
             )
-        val = evaluate(train_model, data.val, device=device, amp_dtype=amp_dtype)
+        val = evaluate(model, data.val, device=settings.device, amp_dtype=settings.amp_dtype)
         metrics = {
             "train/loss": train["loss"],
             "train/acc": train["acc"],
@@ -192,32 +190,14 @@ def fit(
             "epoch_time_s": time.perf_counter() - start,
             "samples_per_s": train["samples"] / train_time,
         }
-        history.append(metrics)
         if scheduler is not None and step_scheduler is None:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics[scheduler_monitor])
+                scheduler.step(metrics[settings.scheduler_monitor])
             else:
                 scheduler.step()
-
-        if sign * (metrics[monitor] - best_value) > min_delta or best_epoch < 0:
-            best_value, best_epoch = metrics[monitor], epoch
-        state = dict(
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict() if scheduler is not None else None,
-            epoch=epoch,
-            metrics=metrics,
-            best_value=best_value,
-            best_epoch=best_epoch,
-            history=history,
-            config=config or {},
-            extra=checkpoint_extra or {},
-        )
-        if best_epoch == epoch:
-            save_checkpoint(checkpoint_dir / BEST, **state)
-        save_checkpoint(checkpoint_dir / LAST, **state)  # last: a resume finds best.pt whole
+        state.record(epoch, metrics, settings)
         for callback in callbacks:
-            callback(epoch, metrics)
-        if patience is not None and epoch - best_epoch >= patience:
-            return FitResult(best_value, best_epoch, epoch + 1, True, history)
-    return FitResult(best_value, best_epoch, epochs, False, history)
+            callback(state)
+        if state.stop_reason is not None:
+            break
+    return state

@@ -43,3 +43,14 @@ class SweepError(ExperimentError):
 
 class SearchSpaceError(SweepError):
     """A search-space entry that cannot become an Optuna distribution."""
+
+
+class CheckpointError(ExperimentError):
+    """A checkpoint file that is unreadable, truncated, foreign or unsafe to load."""
+
+    def __init__(self, path, why: str):
+        self.path = path
+        super().__init__(
+            f"Cannot use checkpoint {path}: {why}. Expected a last.pt or best.pt written by "
+            "a run of this project."
+        )

@@ -12,7 +12,6 @@ from torch import nn
 
 def init_weights(module: nn.Module, scheme: str = "default", std: float = 0.02) -> None:
     """Re-initialise conv and linear layers; 'default' keeps PyTorch's own init."""
-    scheme = getattr(scheme, "value", scheme)  # accept the config enum or a plain string
     if scheme == "default":
         return
     for layer in module.modules():

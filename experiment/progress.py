@@ -18,8 +18,8 @@ def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
 
 
 class EpochProgress:
-    """An epoch callback. `mode`: 'bar' (tqdm), 'lines' (log lines) or 'quiet';
-    'auto' picks the bar when stdout is a terminal and lines otherwise."""
+    """An epoch callback, closed when the run ends. `mode`: 'bar' (tqdm), 'lines' (log
+    lines) or 'quiet'; 'auto' picks the bar when stdout is a terminal, lines otherwise."""
 
     def __init__(self, epochs: int, monitor: str, mode: str = "auto", first_epoch: int = 0):
         if mode == "auto":
@@ -31,7 +31,9 @@ class EpochProgress:
 
             self.bar = tqdm(total=epochs, initial=first_epoch, unit="epoch", dynamic_ncols=True)
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
+    def __call__(self, state) -> None:
+        """An epoch callback: `state` is the loop's FitState after the epoch."""
+        epoch, metrics = state.epoch, state.metrics
         if self.bar is not None:
             self.bar.set_postfix(
                 {

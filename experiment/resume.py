@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiment.checkpoint import LAST, load_checkpoint
-from experiment.errors import ConfigValueError
+from experiment.engine import FitState
+from experiment.errors import CheckpointError, ConfigValueError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ def _candidates(checkpoint_dir: Path, resume_dir: Path | None) -> list[Path]:
     return [p for p in found if not (p.parent / COMPLETE_MARKER).exists()]
 
 
+def find_for(trainer, resolved: dict) -> ResumePoint | None:
+    """The checkpoint `trainer.resume` asks for (a `trainer` config node), or None."""
+    search = Path(trainer.resume_dir) if trainer.resume_dir else None
+    point = find(trainer.resume, resolved, Path(trainer.checkpoint_dir), search)
+    if point is not None:
+        log.info(f"Resuming from {point.checkpoint} at epoch {point.next_epoch + 1}")
+    return point
+
+
 def find(option: str | None, resolved: dict, checkpoint_dir: Path, resume_dir: Path | None):
     """The checkpoint to continue from, or None to start a new run."""
     if option in (None, "", "never"):
@@ -73,13 +83,29 @@ def find(option: str | None, resolved: dict, checkpoint_dir: Path, resume_dir: P
     for path in _candidates(checkpoint_dir, resume_dir):
         try:
             state = load_checkpoint(path)
-        except Exception as err:  # a damaged file: say so, look further
-            log.warning(f"Skipping unreadable checkpoint {path}: {type(err).__name__}: {err}")
+        except CheckpointError as err:  # a damaged file: say so, look further
+            log.warning(f"Skipping it: {err}")
             continue
         if state.get("extra", {}).get("fingerprint") == wanted:
             return ResumePoint(path, state)
     log.info("trainer.resume=auto: no unfinished run with this configuration; starting anew.")
     return None
+
+
+def restore(point: ResumePoint, model, optimizer, scheduler) -> FitState:
+    """Load the checkpoint's weights and optimizer/scheduler state; the loop state to go on from."""
+    state = point.state
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    return FitState(
+        epoch=int(state["epoch"]),
+        metrics=dict(state.get("metrics", {})),
+        best_value=state["best_value"],
+        best_epoch=int(state["best_epoch"]),
+        history=list(state["history"]),
+    )
 
 
 def mark_complete(checkpoint_dir: Path) -> None:

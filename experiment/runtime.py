@@ -12,12 +12,7 @@ import torch
 from experiment.errors import ConfigValueError
 
 
-def _value(option) -> str:
-    return getattr(option, "value", option)  # config enums or plain strings
-
-
-def resolve_device(option) -> torch.device:
-    option = _value(option)
+def resolve_device(option: str) -> torch.device:
     if option == "cuda" and not torch.cuda.is_available():
         raise ConfigValueError(
             "trainer.device", option, "'auto' or 'cpu' on this machine: CUDA is not available"
@@ -27,9 +22,8 @@ def resolve_device(option) -> torch.device:
     return torch.device(option)
 
 
-def autocast_dtype(option, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(option: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `trainer.precision`, or None for plain fp32."""
-    option = _value(option)
     if option == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return torch.bfloat16 if option == "bf16" else None

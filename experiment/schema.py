@@ -1,23 +1,20 @@
-"""Structured-config schemas and value checks.
+"""Structured-config schemas: the types and the defaults of every config node.
 
-The YAML under conf/ holds the values; these dataclasses hold the types. Each option
-file names its schema first in its defaults list, so a key the schema does not know or a
-value of the wrong type is rejected by Hydra before the run starts. Value ranges that a
-type cannot express are checked by `validate` before any data is loaded.
+One rule for defaults: each value is written once, here. The option files under conf/
+name their schema first in their defaults list and state only what that option changes,
+so a key the schema does not know or a value of the wrong type is rejected by Hydra
+before the run starts. Value ranges a type cannot express are in `experiment.rules`.
+`python -m experiment.train --cfg job` prints the composed result.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-
-from experiment.errors import ConfigError, ConfigValueError
+from omegaconf import II, MISSING
 
 
 class Progress(Enum):
@@ -67,11 +64,14 @@ class InitScheme(Enum):
 @dataclass
 class EarlyStoppingConf:
     patience: int | None = None  # epochs without improvement before stopping; null: never
-    min_delta: float = 0.0
+    min_delta: float = 0.0  # a smaller change of the optimized metric is no improvement
 
 
 @dataclass
 class RegularizationConf:
+    """The knobs live here alone; the nodes that act on them interpolate them
+    (`model.dropout`, `optimizer.weight_decay`, `dataset.augment`) or the run reads them."""
+
     dropout: float = 0.0
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
@@ -82,19 +82,17 @@ class RegularizationConf:
 
 @dataclass
 class TrainerConf:
-    epochs: int = 20
+    epochs: int = 30
     device: Device = Device.auto
     precision: Precision = Precision.auto
     seed: int = 0
     deterministic: bool = False
-    compile: bool = False
-    grad_clip: float | None = None
-    label_smoothing: float = 0.0
-    early_stopping_patience: int | None = None
-    early_stopping_min_delta: float = 0.0
-    checkpoint_dir: str = "checkpoints"
-    resume: str | None = None
+    compile: bool = False  # torch.compile the model (worth it for long runs only)
     progress: Progress = Progress.auto
+    checkpoint_dir: str = II("hydra:runtime.output_dir") + "/checkpoints"
+    # Continue a killed run in its MLflow run: auto (the newest unfinished run with this
+    # config, looked for under resume_dir), a checkpoint path, or null (always start anew).
+    resume: str | None = None
     resume_dir: str | None = "outputs"
 
 
@@ -107,9 +105,11 @@ class Config:
     regularization: RegularizationConf = field(default_factory=RegularizationConf)
     tracking: Any = MISSING
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    # The objective the sweeper optimizes and early stopping / best checkpoint follow.
+    # Always a validation metric: the test split is only evaluated once, at the end.
     optimized_metric: str = "val/acc"
     optimized_direction: Direction = Direction.maximize
-    run_name: str | None = None
+    run_name: str | None = None  # MLflow run name; null: <model>-<optimizer>-lr<lr>
 
 
 # --------------------------------------------------------------------------- dataset
@@ -161,9 +161,9 @@ class DatasetConf:
     split_seed: int = 0
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    augment: bool = False
-    crop_padding: int = 0  # random-crop padding in pixels when augmenting
-    hflip: bool = False  # random horizontal flips when augmenting (not for digits)
+    augment: bool = II("regularization.augmentation")
+    crop_padding: int = 2  # random-crop padding in pixels when augmenting
+    hflip: bool = False  # random horizontal flips when augmenting
     num_workers: int = 0  # DataLoader workers (image_folder only)
 
 
@@ -193,7 +193,7 @@ class ImageFolderDatasetConf(DatasetConf):
 @dataclass
 class ModelConf:
     _target_: str = MISSING
-    dropout: float = 0.0
+    dropout: float = II("regularization.dropout")
     init: InitScheme = InitScheme.default
     init_std: float = 0.02  # for init=normal
 
@@ -211,7 +211,8 @@ class CNNConf(ModelConf):
     channels: list[int] = field(default_factory=lambda: [32, 64])
     kernel_size: int = 3
     hidden_size: int = 128
-    batch_norm: bool = False
+    batch_norm: bool = True
+    init: InitScheme = InitScheme.kaiming
 
 
 @dataclass
@@ -228,26 +229,28 @@ class OptimizerConf:
     _partial_: bool = True  # completed with the model's parameters in code
     _convert_: str = "all"  # plain lists in param_groups keep checkpoints weights_only-loadable
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = II("regularization.weight_decay")
 
 
 @dataclass
 class AdamConf(OptimizerConf):
-    _target_: str = "torch.optim.Adam"
+    _target_: str = "torch.optim.Adam"  # weight decay as an L2 penalty on the gradient
+    lr: float = 3e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
 
 @dataclass
 class AdamWConf(AdamConf):
-    _target_: str = "torch.optim.AdamW"
+    _target_: str = "torch.optim.AdamW"  # decoupled weight decay
 
 
 @dataclass
 class SGDConf(OptimizerConf):
     _target_: str = "torch.optim.SGD"
+    lr: float = 0.05
     momentum: float = 0.9
-    nesterov: bool = False
+    nesterov: bool = True
 
 
 @dataclass
@@ -259,54 +262,80 @@ class RMSpropConf(OptimizerConf):
 
 
 # --------------------------------------------------------------------------- scheduler
+# A scheduler option is two things kept apart: how the loop drives the schedule
+# (`interval`, `monitor`) and the schedule itself (`schedule`, a torch.optim.lr_scheduler
+# node completed with the optimizer in code; null: a constant learning rate).
 
 
 @dataclass
-class SchedulerConf:
+class ScheduleConf:
     _target_: str = MISSING
-    _partial_: bool = True  # completed with the optimizer in code
-    interval: Interval = Interval.epoch  # step the schedule after each epoch or each batch
+    _partial_: bool = True
 
 
 @dataclass
-class ConstantConf(SchedulerConf):
-    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
-    factor: float = 1.0
-    total_iters: int = 0
-
-
-@dataclass
-class StepConf(SchedulerConf):
+class StepScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.StepLR"
     step_size: int = 10
     gamma: float = 0.1
 
 
 @dataclass
-class CosineConf(SchedulerConf):
+class CosineScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    T_max: int = MISSING
+    T_max: int = II("trainer.epochs")
     eta_min: float = 0.0
 
 
 @dataclass
-class PlateauConf(SchedulerConf):
+class PlateauScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.ReduceLROnPlateau"
-    monitor: str = "val/loss"  # the epoch metric the schedule watches
-    mode: str = "min"
+    mode: str = "min"  # min for losses, max for accuracies
     factor: float = 0.1
     patience: int = 3
     threshold: float = 1e-4
 
 
 @dataclass
-class OneCycleConf(SchedulerConf):
+class OneCycleScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
-    interval: Interval = Interval.step
-    max_lr: float = MISSING
-    epochs: int = MISSING
-    steps_per_epoch: int | None = None  # filled in from the data at run time
+    max_lr: float = II("optimizer.lr")
+    epochs: int = II("trainer.epochs")
+    steps_per_epoch: int | None = None  # null: taken from the data at run time
     pct_start: float = 0.3
+
+
+@dataclass
+class SchedulerConf:
+    interval: Interval = Interval.epoch  # step the schedule after each epoch or each batch
+    schedule: Any = None
+
+
+@dataclass
+class ConstantSchedulerConf(SchedulerConf):
+    pass
+
+
+@dataclass
+class StepSchedulerConf(SchedulerConf):
+    schedule: StepScheduleConf = field(default_factory=StepScheduleConf)
+
+
+@dataclass
+class CosineSchedulerConf(SchedulerConf):
+    schedule: CosineScheduleConf = field(default_factory=CosineScheduleConf)
+
+
+@dataclass
+class PlateauSchedulerConf(SchedulerConf):
+    monitor: str = "val/loss"  # the epoch metric the schedule watches
+    schedule: PlateauScheduleConf = field(default_factory=PlateauScheduleConf)
+
+
+@dataclass
+class OneCycleSchedulerConf(SchedulerConf):
+    interval: Interval = Interval.step
+    schedule: OneCycleScheduleConf = field(default_factory=OneCycleScheduleConf)
 
 
 # --------------------------------------------------------------------------- tracking
@@ -315,13 +344,15 @@ class OneCycleConf(SchedulerConf):
 @dataclass
 class TrackingConf:
     enabled: bool = True
+    # Relative paths are taken from the directory the command runs in. A server works
+    # too: tracking.uri=http://127.0.0.1:5000
     uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
     experiment_name: str = "default"
-    log_model: bool = True
+    log_model: bool = True  # the best-validation model, with mlflow.pytorch.log_model
     log_plots: bool = True  # learning curves and test confusion matrix, PNG under plots/
-    # pt2: an exported graph, portable, ~0.6 s to log; pickle: the nn.Module itself,
-    # trainable when loaded (needs this package importable), ~0.07 s to log.
+    # pt2: an exported graph, portable; pickle: the nn.Module itself, trainable when
+    # loaded (needs this package importable) and faster to log (see BENCHMARKS.md).
     model_format: ModelFormat = ModelFormat.pt2
 
 
@@ -340,11 +371,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "rmsprop": RMSpropConf,
     },
     "scheduler": {
-        "constant": ConstantConf,
-        "step": StepConf,
-        "cosine": CosineConf,
-        "plateau": PlateauConf,
-        "onecycle": OneCycleConf,
+        "constant": ConstantSchedulerConf,
+        "step": StepSchedulerConf,
+        "cosine": CosineSchedulerConf,
+        "plateau": PlateauSchedulerConf,
+        "onecycle": OneCycleSchedulerConf,
     },
     "tracking": {"tracking": TrackingConf},
 }
@@ -358,97 +389,3 @@ def register_configs() -> None:
         for name, node in nodes.items():
             # Under schema/<group>, not <group>, so `model=...` lists only real options.
             store.store(group=f"schema/{group}", name=name, node=node)
-
-
-# --------------------------------------------------------------------------- value checks
-
-
-def _positive(v) -> bool:
-    return v > 0 and math.isfinite(v)
-
-
-def _at_least_one(v) -> bool:
-    return v >= 1
-
-
-def _unit_open_right(v) -> bool:
-    return 0 <= v < 1
-
-
-def _unit_open(v) -> bool:
-    return 0 < v < 1
-
-
-def _non_negative(v) -> bool:
-    return v >= 0 and math.isfinite(v)
-
-
-def _all_positive(v) -> bool:
-    return len(v) > 0 and all(x >= 1 for x in v)
-
-
-# (key, check, what is allowed). Keys absent from the composed config are skipped, so
-# one table serves every combination of group options.
-RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("optimizer.lr", _positive, "a finite number > 0"),
-    ("optimizer.weight_decay", _non_negative, "a number >= 0"),
-    ("optimizer.momentum", _unit_open_right, "a number in [0, 1)"),
-    ("dataset.batch_size", _at_least_one, "an integer >= 1"),
-    ("dataset.eval_batch_size", _at_least_one, "an integer >= 1"),
-    ("dataset.val_fraction", _unit_open, "a number strictly between 0 and 1"),
-    ("dataset.crop_padding", lambda v: v >= 0, "an integer >= 0"),
-    ("dataset.num_workers", lambda v: v >= 0, "an integer >= 0"),
-    ("dataset.std", lambda v: len(v) > 0 and all(x > 0 for x in v), "a list of numbers > 0"),
-    ("dataset.source.test_fraction", _unit_open, "a number strictly between 0 and 1"),
-    ("dataset.source.num_train", lambda v: v >= 2, "an integer >= 2"),
-    ("dataset.source.num_test", _at_least_one, "an integer >= 1"),
-    ("dataset.source.num_classes", lambda v: v >= 2, "an integer >= 2"),
-    ("dataset.source.channels", _at_least_one, "an integer >= 1"),
-    ("dataset.source.height", _at_least_one, "an integer >= 1"),
-    ("dataset.source.width", _at_least_one, "an integer >= 1"),
-    ("dataset.source.image_size", _at_least_one, "an integer >= 1"),
-    ("regularization.dropout", _unit_open_right, "a number in [0, 1)"),
-    ("regularization.weight_decay", _non_negative, "a number >= 0"),
-    ("regularization.label_smoothing", _unit_open_right, "a number in [0, 1)"),
-    ("regularization.grad_clip", _positive, "null or a number > 0"),
-    ("regularization.early_stopping.patience", _at_least_one, "null or an integer >= 1"),
-    ("model.dropout", _unit_open_right, "a number in [0, 1)"),
-    ("model.hidden_sizes", _all_positive, "a non-empty list of integers >= 1"),
-    ("model.channels", _all_positive, "a non-empty list of integers >= 1"),
-    ("model.kernel_size", _at_least_one, "an integer >= 1"),
-    ("model.hidden_size", _at_least_one, "an integer >= 1"),
-    ("model.init_std", _positive, "a number > 0"),
-    ("trainer.epochs", _at_least_one, "an integer >= 1"),
-    ("scheduler.step_size", _at_least_one, "an integer >= 1"),
-    ("scheduler.gamma", _positive, "a number > 0"),
-    ("scheduler.T_max", _at_least_one, "an integer >= 1"),
-    ("scheduler.max_lr", _positive, "a number > 0"),
-    ("scheduler.pct_start", _unit_open, "a number strictly between 0 and 1"),
-    ("scheduler.factor", lambda v: 0 < v <= 1, "a number in (0, 1]"),
-]
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigValueError for a missing value or the first value out of range."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(
-            f"Missing value for '{missing[0]}': it has no default. "
-            f"Set it on the command line: {missing[0]}=<value>"
-        )
-    for key, check, allowed in RULES:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is None:  # absent in this composition, or an allowed null
-            continue
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
-        if not check(value):
-            raise ConfigValueError(key, value, allowed)
-    metric = cfg.optimized_metric
-    if not metric.startswith("val/"):
-        raise ConfigValueError(
-            "optimized_metric",
-            metric,
-            "a validation metric such as 'val/acc' or 'val/loss' "
-            "(the test split is never used for selection)",
-        )

@@ -1,8 +1,9 @@
-"""The trial a run belongs to, when a sweep runs it.
+"""What a sweep adds to a run, in one place.
 
-The sweeper sets the context around each job; `run()` reads it to report the objective
-to the trial every epoch (so the pruner can stop it), to nest its MLflow run under the
-study's parent run, and to tag the run with the study and trial.
+The sweeper sets a `TrialContext` around each job; `run()` asks the current context (a
+`Standalone` one outside sweeps) for the run's name, its MLflow parent and tags, the epoch
+callbacks (reporting to the trial, so the pruner can stop it) and, at the end, the
+MLflow status and tags that say how the run ended.
 """
 
 from __future__ import annotations
@@ -15,33 +16,71 @@ from typing import Any
 PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
 
 
+class Standalone:
+    """A run on its own: no trial to report to, resumable from its checkpoints."""
+
+    parent_run_id: str | None = None
+    quiet = False
+    resumable = True
+    tags: dict[str, str] = {}
+
+    def run_name(self, base: str) -> str:
+        return base
+
+    def callbacks(self, metric: str) -> list:
+        return []
+
+    def record_run(self, run_id: str | None) -> None:
+        pass
+
+    def outcome(self, error: BaseException | None) -> tuple[str, dict[str, str]]:
+        """The MLflow status (and tags) for a run that ended with `error` (None: success)."""
+        if error is None:
+            return "FINISHED", {}
+        return ("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"), {}
+
+
 @dataclass
-class TrialContext:
+class TrialContext(Standalone):
     trial: Any  # optuna.Trial
     study_name: str
     parent_run_id: str | None = None
     quiet: bool = False  # parallel workers keep the console for the sweep's own lines
+    resumable = False  # the sweeper retries a killed trial's configuration itself
 
     @property
     def tags(self) -> dict[str, str]:
         return {"optuna.study_name": self.study_name, "optuna.trial": str(self.trial.number)}
 
-    def report(self, metric: str):
+    def run_name(self, base: str) -> str:
+        return f"{base}-trial{self.trial.number}"  # no two trials share a name
+
+    def callbacks(self, metric: str) -> list:
         """An epoch callback that reports `metric` and stops the run if the pruner says so."""
         import optuna
 
-        def callback(epoch: int, metrics: dict[str, float]) -> None:
-            self.trial.report(metrics[metric], epoch)
+        def report(state) -> None:
+            value = state.metrics[metric]
+            self.trial.report(value, state.epoch)
             if self.trial.should_prune():
                 raise optuna.TrialPruned(
-                    f"pruned at epoch {epoch + 1} ({metric}={metrics[metric]:.4f})"
+                    f"pruned at epoch {state.epoch + 1} ({metric}={value:.4f})"
                 )
 
-        return callback
+        return [report]
 
     def record_run(self, run_id: str | None) -> None:
         if run_id is not None:
             self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def outcome(self, error: BaseException | None) -> tuple[str, dict[str, str]]:
+        if error is None:
+            return "FINISHED", {"optuna.state": COMPLETE}
+        if isinstance(error, KeyboardInterrupt):  # the sweeper retries it: no trial state yet
+            return "KILLED", {}
+        if self.is_pruned(error):  # a pruned trial ended as intended
+            return "FINISHED", {"optuna.state": PRUNED}
+        return "FAILED", {"optuna.state": FAIL}
 
     @staticmethod
     def is_pruned(error: BaseException) -> bool:
@@ -50,6 +89,7 @@ class TrialContext:
         return isinstance(error, optuna.TrialPruned)
 
 
+STANDALONE = Standalone()
 _current: ContextVar[TrialContext | None] = ContextVar("trial_context", default=None)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiment.errors import TrackingError
+from experiment.errors import ExperimentError, TrackingError
 from experiment.sqlite_files import create_atomically
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ class NullTracker:
     def log_plots(self, history, confusion, classes) -> None:
         pass
 
+    def log_final(self, summary, history, confusion, classes, model, example) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
@@ -134,14 +137,20 @@ class Tracker:
     """One MLflow run in one experiment of one store."""
 
     def __init__(
-        self, uri: str, artifact_root: str | None, experiment_name: str, model_format: str = "pt2"
+        self,
+        uri: str,
+        artifact_root: str | None,
+        experiment_name: str,
+        model_format: str = "pt2",
+        log_plots: bool = True,
+        log_model: bool = True,
     ):
         import mlflow
 
         self.mlflow = mlflow
         self.uri = absolute_uri(uri)
         self.experiment_name = experiment_name
-        self.model_format = getattr(model_format, "value", model_format)
+        self.model_format, self.plots_wanted, self.model_wanted = model_format, log_plots, log_model
         self.run_id: str | None = None
         mlflow.set_tracking_uri(self.uri)
         if redact(self.uri) != self.uri:  # MLflow prints run URLs, credentials and all
@@ -185,10 +194,13 @@ class Tracker:
         texts: dict[str, str],
         parent_run_id: str | None = None,
         resume_run_id: str | None = None,
+        history: list[dict[str, float]] = (),
     ) -> None:
-        """Start the run; with `resume_run_id`, reopen that run (its params are logged)."""
+        """Start the run; with `resume_run_id`, reopen that run (its params are logged) and
+        log the epochs of `history` that it does not hold yet."""
         if resume_run_id is not None and self._reopen(resume_run_id):
             self.mlflow.set_tags({"resumed": "true"})
+            self.backfill(history)
             return
         run = self.mlflow.start_run(
             experiment_id=self.experiment_id,
@@ -241,6 +253,14 @@ class Tracker:
             plots.confusion_matrix(confusion, classes, Path(folder) / "confusion_matrix.png")
             self.mlflow.log_artifacts(folder, "plots")
 
+    def log_final(self, summary, history, confusion, classes, model, example) -> None:
+        """What a finished run adds: summary metrics, plots and the model, as configured."""
+        self.log_metrics(summary)
+        if self.plots_wanted:
+            self.log_plots(history, confusion, classes)
+        if self.model_wanted:
+            self.log_model(model, example)
+
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """Log `model` (CPU copy, eval mode) with a signature and an input example.
 
@@ -279,7 +299,60 @@ class Tracker:
 def build_tracker(cfg: DictConfig) -> Tracker | NullTracker:
     if not cfg.enabled:
         return NullTracker()
-    return Tracker(cfg.uri, cfg.artifact_root, cfg.experiment_name, cfg.model_format)
+    return Tracker(
+        cfg.uri,
+        cfg.artifact_root,
+        cfg.experiment_name,
+        cfg.model_format,
+        log_plots=cfg.log_plots,
+        log_model=cfg.log_model,
+    )
+
+
+@contextlib.contextmanager
+def store_failure_keeps(checkpoint_dir: Path, when: str):
+    """A tracking store that fails mid-run: stop with a message that says where the
+    trained weights are and how to continue, instead of a traceback."""
+    try:
+        yield
+    except ExperimentError:
+        raise
+    except Exception as err:  # Ctrl-C (KeyboardInterrupt) is no Exception: it passes
+        raise TrackingError(
+            f"The MLflow tracking store failed {when}: {type(err).__name__}: "
+            f"{redact(str(err)).splitlines()[0] if str(err) else ''}. Nothing trained is "
+            f"lost: the checkpoints (last.pt, best.pt) are in {checkpoint_dir}. Once the "
+            "store is back, run the same command with trainer.resume=auto to continue."
+        ) from None
+
+
+def epoch_logger(tracker: Tracker | NullTracker, checkpoint_dir: Path):
+    """The epoch callback that logs each epoch's metrics."""
+
+    def log_epoch(state) -> None:
+        with store_failure_keeps(checkpoint_dir, f"in epoch {state.epoch + 1}"):
+            tracker.log_epoch(state.epoch, state.metrics)
+
+    return log_epoch
+
+
+@contextlib.contextmanager
+def final_status(tracker: Tracker | NullTracker, outcome):
+    """Whatever happens inside, the run ends with the status (and tags) that
+    `outcome(error)` gives for how it ended: none is left RUNNING."""
+    error = None
+    try:
+        yield
+    except BaseException as err:
+        error = err
+        raise
+    finally:
+        status, tags = outcome(error)
+        try:
+            tracker.set_tags(tags)
+            tracker.finish(status)
+        except Exception as err:  # the store is down: the error that brought us here counts
+            log.warning(f"Could not record the run's end in MLflow: {type(err).__name__}")
 
 
 def example_batch(loader, size: int = 4) -> torch.Tensor:

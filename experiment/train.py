@@ -19,18 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from experiment import resume, sweep_context
-from experiment.builders import (
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    is_convnet,
-    scheduler_interval,
-)
+from experiment.builders import Parts, build_parts
+from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
-from experiment.data import build_data
-from experiment.engine import evaluate, fit, warm_up
-from experiment.errors import ExperimentError, TrackingError
+from experiment.engine import FitSettings, FitState, evaluate, fit, warm_up
+from experiment.errors import ExperimentError
 from experiment.progress import EpochProgress
+from experiment.rules import plain_config, validate
 from experiment.runtime import (
     autocast_dtype,
     peak_memory_mb,
@@ -38,225 +33,192 @@ from experiment.runtime import (
     seed_everything,
     stop_on_sigterm,
 )
-from experiment.schema import register_configs, validate
+from experiment.schema import register_configs
 from experiment.tracking import (
     build_tracker,
     config_params,
+    epoch_logger,
     example_batch,
+    final_status,
     git_commit,
-    redact,
+    store_failure_keeps,
 )
 
 log = logging.getLogger("experiment")
 register_configs()
 
 
-def default_run_name(cfg: DictConfig, trial=None) -> str:
-    """model-optimizer-lr, plus the trial number in a sweep so no two trials share a name."""
-    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
-    optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
-    name = f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
-    return f"{name}-trial{trial.trial.number}" if trial else name
-
-
-def _overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-@contextlib.contextmanager
-def _store_failure_keeps(checkpoint_dir: Path, when: str):
-    """A tracking store that fails mid-run: stop with a message that says where the
-    trained weights are and how to continue, instead of a traceback."""
-    try:
-        yield
-    except ExperimentError:
-        raise
-    except Exception as err:  # Ctrl-C (KeyboardInterrupt) is no Exception: it passes
-        raise TrackingError(
-            f"The MLflow tracking store failed {when}: {type(err).__name__}: "
-            f"{redact(str(err)).splitlines()[0] if str(err) else ''}. Nothing trained is "
-            f"lost: the checkpoints (last.pt, best.pt) are in {checkpoint_dir}. Once the "
-            "store is back, run the same command with trainer.resume=auto to continue."
-        ) from None
-
-
-def _tracked(log_epoch, checkpoint_dir: Path):
-    def callback(epoch: int, metrics: dict[str, float]) -> None:
-        with _store_failure_keeps(checkpoint_dir, f"in epoch {epoch + 1}"):
-            log_epoch(epoch, metrics)
-
-    return callback
-
-
 def run(cfg: DictConfig) -> float:
     """Train and test one configuration; return the best value of cfg.optimized_metric.
 
-    Inside a sweep (a TrialContext is active) the run also reports to its trial every
-    epoch, nests its MLflow run under the study's parent run and tags it with its state.
+    Inside a sweep the current TrialContext adds what a trial needs (reporting to the
+    trial, the parent run, the trial's tags and state); outside one, nothing is added.
     """
-    trial = sweep_context.current()
+    cfg = plain_config(cfg)  # config enums become plain strings here, once
     validate(cfg)  # value ranges, before any data is touched
-    trainer = cfg.trainer
-    device = resolve_device(trainer.device)
-    seed_everything(trainer.seed, trainer.deterministic)
-    amp_dtype = autocast_dtype(trainer.precision, device)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    checkpoint_dir = Path(trainer.checkpoint_dir)
-    resume_point = None
-    if not trial:  # a sweep resumes trials itself
-        search = Path(trainer.resume_dir) if trainer.resume_dir else None
-        resume_point = resume.find(trainer.resume, resolved, checkpoint_dir, search)
-    if resume_point is not None:
-        checkpoint_dir = resume_point.checkpoint.parent  # keep writing next to it
-        log.info(f"Resuming from {resume_point.checkpoint} at epoch {resume_point.next_epoch + 1}")
+    trial = sweep_context.current() or sweep_context.STANDALONE
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    point = resume.find_for(cfg.trainer, resolved) if trial.resumable else None
+    checkpoint_dir = point.checkpoint.parent if point else Path(cfg.trainer.checkpoint_dir)
     tracker = build_tracker(cfg.tracking)  # an unreachable store fails here, before training
+    parts = build_parts(cfg, device)
+    state = resume.restore(point, parts.model, parts.optimizer, parts.scheduler) if point else None
+    settings = fit_settings(cfg, device)
+    progress = EpochProgress(
+        cfg.trainer.epochs,
+        cfg.optimized_metric,
+        "quiet" if trial.quiet else cfg.trainer.progress,
+        first_epoch=point.next_epoch if point else 0,
+    )
 
-    data = build_data(cfg.dataset, device, seed=trainer.seed)
-    model = build_model(cfg.model, data.input_shape, data.num_classes).to(device)
-    if device.type == "cuda" and is_convnet(model):
-        model = model.to(memory_format=torch.channels_last)
-        data.use_channels_last()
-    optimizer = build_optimizer(cfg.optimizer, model, device)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
-    # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
-    train_model = torch.compile(model, dynamic=True) if trainer.compile else model
-
-    status, progress = "FAILED", None
-    try:  # from the start of the MLflow run on, it always gets a final status
+    with final_status(tracker, trial.outcome), contextlib.closing(progress):
         tracker.start(
-            run_name=cfg.run_name or default_run_name(cfg, trial),
+            run_name=cfg.run_name or trial.run_name(default_run_name(cfg)),
             params=config_params(cfg),
-            tags={
-                "device": str(device),
-                "git_commit": git_commit() or "none",
-                "torch": torch.__version__,
-                "process": f"{socket.gethostname()}:{os.getpid()}",
-                **(trial.tags if trial else {}),
-            },
-            texts={
-                "config.yaml": OmegaConf.to_yaml(resolved),
-                "overrides.yaml": OmegaConf.to_yaml(_overrides()),
-            },
-            parent_run_id=trial.parent_run_id if trial else None,
-            resume_run_id=resume_point.mlflow_run_id if resume_point else None,
+            tags={**run_tags(device), **trial.tags},
+            texts={"config.yaml": OmegaConf.to_yaml(resolved), "overrides.yaml": _overrides()},
+            parent_run_id=trial.parent_run_id,
+            resume_run_id=point.mlflow_run_id if point else None,
+            history=state.history if state else [],
         )
-        if resume_point is not None:
-            tracker.backfill(resume_point.state["history"])
-        callbacks = [_tracked(tracker.log_epoch, checkpoint_dir)]
-        if trial:
-            trial.record_run(tracker.run_id)
-            callbacks.append(trial.report(cfg.optimized_metric))
-        progress = EpochProgress(
-            trainer.epochs,
-            cfg.optimized_metric,
-            "quiet" if trial and trial.quiet else trainer.progress.value,
-            first_epoch=resume_point.next_epoch if resume_point else 0,
-        )
-        callbacks.insert(0, progress)
+        trial.record_run(tracker.run_id)
+        extra = {"fingerprint": resume.fingerprint(resolved), "mlflow_run_id": tracker.run_id}
+        callbacks = [
+            Checkpointer(
+                checkpoint_dir, parts.model, parts.optimizer, parts.scheduler, resolved, extra
+            ),
+            progress,
+            epoch_logger(tracker, checkpoint_dir),
+            *trial.callbacks(cfg.optimized_metric),
+            EarlyStopping(cfg.regularization.early_stopping.patience),
+        ]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        if trainer.compile:  # compile outside the timed epochs, and report it on its own
-            compile_seconds = warm_up(
-                model, train_model, next(iter(data.train)), device=device, amp_dtype=amp_dtype
-            )
-            tracker.log_metrics({"compile_time_s": compile_seconds})
-            log.info(f"torch.compile: {compile_seconds:.1f}s")
+        if cfg.trainer.compile:  # compile outside the timed epochs, and report it on its own
+            tracker.log_metrics({"compile_time_s": compile_now(parts, settings)})
         start = time.perf_counter()
         result = fit(
-            model,
-            data,
-            optimizer,
-            scheduler,
-            epochs=trainer.epochs,
-            device=device,
-            checkpoint_dir=checkpoint_dir,
-            monitor=cfg.optimized_metric,
-            maximize=cfg.optimized_direction.value == "maximize",
-            scheduler_interval=scheduler_interval(cfg.scheduler),
-            scheduler_monitor=cfg.scheduler.get("monitor", "val/loss"),
-            amp_dtype=amp_dtype,
-            label_smoothing=trainer.label_smoothing,
-            grad_clip=trainer.grad_clip,
-            patience=trainer.early_stopping_patience,
-            min_delta=trainer.early_stopping_min_delta,
-            callbacks=callbacks,
-            config=resolved,
-            train_model=train_model,
-            seed=trainer.seed,
-            resume_from=resume_point.state if resume_point else None,
-            checkpoint_extra={
-                "fingerprint": resume.fingerprint(resolved),
-                "mlflow_run_id": tracker.run_id,
-            },
+            parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
         )
-        train_seconds = time.perf_counter() - start
-        # The test split is evaluated once, with the weights that were best on validation.
-        model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
-        test = evaluate(
-            model, data.test, device=device, amp_dtype=amp_dtype, num_classes=data.num_classes
-        )
-        summary = {
-            "test/loss": test["loss"],
-            "test/acc": test["acc"],
-            "best/epoch": result.best_epoch,
-            "best/value": result.best_value,
-            "train_time_s": train_seconds,
-            "epochs_run": result.epochs_run,
-            **peak_memory_mb(device),
-        }
-        with _store_failure_keeps(checkpoint_dir, "after training"):
-            tracker.log_metrics(summary)
-            if cfg.tracking.log_plots:
-                tracker.log_plots(result.history, test["confusion"], data.classes)
-            if cfg.tracking.log_model:
-                tracker.log_model(model, example_batch(data.val))
-        resume.mark_complete(checkpoint_dir)
-        status = "FINISHED"
-        if trial:
-            tracker.set_tags({"optuna.state": sweep_context.COMPLETE})
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except Exception as err:
-        if trial:  # a pruned trial ended as intended; anything else failed it
-            pruned = trial.is_pruned(err)
-            status = "FINISHED" if pruned else "FAILED"
-            tracker.set_tags(
-                {"optuna.state": sweep_context.PRUNED if pruned else sweep_context.FAIL}
+        summary = {"train_time_s": time.perf_counter() - start}
+        test = evaluate_best(parts, checkpoint_dir, settings)
+        summary.update(final_metrics(result, test, device))
+        with store_failure_keeps(checkpoint_dir, "after training"):
+            tracker.log_final(
+                summary,
+                result.history,
+                test["confusion"],
+                parts.data.classes,
+                parts.model,
+                example_batch(parts.data.val),
             )
-        raise
-    finally:
-        if progress is not None:
-            progress.close()
-        try:
-            tracker.finish(status)
-        except Exception as err:  # the store is down: the error that brought us here counts
-            log.warning(f"Could not record the run's end in MLflow: {type(err).__name__}")
+        resume.mark_complete(checkpoint_dir)
+
     log.info(
         f"best {cfg.optimized_metric} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
-        f"test/acc {test['acc']:.4f}; trained {train_seconds:.1f}s over {result.epochs_run} "
-        f"epochs{' (early stop)' if result.stopped_early else ''}. "
+        f"test/acc {test['acc']:.4f}; trained {summary['train_time_s']:.1f}s over "
+        f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}. "
         f"Checkpoints: {checkpoint_dir}"
     )
     log.info(tracker.describe())
     return float(result.best_value)
 
 
+def fit_settings(cfg: DictConfig, device: torch.device) -> FitSettings:
+    regularization = cfg.regularization
+    return FitSettings(
+        epochs=cfg.trainer.epochs,
+        device=device,
+        monitor=cfg.optimized_metric,
+        maximize=cfg.optimized_direction == "maximize",
+        min_delta=regularization.early_stopping.min_delta,
+        amp_dtype=autocast_dtype(cfg.trainer.precision, device),
+        label_smoothing=regularization.label_smoothing,
+        grad_clip=regularization.grad_clip,
+        scheduler_interval=cfg.scheduler.interval,
+        scheduler_monitor=cfg.scheduler.get("monitor"),
+        seed=cfg.trainer.seed,
+    )
+
+
+def compile_now(parts: Parts, settings: FitSettings) -> float:
+    seconds = warm_up(
+        parts.model,
+        parts.forward,
+        next(iter(parts.data.train)),
+        device=settings.device,
+        amp_dtype=settings.amp_dtype,
+    )
+    log.info(f"torch.compile: {seconds:.1f}s")
+    return seconds
+
+
+def evaluate_best(parts: Parts, checkpoint_dir: Path, settings: FitSettings) -> dict:
+    """The test split, evaluated once, with the weights that were best on validation."""
+    parts.model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
+    return evaluate(
+        parts.model,
+        parts.data.test,
+        device=settings.device,
+        amp_dtype=settings.amp_dtype,
+        num_classes=parts.data.num_classes,
+    )
+
+
+def final_metrics(result: FitState, test: dict, device: torch.device) -> dict[str, float]:
+    return {
+        "test/loss": test["loss"],
+        "test/acc": test["acc"],
+        "best/epoch": result.best_epoch,
+        "best/value": result.best_value,
+        "epochs_run": result.epochs_run,
+        **peak_memory_mb(device),
+    }
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    """model-optimizer-lr: enough to tell runs apart in the MLflow UI's run list."""
+    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
+    return f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
+
+
+def run_tags(device: torch.device) -> dict[str, str]:
+    return {
+        "device": str(device),
+        "git_commit": git_commit() or "none",
+        "torch": torch.__version__,
+        "process": f"{socket.gethostname()}:{os.getpid()}",
+    }
+
+
+def _overrides() -> str:
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return OmegaConf.to_yaml(overrides)
+
+
 # An absolute path, so the console script finds conf/ as `python -m` does.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def run_reporting_errors(cfg: DictConfig) -> float:
+    """`run`, with a user's mistake (an ExperimentError) reported as one line and an exit
+    code instead of a traceback; inside a sweep the sweeper records it and goes on."""
+    try:
+        return run(cfg)
+    except ExperimentError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep_context.current():
+            raise
+        log.error(f"{type(err).__name__}: {err}")
+        raise SystemExit(err.exit_code) from None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     stop_on_sigterm()
-    try:
-        return run(cfg)
-    except ExperimentError as err:
-        # In a sweep the sweeper records the failure and goes on with the next trial.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep_context.current():
-            raise
-        log.error(f"{type(err).__name__}: {err}")
-        raise SystemExit(err.exit_code) from None
+    return run_reporting_errors(cfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import experiment.train  # noqa: F401  registers the schemas in Hydra's ConfigStore
+from experiment.rules import plain_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -42,16 +45,22 @@ def sqlite_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
-def store_overrides(tmp_path: Path) -> list[str]:
+def tracking_overrides(tmp_path: Path) -> list[str]:
+    """An MLflow SQLite store and its artifacts under tmp_path."""
     return [
         f"tracking.uri={sqlite_uri(tmp_path)}",
         f"tracking.artifact_root={tmp_path / 'mlruns' / 'artifacts'}",
-        f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}",
     ]
 
 
+def store_overrides(tmp_path: Path) -> list[str]:
+    """MLflow store and checkpoints under tmp_path."""
+    return [*tracking_overrides(tmp_path), f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}"]
+
+
 def compose_config(overrides: list[str]):
-    """The real config, composed as the CLI would, outside a Hydra run.
+    """The real config, composed as the CLI would, outside a Hydra run, with enums as plain
+    strings (what `run` and the builders see once the config has entered the code).
 
     `${hydra:runtime.output_dir}` only resolves inside a run, so the checkpoint folder
     gets a plain default unless the overrides name one.
@@ -59,37 +68,64 @@ def compose_config(overrides: list[str]):
     if not any(o.startswith("trainer.checkpoint_dir=") for o in overrides):
         overrides = [*overrides, "trainer.checkpoint_dir=checkpoints"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return plain_config(compose(config_name="config", overrides=overrides))
+
+
+def cli_env(extra: dict | None = None) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)  # the CLI as users see it: one line per error
+    return env
+
+
+def start_cli(
+    args: list[str], cwd: Path, env: dict | None = None, stdout=subprocess.PIPE
+) -> subprocess.Popen:
+    """`python -m experiment.train ARGS` in the background, in its own process group, with
+    stdout+stderr going to `stdout` (a pipe readable line by line, a file, a terminal).
+    Whatever the test does, the process group is stopped when the test ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiment.train", *args],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(env),
+        start_new_session=True,
+    )
+    _STARTED.append(proc)
+    return proc
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_started_processes():
+    yield
+    while _STARTED:
+        stop_group(_STARTED.pop())
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None):
-    """`python -m experiment.train ARGS` in a subprocess; output is stdout+stderr."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "experiment.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+    """`python -m experiment.train ARGS` to its end; `.stdout` holds stdout+stderr.
+    A run past `timeout` is killed with its process group (workers included)."""
+    proc = start_cli(args, cwd, env)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        stop_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
-def start_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """`python -m experiment.train ARGS` in the background, in its own process group,
-    with stdout+stderr readable line by line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiment.train", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+def stop_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of a process started in its own group; reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # The group may outlive its leader (sweep workers): end the rest too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_for_line(proc: subprocess.Popen, *fragments: str, timeout: float = 180) -> str:
@@ -102,14 +138,38 @@ def wait_for_line(proc: subprocess.Popen, *fragments: str, timeout: float = 180)
     raise AssertionError(f"the process ended without printing any of {fragments}")
 
 
+def sweep_args(
+    storage: str,
+    tracking: list[str],
+    *extra: str,
+    n_trials: int = 4,
+    study: str = "test-study",
+    data: list[str] = FAST,
+) -> list[str]:
+    """A `-m hparams_search=optuna` sweep over `data` with its study in `storage` and
+    MLflow settings `tracking` (see `store_overrides`)."""
+    return [
+        "-m",
+        "hparams_search=optuna",
+        *data,
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.study_name={study}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        *tracking,
+        *extra,
+    ]
+
+
 def output(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout + proc.stderr
+    return proc.stdout + (proc.stderr or "")
 
 
 def all_runs(uri: str):
     """Every run of every experiment in the store, as mlflow.entities.Run objects."""
     from mlflow import MlflowClient
 
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []  # no store, no runs (and no store created just to look)
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments, max_results=1000) if experiments else []
@@ -137,6 +197,5 @@ def postgres_url():
 def mlflow_server(tmp_path):
     from tests.services import mlflow_server
 
-    server = mlflow_server(tmp_path / "mlflow-server").start()
-    yield server
-    server.stop()
+    with mlflow_server(tmp_path / "mlflow-server") as server:
+        yield server

@@ -117,6 +117,7 @@ class Server:
         self.root, self.command, self.port, self.health_path = root, command, port, health_path
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
+        self.log = None
 
     def start(self, timeout: float = 90):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,14 @@ class Server:
         self.process = subprocess.Popen(
             self.command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        try:
+            self._wait_until_healthy(timeout)
+        except BaseException:  # a server that never answered is stopped all the same
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_healthy(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.process.poll() is None, (self.root / "server.log").read_text()
@@ -132,15 +141,24 @@ class Server:
                 urllib.request.urlopen(self.url + self.health_path, timeout=2) as response,
             ):
                 if response.status == 200:
-                    return self
+                    return
             time.sleep(0.5)
         raise AssertionError(f"{self.command[0]} did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 9)
+        """Kill the server's whole process group (its workers too) and wait for it."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, 9)
             self.process.wait(timeout=30)
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _venv_tool(name: str) -> str:

@@ -1,146 +1,247 @@
-"""Bad input: one clear message naming the problem, non-zero exit, no traceback,
-and no MLflow run left RUNNING."""
+"""Bad input: one clear message naming the problem, the stated exit code, no traceback,
+and no MLflow run left RUNNING.
+
+Exit codes: 1 Hydra rejected the command line before the run started (unknown option or
+key, wrong type), 2 any other bad input, 3 the run diverged. Value checks, data and
+runtime errors run in this process; the cases where Hydra's own command line or the
+sweeper is the subject run the real CLI.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
+import torch
 from PIL import Image
 
-from tests.conftest import all_runs, output, run_cli, sqlite_uri, store_overrides
-
-pytestmark = pytest.mark.slow
-
-
-def _one_class_folder(root):
-    for i in range(3):
-        (root / "train" / "cat").mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 8)).save(root / "train" / "cat" / f"{i}.png")
+from experiment.train import run_reporting_errors
+from tests.conftest import all_runs, compose_config, output, run_cli, sqlite_uri, store_overrides
 
 
-def _empty_class_folders(root):
-    for name in ("cat", "dog"):
-        (root / "train" / name).mkdir(parents=True)
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    exit_code: int
+    says: tuple[str, ...]  # fragments of the message ({tmp}: the test's folder)
+
+
+def case(args, exit_code, says) -> Case:
+    return Case(tuple(args), exit_code, tuple(says))
 
 
 FAST_DATA = ["dataset=synthetic", "dataset.source.num_train=200", "dataset.source.num_test=50"]
 SWEEP = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", *FAST_DATA]
 
-CASES = {
-    "unknown group option": (["model=transformer"], ["Could not find 'model/transformer'", "cnn"]),
-    "unknown key": (["trainer.epoch=3"], ["trainer.epoch", "not in"]),
-    "wrong type": (["trainer.epochs=abc"], ["trainer.epochs", "'abc'", "Integer"]),
-    "lr zero": (["optimizer.lr=0"], ["optimizer.lr", "0.0", "> 0"]),
-    "lr negative": (["optimizer.lr=-0.1"], ["optimizer.lr", "-0.1", "> 0"]),
-    "batch size": (["dataset.batch_size=0"], ["dataset.batch_size", "0", ">= 1"]),
-    "dropout high": (["regularization.dropout=1.0"], ["regularization.dropout", "1.0", "[0, 1)"]),
-    "dropout negative": (["regularization.dropout=-0.2"], ["regularization.dropout", "[0, 1)"]),
-    "epochs": (["trainer.epochs=0"], ["trainer.epochs", "0", ">= 1"]),
-    "device enum": (["trainer.device=gpu"], ["trainer.device", "gpu", "auto, cpu, cuda"]),
-    "test metric as objective": (["optimized_metric=test/acc"], ["optimized_metric", "val/"]),
-    "image folder without path": (["dataset=image_folder"], ["dataset.source.path", "Missing"]),
-    "image folder missing": (
+IN_PROCESS = {
+    "lr zero": case(["optimizer.lr=0"], 2, ["optimizer.lr", "0.0", "> 0"]),
+    "lr negative": case(["optimizer.lr=-0.1"], 2, ["optimizer.lr", "-0.1", "> 0"]),
+    "batch size": case(["dataset.batch_size=0"], 2, ["dataset.batch_size", "0", ">= 1"]),
+    "dropout high": case(
+        ["regularization.dropout=1.0"], 2, ["regularization.dropout", "1.0", "[0, 1)"]
+    ),
+    "dropout negative": case(
+        ["regularization.dropout=-0.2"], 2, ["regularization.dropout", "[0, 1)"]
+    ),
+    "epochs": case(["trainer.epochs=0"], 2, ["trainer.epochs", "0", ">= 1"]),
+    "test metric as objective": case(
+        ["optimized_metric=test/acc"], 2, ["optimized_metric", "val/"]
+    ),
+    "weight decay negative": case(
+        ["optimizer.weight_decay=-1"], 2, ["optimizer.weight_decay", ">= 0"]
+    ),
+    "label smoothing": case(
+        ["regularization.label_smoothing=1.5"], 2, ["label_smoothing", "[0, 1)"]
+    ),
+    "grad clip zero": case(["regularization.grad_clip=0"], 2, ["regularization.grad_clip", "> 0"]),
+    "val fraction": case(["dataset.val_fraction=1.5"], 2, ["dataset.val_fraction", "between 0"]),
+    "step gamma": case(
+        ["scheduler=step", "scheduler.schedule.gamma=0"], 2, ["scheduler.schedule.gamma", "> 0"]
+    ),
+    "image folder without path": case(
+        ["dataset=image_folder"], 2, ["dataset.source.path", "Missing"]
+    ),
+    "image folder missing": case(
         ["dataset=image_folder", "dataset.source.path={tmp}/nowhere"],
+        2,
         ["{tmp}/nowhere", "does not exist"],
     ),
-    "image folder without images": (
+    "image folder without images": case(
         ["dataset=image_folder", "dataset.source.path={tmp}/empty"],
+        2,
         ["No images found", "{tmp}/empty/train"],
     ),
-    "image folder with one class": (
+    "image folder with one class": case(
         ["dataset=image_folder", "dataset.source.path={tmp}/one"],
+        2,
         ["Only one class folder", "cat", "at least two"],
     ),
-    "mnist offline": (
+    "mnist offline": case(
         ["dataset=mnist", "dataset.source.root={tmp}/data"],
+        2,
         ["{tmp}/data/MNIST/raw", "train-images-idx3-ubyte", "download=true"],
     ),
-    "cifar10 offline": (
+    "cifar10 offline": case(
         ["dataset=cifar10", "dataset.source.root={tmp}/data"],
+        2,
         ["cifar-10-batches-py", "data_batch_1", "download=true"],
     ),
-    "unknown optimizer": (["optimizer=lamb"], ["Could not find 'optimizer/lamb'", "adamw"]),
-    "wrong bool": (["trainer.deterministic=maybe"], ["trainer.deterministic", "maybe"]),
-    "wrong float": (["regularization.dropout=high"], ["regularization.dropout", "'high'"]),
-    "precision enum": (["trainer.precision=fp8"], ["trainer.precision", "fp8", "bf16"]),
-    "weight decay negative": (["optimizer.weight_decay=-1"], ["optimizer.weight_decay", ">= 0"]),
-    "label smoothing": (["regularization.label_smoothing=1.5"], ["label_smoothing", "[0, 1)"]),
-    "grad clip zero": (["regularization.grad_clip=0"], ["regularization.grad_clip", "> 0"]),
-    "val fraction": (["dataset.val_fraction=1.5"], ["dataset.val_fraction", "between 0 and 1"]),
-    "step gamma": (["scheduler=step", "scheduler.gamma=0"], ["scheduler.gamma", "> 0"]),
-    "nan loss from a huge lr": (
+    "nan loss from a huge lr": case(
         [*FAST_DATA, "optimizer.lr=1e30"],
+        3,
         ["NonFiniteLossError", "diverged", "Lower optimizer.lr"],
     ),
-    "resume from a missing checkpoint": (
-        ["trainer.resume={tmp}/nope.pt"],
-        ["trainer.resume", "{tmp}/nope.pt", "existing checkpoint"],
+    "resume from a missing checkpoint": case(
+        ["trainer.resume={tmp}/nope.pt"], 2, ["trainer.resume", "{tmp}/nope.pt", "existing"]
     ),
-    "tracking server unreachable": (
+    "resume from a text file": case(
+        ["trainer.resume={tmp}/files/hostname"],
+        2,
+        ["{tmp}/files/hostname", "not a PyTorch checkpoint file", "Expected a last.pt"],
+    ),
+    "resume from a truncated checkpoint": case(
+        ["trainer.resume={tmp}/files/truncated.pt"],
+        2,
+        ["{tmp}/files/truncated.pt", "truncated", "Expected a last.pt"],
+    ),
+    "resume from an empty file": case(
+        ["trainer.resume={tmp}/files/empty.pt"], 2, ["{tmp}/files/empty.pt", "empty"]
+    ),
+    "resume from a bare state_dict": case(
+        ["trainer.resume={tmp}/files/weights.pt"],
+        2,
+        ["{tmp}/files/weights.pt", "not a checkpoint of a run", "optimizer"],
+    ),
+    "resume from a file with pickled code": case(
+        ["trainer.resume={tmp}/files/code.pt"],
+        2,
+        ["{tmp}/files/code.pt", "pickled Python objects", "refused"],
+    ),
+    "tracking server unreachable": case(
         ["tracking.uri=http://127.0.0.1:9"],
+        2,
         ["Cannot use the MLflow tracking store http://127.0.0.1:9", "tracking=none"],
     ),
-    "sweep range reversed": (
-        [*SWEEP, "optimizer.lr=interval(0.1,0.01)"],
-        ["optimizer.lr", "low < high"],
+}
+
+CLI = {
+    "unknown group option": case(
+        ["model=transformer"], 1, ["Could not find 'model/transformer'", "cnn"]
     ),
-    "sweep log range from zero": (
+    "unknown key": case(["trainer.epoch=3"], 1, ["trainer.epoch", "not in"]),
+    "wrong type": case(["trainer.epochs=abc"], 1, ["trainer.epochs", "'abc'", "Integer"]),
+    "device enum": case(["trainer.device=gpu"], 1, ["trainer.device", "gpu", "auto, cpu, cuda"]),
+    "unknown optimizer": case(["optimizer=lamb"], 1, ["Could not find 'optimizer/lamb'", "adamw"]),
+    "wrong bool": case(["trainer.deterministic=maybe"], 1, ["trainer.deterministic", "maybe"]),
+    "wrong float": case(["regularization.dropout=high"], 1, ["regularization.dropout", "'high'"]),
+    "precision enum": case(["trainer.precision=fp8"], 1, ["trainer.precision", "fp8", "bf16"]),
+    "loop control in the schedule": case(
+        ["scheduler=step", "scheduler.schedule.interval=step"], 1, ["interval", "not in"]
+    ),
+    # The CLI's own reporting of a run's error: one line, exit 2 (the issue users hit).
+    "value out of range, from the command line": case(
+        ["optimizer.lr=0"], 2, ["optimizer.lr", "> 0"]
+    ),
+    "resume from a text file, from the command line": case(
+        ["trainer.resume={tmp}/files/hostname"], 2, ["{tmp}/files/hostname", "not a PyTorch"]
+    ),
+    "sweep range reversed": case(
+        [*SWEEP, "optimizer.lr=interval(0.1,0.01)"], 2, ["optimizer.lr", "low < high"]
+    ),
+    "sweep log range from zero": case(
         [*SWEEP, "optimizer.lr=tag(log,interval(0,0.1))"],
+        2,
         ["optimizer.lr", "log scale needs low > 0"],
     ),
-    "sweep unknown sampler": (
-        [*SWEEP, "hydra.sweeper.sampler=grid"],
-        ["hydra.sweeper.sampler 'grid'", "tpe, random"],
+    "sweep unknown sampler": case(
+        [*SWEEP, "hydra.sweeper.sampler=grid"], 2, ["hydra.sweeper.sampler 'grid'", "tpe, random"]
     ),
-    "sweep unknown pruner": (
-        [*SWEEP, "hydra.sweeper.pruner=early"],
-        ["hydra.sweeper.pruner 'early'", "median"],
+    "sweep unknown pruner": case(
+        [*SWEEP, "hydra.sweeper.pruner=early"], 2, ["hydra.sweeper.pruner 'early'", "median"]
     ),
-    "sweep direction": ([*SWEEP, "hydra.sweeper.direction=up"], ["direction=up", "maximize"]),
-    "sweep storage unreachable": (
+    "sweep direction": case(
+        [*SWEEP, "hydra.sweeper.direction=up"], 2, ["direction=up", "maximize"]
+    ),
+    "sweep without trials": case([*SWEEP, "hydra.sweeper.n_trials=0"], 2, ["n_trials=0"]),
+    "sweep workers without a shared storage": case(
+        [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.n_jobs=2"],
+        2,
+        ["needs a database storage"],
+    ),
+    "sweep storage unreachable": case(
         [*SWEEP, "hydra.sweeper.storage=postgresql://user:pg-pass-123@127.0.0.1:9/optuna"],
+        2,
         ["Cannot open the Optuna storage postgresql://user:***@127.0.0.1:9", "Connection refused"],
     ),
-    "sweep storage scheme": (
+    "sweep storage scheme": case(
         [*SWEEP, "hydra.sweeper.storage=nosuchdb://127.0.0.1/optuna"],
+        2,
         ["hydra.sweeper.storage", "nosuchdb"],
     ),
 }
 
 
-# Exit codes: 1 Hydra rejected the override before the run started (unknown option or
-# key, wrong type), 3 the run diverged, 2 every other bad input.
-HYDRA_REJECTS = {
-    "unknown group option",
-    "unknown key",
-    "wrong type",
-    "device enum",
-    "unknown optimizer",
-    "wrong bool",
-    "wrong float",
-    "precision enum",
-}
+class _Payload:
+    def __reduce__(self):  # what a booby-trapped checkpoint would run when unpickled
+        return (print, ("unpickled code ran",))
 
 
-def expected_exit_code(case: str) -> int:
-    return 1 if case in HYDRA_REJECTS else 3 if case.startswith("nan") else 2
+def _write_bad_inputs(tmp) -> None:
+    """Folders and files the cases point at, each wrong in its own way."""
+    for i in range(3):
+        (tmp / "one" / "train" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp / "one" / "train" / "cat" / f"{i}.png")
+    for name in ("cat", "dog"):
+        (tmp / "empty" / "train" / name).mkdir(parents=True)
+    files = tmp / "files"
+    files.mkdir()
+    (files / "hostname").write_text("build-host-17\n")
+    (files / "empty.pt").write_bytes(b"")
+    torch.save({"weight": torch.zeros(3)}, files / "weights.pt")
+    whole = (files / "weights.pt").read_bytes()
+    (files / "truncated.pt").write_bytes(whole[: len(whole) // 2])
+    torch.save({"model": _Payload()}, files / "code.pt")
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_reported_clearly(tmp_path, case):
-    _one_class_folder(tmp_path / "one")
-    _empty_class_folders(tmp_path / "empty")
-    args, expected = CASES[case]
+def _with_defaults(tmp_path, args: tuple[str, ...]) -> list[str]:
     args = [a.format(tmp=tmp_path) for a in args]
     given = {a.split("=", 1)[0] for a in args}
     defaults = [*store_overrides(tmp_path), "trainer.epochs=1"]
-    defaults = [d for d in defaults if d.split("=", 1)[0] not in given]
     if "trainer.epoch" in given:  # the misspelt key is the case itself
         defaults.remove("trainer.epochs=1")
-    proc = run_cli([*args, *defaults], tmp_path, timeout=120)
-    text = output(proc)
-    assert proc.returncode == expected_exit_code(case), text
-    for fragment in expected:
+    return [*args, *(d for d in defaults if d.split("=", 1)[0] not in given)]
+
+
+def _check_message(text: str, says: tuple[str, ...], tmp_path) -> None:
+    for fragment in says:
         assert fragment.format(tmp=tmp_path) in text, (fragment, text)
     assert "Traceback" not in text, text
+    assert "weights_only=False" not in text  # never advise running a file's code
     assert "pg-pass-123" not in text  # passwords in URLs never reach the console
+    assert "unpickled code ran" not in text
+
+
+@pytest.mark.parametrize("name", list(IN_PROCESS))
+def test_bad_input_stops_the_run_with_one_clear_line(tmp_path, caplog, capsys, name):
+    _write_bad_inputs(tmp_path)
+    bad = IN_PROCESS[name]
+    cfg = compose_config(_with_defaults(tmp_path, bad.args))
+    with pytest.raises(SystemExit) as stopped:  # any other exception fails the test
+        run_reporting_errors(cfg)
+    assert stopped.value.code == bad.exit_code
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    _check_message(errors[0] + capsys.readouterr().out, bad.says, tmp_path)
+    assert not [r for r in all_runs(sqlite_uri(tmp_path)) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CLI))
+def test_bad_command_line_is_reported_clearly(tmp_path, name):
+    _write_bad_inputs(tmp_path)
+    bad = CLI[name]
+    proc = run_cli(_with_defaults(tmp_path, bad.args), tmp_path, timeout=120)
+    text = output(proc)
+    assert proc.returncode == bad.exit_code, text
+    _check_message(text, bad.says, tmp_path)
     assert not [r for r in all_runs(sqlite_uri(tmp_path)) if r.info.status == "RUNNING"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.conftest import FAST, output, run_cli
+from tests.conftest import output, run_cli, sweep_args
 from tests.services import chromium, mlflow_server, optuna_dashboard
 
 pytestmark = pytest.mark.slow
@@ -25,23 +25,24 @@ pytestmark = pytest.mark.slow
 def finished_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     store, studies = f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'optuna.db'}"
-    proc = run_cli(
-        [
-            "-m",
-            "hparams_search=optuna",
-            *FAST,
-            "trainer.epochs=4",
-            "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.study_name=browser-sweep",
-            f"hydra.sweeper.storage={studies}",
-            f"tracking.uri={store}",
-            f"tracking.artifact_root={root / 'artifacts'}",
-            "tracking.experiment_name=sweeps",
-        ],
-        root,
-    )
+    tracking = [
+        f"tracking.uri={store}",
+        f"tracking.artifact_root={root / 'artifacts'}",
+        "tracking.experiment_name=sweeps",
+    ]
+    args = sweep_args(studies, tracking, "trainer.epochs=4", n_trials=3, study="browser-sweep")
+    proc = run_cli(args, root)
     assert proc.returncode == 0, output(proc)
     return root, store, studies
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium, quit after the test. Taken before any server starts: where it
+    is missing the test skips with nothing started."""
+    driver = chromium(tmp_path / "profile")
+    yield driver
+    driver.quit()
 
 
 def wait_for_text(driver, *texts: str, timeout: float = 60) -> str:
@@ -60,7 +61,7 @@ def keep_screenshot(driver, path: Path) -> None:
         shutil.copy(path, Path(os.environ["EXPERIMENT_SCREENSHOTS"]) / path.name)
 
 
-def test_mlflow_ui_lists_the_parent_run_and_its_three_trials(tmp_path, finished_sweep):
+def test_mlflow_ui_lists_the_parent_run_and_its_three_trials(tmp_path, browser, finished_sweep):
     root, store, _ = finished_sweep
     from mlflow import MlflowClient
 
@@ -71,9 +72,8 @@ def test_mlflow_ui_lists_the_parent_run_and_its_three_trials(tmp_path, finished_
     children = sorted(r.info.run_name for r in runs if r is not parent)
     assert len(children) == 3
 
-    server = mlflow_server(tmp_path / "server", backend_uri=store).start()
-    driver = chromium(tmp_path / "profile")
-    try:
+    driver = browser
+    with mlflow_server(tmp_path / "server", backend_uri=store) as server:
         driver.get(f"{server.url}/#/experiments/{experiment.experiment_id}/runs")
         body = wait_for_text(driver, parent.info.run_name)
         assert parent.info.run_name in body, body
@@ -97,9 +97,6 @@ def test_mlflow_ui_lists_the_parent_run_and_its_three_trials(tmp_path, finished_
         body = wait_for_text(driver, *children, "optimizer.lr")
         assert all(name in body for name in children) and "optimizer.lr" in body, body
         keep_screenshot(driver, tmp_path / "mlflow-compare-trials.png")
-    finally:
-        driver.quit()
-        server.stop()
     complete = next(r for r in runs if r.data.tags.get("optuna.state") == "COMPLETE")
     plots = {a.path for a in client.list_artifacts(complete.info.run_id, "plots")}
     assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
@@ -109,11 +106,10 @@ def test_mlflow_ui_lists_the_parent_run_and_its_three_trials(tmp_path, finished_
             shutil.copy(Path(local) / name, Path(os.environ["EXPERIMENT_SCREENSHOTS"]) / name)
 
 
-def test_optuna_dashboard_lists_the_study_trials(tmp_path, finished_sweep):
+def test_optuna_dashboard_lists_the_study_trials(tmp_path, browser, finished_sweep):
     _, _, studies = finished_sweep
-    server = optuna_dashboard(tmp_path / "dashboard", studies).start()
-    driver = chromium(tmp_path / "profile")
-    try:
+    driver = browser
+    with optuna_dashboard(tmp_path / "dashboard", studies) as server:
         driver.get(f"{server.url}/dashboard")
         body = wait_for_text(driver, "browser-sweep")
         assert "browser-sweep" in body, body
@@ -123,6 +119,3 @@ def test_optuna_dashboard_lists_the_study_trials(tmp_path, finished_sweep):
             assert f"Trial {number}" in body, body
         assert "optimizer.lr" in body
         keep_screenshot(driver, tmp_path / "optuna-dashboard-trials.png")
-    finally:
-        driver.quit()
-        server.stop()

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiment.builders import build_model, build_optimizer, build_scheduler
-from experiment.schema import validate
+from experiment.rules import validate
 from tests.conftest import CONF, compose_config
 
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking"]
@@ -81,11 +81,12 @@ def test_optimizer_and_scheduler_instantiate_and_step(optimizer, scheduler):
     opt = build_optimizer(cfg.optimizer, net)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
     sched = build_scheduler(cfg.scheduler, opt, steps_per_epoch=5)
+    assert (sched is None) == (scheduler == "none")  # none: a constant rate, no schedule
     net(torch.zeros(2, 1, 8, 8)).sum().backward()
     opt.step()
     if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
         sched.step(1.0)
-    else:
+    elif sched is not None:
         sched.step()
     assert opt.param_groups[0]["lr"] > 0
 

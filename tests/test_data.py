@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from experiment.data import BatchTransform, DeviceLoader, random_crop, random_hflip
-from experiment.engine import evaluate, train_one_epoch
+from experiment.engine import FitSettings, evaluate, train_one_epoch
 from experiment.models import CNN
 from experiment.runtime import autocast_dtype
 
@@ -111,7 +111,7 @@ def test_precision_auto_on_cpu_equals_fp32():
             shuffle=False,
         )
         dtype = autocast_dtype(precision, CPU)
-        train_one_epoch(model, loader, opt, device=CPU, amp_dtype=dtype)
+        train_one_epoch(model, loader, opt, FitSettings(epochs=1, device=CPU, amp_dtype=dtype))
         return evaluate(model, loader, device=CPU, amp_dtype=dtype), model.state_dict()
 
     (auto_metrics, auto_state), (fp32_metrics, fp32_state) = train("auto"), train("fp32")
@@ -133,7 +133,6 @@ def test_cuda_path_runs_in_bf16_with_data_on_the_device():
     )
     model = CNN((1, 8, 8), 10).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters())
-    metrics = train_one_epoch(
-        model, loader, opt, device=device, amp_dtype=autocast_dtype("auto", device)
-    )
+    settings = FitSettings(epochs=1, device=device, amp_dtype=autocast_dtype("auto", device))
+    metrics = train_one_epoch(model, loader, opt, settings)
     assert autocast_dtype("auto", device) == torch.bfloat16 and metrics["samples"] == 256

@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 
 from experiment import datasets
-from experiment.data import build_data
+from experiment.builders import load_source
+from experiment.data import build_loaders
 from experiment.errors import DataError
 from tests.conftest import compose_config
 
@@ -123,7 +124,7 @@ def test_image_folder_splits_and_batches(tmp_path):
             "dataset.val_fraction=0.25",
         ]
     )
-    data = build_data(cfg.dataset, torch.device("cpu"))
+    data = build_loaders(cfg.dataset, load_source(cfg.dataset), torch.device("cpu"))
     assert data.classes == ["cat", "dog"] and data.input_shape == (3, 16, 16)
     seen = sum(len(y) for _, y in data.train) + sum(len(y) for _, y in data.val)
     assert seen == 12 and sum(len(y) for _, y in data.test) == 12

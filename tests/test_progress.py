@@ -7,14 +7,12 @@ import fcntl
 import os
 import pty
 import struct
-import subprocess
-import sys
 import termios
 
 import optuna
 
 from hydra_plugins.experiment_optuna_sweeper.reporting import summary_table
-from tests.conftest import FAST, ROOT, output, run_cli
+from tests.conftest import FAST, output, run_cli, start_cli
 
 
 def _read_all(fd: int) -> str:
@@ -33,13 +31,7 @@ def _read_all(fd: int) -> str:
 def test_a_terminal_gets_a_progress_bar_and_no_epoch_lines(tmp_path):
     main, terminal = pty.openpty()  # a real terminal for the run's stdout and stderr
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiment.train", *FAST, "trainer.epochs=3", "tracking=none"],
-        cwd=tmp_path,
-        stdout=terminal,
-        stderr=terminal,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = start_cli([*FAST, "trainer.epochs=3", "tracking=none"], tmp_path, stdout=terminal)
     os.close(terminal)
     text = _read_all(main)
     os.close(main)

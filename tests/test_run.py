@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import mlflow
@@ -15,6 +14,7 @@ from PIL import Image
 
 from experiment.builders import build_model
 from experiment.checkpoint import BEST, LAST, load_checkpoint
+from experiment.errors import CheckpointError
 from experiment.train import run
 from tests.conftest import FAST, all_runs, compose_config, sqlite_uri, store_overrides
 
@@ -112,11 +112,12 @@ class _Payload:
         return (print, ("unpickled code ran",))
 
 
-def test_checkpoints_refuse_pickled_code(tmp_path):
+def test_checkpoints_refuse_pickled_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": _Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(CheckpointError, match="pickled Python objects.*refused"):
         load_checkpoint(path)
+    assert "unpickled code ran" not in capsys.readouterr().out
 
 
 def test_early_stopping_stops_on_the_validation_metric(tmp_path):

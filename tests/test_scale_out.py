@@ -3,10 +3,6 @@ PostgreSQL database and track to one real MLflow server over HTTP."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import mlflow
 import numpy as np
 import optuna
@@ -15,7 +11,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from experiment.checkpoint import load_checkpoint
-from tests.conftest import FAST, ROOT, start_cli, wait_for_line
+from tests.conftest import FAST, start_cli, stop_group, sweep_args, wait_for_line
 from tests.services import POSTGRES_PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -26,33 +22,20 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
     tmp_path, postgres_url, mlflow_server
 ):
     tracking_uri = mlflow_server.url.replace("http://", f"http://user:{TRACKING_PASSWORD}@")
-    args = [
-        "-m",
-        "hparams_search=optuna",
-        *FAST,
-        f"hydra.sweeper.storage={postgres_url}",
-        "hydra.sweeper.study_name=shared",
-        "hydra.sweeper.n_trials=12",
-        f"tracking.uri={tracking_uri}",
-        "tracking.experiment_name=scale-out",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tracking = [f"tracking.uri={tracking_uri}", "tracking.experiment_name=scale-out"]
+    args = sweep_args(postgres_url, tracking, n_trials=12, study="shared")
     logs, processes = [], []
-    for index in range(3):  # three commands at once, as on three machines
-        log = tmp_path / f"sweep{index}.log"
-        workdir = tmp_path / f"machine{index}"
-        workdir.mkdir()
-        logs.append(log)
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "experiment.train", *args],
-                cwd=workdir,
-                stdout=log.open("w"),
-                stderr=subprocess.STDOUT,
-                env={**env, "PYTHONPATH": str(ROOT)},
-            )
-        )
-    codes = [p.wait(timeout=400) for p in processes]
+    try:
+        for index in range(3):  # three commands at once, as on three machines
+            logs.append(tmp_path / f"sweep{index}.log")
+            workdir = tmp_path / f"machine{index}"
+            workdir.mkdir()
+            with logs[-1].open("w") as log:
+                processes.append(start_cli(args, workdir, stdout=log))
+        codes = [p.wait(timeout=400) for p in processes]
+    finally:
+        for proc in processes:
+            stop_group(proc)
     outputs = [log.read_text() for log in logs]
     assert codes == [0, 0, 0], "\n\n".join(outputs)
 

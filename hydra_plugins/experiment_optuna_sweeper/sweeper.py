@@ -215,8 +215,8 @@ class ExperimentOptunaSweeper(Sweeper):
             raise SweepError(f"hydra.sweeper.direction={self.direction}: use maximize or minimize")
 
     def _task_direction(self) -> str:
-        value = OmegaConf.select(self.config, "optimized_direction", default="maximize")
-        return str(getattr(value, "value", value))
+        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
+        return str(task.get("optimized_direction") or "maximize")
 
     def _parent_run(self, name: str):
         tracking = OmegaConf.select(self.config, "tracking")

@@ -1,0 +1,113 @@
+"""Where the config enters the code: value checks a type cannot express, and the one
+conversion of config enums to plain strings.
+
+`plain_config` and `validate` run first in every run, before any data is loaded, so a
+bad value gives one message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiment.errors import ConfigError, ConfigValueError
+
+
+def plain_config(cfg: DictConfig) -> DictConfig:
+    """The same config with enum values as their strings and no schema attached, so code
+    past this point sees 'cuda', never Device.cuda. Interpolations stay unresolved."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+
+
+def _positive(v) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+def _at_least_one(v) -> bool:
+    return v >= 1
+
+
+def _unit_open_right(v) -> bool:
+    return 0 <= v < 1
+
+
+def _unit_open(v) -> bool:
+    return 0 < v < 1
+
+
+def _non_negative(v) -> bool:
+    return v >= 0 and math.isfinite(v)
+
+
+def _all_positive(v) -> bool:
+    return len(v) > 0 and all(x >= 1 for x in v)
+
+
+# (key, check, what is allowed). Keys absent from the composed config are skipped, so
+# one table serves every combination of group options.
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("optimizer.lr", _positive, "a finite number > 0"),
+    ("optimizer.weight_decay", _non_negative, "a number >= 0"),
+    ("optimizer.momentum", _unit_open_right, "a number in [0, 1)"),
+    ("dataset.batch_size", _at_least_one, "an integer >= 1"),
+    ("dataset.eval_batch_size", _at_least_one, "an integer >= 1"),
+    ("dataset.val_fraction", _unit_open, "a number strictly between 0 and 1"),
+    ("dataset.crop_padding", lambda v: v >= 0, "an integer >= 0"),
+    ("dataset.num_workers", lambda v: v >= 0, "an integer >= 0"),
+    ("dataset.std", lambda v: len(v) > 0 and all(x > 0 for x in v), "a list of numbers > 0"),
+    ("dataset.source.test_fraction", _unit_open, "a number strictly between 0 and 1"),
+    ("dataset.source.num_train", lambda v: v >= 2, "an integer >= 2"),
+    ("dataset.source.num_test", _at_least_one, "an integer >= 1"),
+    ("dataset.source.num_classes", lambda v: v >= 2, "an integer >= 2"),
+    ("dataset.source.channels", _at_least_one, "an integer >= 1"),
+    ("dataset.source.height", _at_least_one, "an integer >= 1"),
+    ("dataset.source.width", _at_least_one, "an integer >= 1"),
+    ("dataset.source.image_size", _at_least_one, "an integer >= 1"),
+    ("regularization.dropout", _unit_open_right, "a number in [0, 1)"),
+    ("regularization.weight_decay", _non_negative, "a number >= 0"),
+    ("regularization.label_smoothing", _unit_open_right, "a number in [0, 1)"),
+    ("regularization.grad_clip", _positive, "null or a number > 0"),
+    ("regularization.early_stopping.patience", _at_least_one, "null or an integer >= 1"),
+    ("model.dropout", _unit_open_right, "a number in [0, 1)"),
+    ("model.hidden_sizes", _all_positive, "a non-empty list of integers >= 1"),
+    ("model.channels", _all_positive, "a non-empty list of integers >= 1"),
+    ("model.kernel_size", _at_least_one, "an integer >= 1"),
+    ("model.hidden_size", _at_least_one, "an integer >= 1"),
+    ("model.init_std", _positive, "a number > 0"),
+    ("trainer.epochs", _at_least_one, "an integer >= 1"),
+    ("scheduler.schedule.step_size", _at_least_one, "an integer >= 1"),
+    ("scheduler.schedule.gamma", _positive, "a number > 0"),
+    ("scheduler.schedule.T_max", _at_least_one, "an integer >= 1"),
+    ("scheduler.schedule.max_lr", _positive, "a number > 0"),
+    ("scheduler.schedule.pct_start", _unit_open, "a number strictly between 0 and 1"),
+    ("scheduler.schedule.factor", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigValueError for a missing value or the first value out of range."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"Missing value for '{missing[0]}': it has no default. "
+            f"Set it on the command line: {missing[0]}=<value>"
+        )
+    for key, check, allowed in RULES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:  # absent in this composition, or an allowed null
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+        if not check(value):
+            raise ConfigValueError(key, value, allowed)
+    metric = cfg.optimized_metric
+    if not metric.startswith("val/"):
+        raise ConfigValueError(
+            "optimized_metric",
+            metric,
+            "a validation metric such as 'val/acc' or 'val/loss' "
+            "(the test split is never used for selection)",
+        )

@@ -1,0 +1,121 @@
+"""`fit` on its own: real model, data, optimizer and schedule from the real config, the
+run's own callbacks, checkpoints on disk, no MLflow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from experiment import resume
+from experiment.builders import build_parts
+from experiment.callbacks import Checkpointer, EarlyStopping
+from experiment.checkpoint import BEST, LAST, load_checkpoint
+from experiment.engine import FitSettings, fit
+from experiment.errors import NonFiniteLossError
+from tests.conftest import FAST, compose_config
+
+CPU = torch.device("cpu")
+
+
+def parts_and_settings(*overrides: str, epochs: int = 4):
+    cfg = compose_config([*FAST, f"trainer.epochs={epochs}", *overrides])
+    torch.manual_seed(0)
+    parts = build_parts(cfg, CPU)
+    settings = FitSettings(epochs=epochs, device=CPU, seed=0)
+    return parts, settings
+
+
+def checkpointer(parts, directory):
+    return Checkpointer(directory, parts.model, parts.optimizer, parts.scheduler, {}, {})
+
+
+def test_fit_trains_reports_every_epoch_and_tracks_the_best():
+    parts, settings = parts_and_settings()
+    seen = []
+    state = fit(
+        parts.forward,
+        parts.data,
+        parts.optimizer,
+        parts.scheduler,
+        settings,
+        [lambda s: seen.append((s.epoch, dict(s.metrics)))],
+    )
+    assert [epoch for epoch, _ in seen] == [0, 1, 2, 3]
+    assert state.history == [metrics for _, metrics in seen]
+    assert state.epochs_run == 4 and not state.stopped_early
+    accuracies = [m["val/acc"] for m in state.history]
+    assert state.best_value == max(accuracies)
+    assert state.best_epoch == accuracies.index(max(accuracies))
+    assert state.best_value > 0.5  # four classes: chance is 0.25
+    assert state.history[-1]["lr"] < state.history[0]["lr"]  # the cosine schedule stepped
+
+
+def test_checkpoints_hold_the_best_and_the_last_epoch(tmp_path):
+    parts, settings = parts_and_settings()
+    state = fit(
+        parts.forward,
+        parts.data,
+        parts.optimizer,
+        parts.scheduler,
+        settings,
+        [checkpointer(parts, tmp_path)],
+    )
+    last, best = load_checkpoint(tmp_path / LAST), load_checkpoint(tmp_path / BEST)
+    assert last["epoch"] == 3 and last["history"] == state.history
+    assert best["epoch"] == state.best_epoch and best["best_value"] == state.best_value
+    for key, tensor in parts.model.state_dict().items():
+        assert torch.equal(last["model"][key], tensor), key
+
+
+def test_early_stopping_ends_training_after_patience_epochs_without_a_new_best():
+    parts, settings = parts_and_settings("optimizer.lr=1e-9", epochs=10)
+    settings.min_delta = 0.5  # no epoch improves on the first by that much
+    state = fit(
+        parts.forward,
+        parts.data,
+        parts.optimizer,
+        parts.scheduler,
+        settings,
+        [EarlyStopping(patience=2)],
+    )
+    assert state.best_epoch == 0 and state.epochs_run == 3
+    assert state.stopped_early and "2 epochs" in state.stop_reason
+
+
+def learning(history: list[dict]) -> list[float]:
+    """The metrics that depend on training alone (not on timing), flat."""
+    keys = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
+    return [m[k] for m in history for k in keys]
+
+
+def stop_after(epoch: int):
+    def callback(state) -> None:
+        if state.epoch == epoch:
+            state.stop_reason = "killed"
+
+    return callback
+
+
+def test_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
+    whole, settings = parts_and_settings()
+    expected = fit(whole.forward, whole.data, whole.optimizer, whole.scheduler, settings)
+
+    first, _ = parts_and_settings()  # trains two epochs, then its process "dies"
+    callbacks = [checkpointer(first, tmp_path), stop_after(1)]
+    fit(first.forward, first.data, first.optimizer, first.scheduler, settings, callbacks)
+
+    fresh, _ = parts_and_settings()  # a new process: new model, optimizer, schedule
+    point = resume.find(str(tmp_path / LAST), {}, tmp_path, None)
+    state = resume.restore(point, fresh.model, fresh.optimizer, fresh.scheduler)
+    assert state.epoch == 1 and len(state.history) == 2
+    result = fit(fresh.forward, fresh.data, fresh.optimizer, fresh.scheduler, settings, [], state)
+    assert learning(result.history) == pytest.approx(learning(expected.history), rel=1e-6)
+    assert (result.best_epoch, result.best_value) == (expected.best_epoch, expected.best_value)
+    for key, tensor in whole.model.state_dict().items():
+        torch.testing.assert_close(fresh.model.state_dict()[key], tensor)
+
+
+def test_a_diverging_run_stops_with_a_clear_error():
+    parts, settings = parts_and_settings("optimizer=sgd", "optimizer.lr=1e30", "scheduler=none")
+    with pytest.raises(NonFiniteLossError, match="Lower optimizer.lr"):
+        fit(parts.forward, parts.data, parts.optimizer, parts.scheduler, settings)
