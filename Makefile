@@ -1,4 +1,5 @@
 # Two commands set everything up on a fresh machine: `make train` and `make test`.
+# `make help` lists every target.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -10,9 +11,15 @@ PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 ARGS ?=
 
-.PHONY: install train sweep test test-fast lint ui dashboard clean
+.DEFAULT_GOAL := help
+.PHONY: help install train sweep test test-fast lint format ui dashboard clean
 
-install: $(STAMP)
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  Pass arguments with ARGS=\"...\", e.g. make train ARGS=\"model=mlp trainer.epochs=5\""
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,17 +36,20 @@ sweep: $(STAMP)  ## an Optuna sweep over lr, batch size, dropout, weight decay
 test: $(STAMP)  ## the whole suite (slow tests included)
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP)  ## the fast tier: no slow tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+lint: $(STAMP)  ## the pre-commit checks on every file: ruff, formatting, large files, conflicts
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pre-commit run --all-files
 
-ui: $(STAMP)  ## the MLflow UI over the project's store, on http://$(HOST):$(PORT)
+format: $(STAMP)  ## fix what ruff can fix, and format
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+ui: $(STAMP)  ## the MLflow UI over the project's store (127.0.0.1:5000; HOST=, PORT= to change)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
 
-dashboard: $(STAMP)  ## optuna-dashboard over the sweeps' study storage, on http://$(HOST):$(DASHBOARD_PORT)
+dashboard: $(STAMP)  ## optuna-dashboard over the sweeps' studies (127.0.0.1:8080; DASHBOARD_PORT=)
 	$(VENV)/bin/optuna-dashboard $(STUDIES) --host $(HOST) --port $(DASHBOARD_PORT)
 
-clean:
+clean:  ## remove run outputs, sweeps and the MLflow store
 	rm -rf outputs multirun mlruns .pytest_cache

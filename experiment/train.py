@@ -18,6 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+import experiment
 from experiment import resume, sweep_context
 from experiment.builders import Parts, build_parts
 from experiment.callbacks import Checkpointer, EarlyStopping
@@ -74,15 +75,7 @@ def run(cfg: DictConfig) -> float:
     )
 
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
-        tracker.start(
-            run_name=cfg.run_name or trial.run_name(default_run_name(cfg)),
-            params=config_params(cfg),
-            tags={**run_tags(device), **trial.tags},
-            texts={"config.yaml": OmegaConf.to_yaml(resolved), "overrides.yaml": _overrides()},
-            parent_run_id=trial.parent_run_id,
-            resume_run_id=point.mlflow_run_id if point else None,
-            history=state.history if state else [],
-        )
+        tracker.start(**run_record(cfg, resolved, device, trial, point))
         trial.record_run(tracker.run_id)
         extra = {"fingerprint": resume.fingerprint(resolved), "mlflow_run_id": tracker.run_id}
         callbacks = [
@@ -106,13 +99,9 @@ def run(cfg: DictConfig) -> float:
         test = evaluate_best(parts, checkpoint_dir, settings)
         summary.update(final_metrics(result, test, device))
         with store_failure_keeps(checkpoint_dir, "after training"):
+            confusion, example = test["confusion"], example_batch(parts.data.val)
             tracker.log_final(
-                summary,
-                result.history,
-                test["confusion"],
-                parts.data.classes,
-                parts.model,
-                example_batch(parts.data.val),
+                summary, result.history, confusion, parts.data.classes, parts.model, example
             )
         resume.mark_complete(checkpoint_dir)
 
@@ -124,6 +113,20 @@ def run(cfg: DictConfig) -> float:
     )
     log.info(tracker.describe())
     return float(result.best_value)
+
+
+def run_record(cfg: DictConfig, resolved: dict, device, trial, point) -> dict:
+    """What the MLflow run starts with: name, params, tags, config files, its parent (in a
+    sweep) or the run it continues (when resuming)."""
+    return dict(
+        run_name=cfg.run_name or trial.run_name(default_run_name(cfg)),
+        params=config_params(cfg),
+        tags={**run_tags(device), **trial.tags},
+        texts={"config.yaml": OmegaConf.to_yaml(resolved), "overrides.yaml": _overrides()},
+        parent_run_id=trial.parent_run_id,
+        resume_run_id=point.mlflow_run_id if point else None,
+        history=point.state["history"] if point else [],
+    )
 
 
 def fit_settings(cfg: DictConfig, device: torch.device) -> FitSettings:
@@ -190,6 +193,7 @@ def run_tags(device: torch.device) -> dict[str, str]:
         "device": str(device),
         "git_commit": git_commit() or "none",
         "torch": torch.__version__,
+        "experiment": experiment.__version__,
         "process": f"{socket.gethostname()}:{os.getpid()}",
     }
 

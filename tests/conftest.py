@@ -32,6 +32,18 @@ FAST = [
 ]
 
 
+# MLflow's own default store is ./mlflow.db: a code path that talks to MLflow before
+# naming a store would create it in the directory the suite runs in.
+_STRAY_STORE = Path.cwd() / "mlflow.db"
+_STRAY_STORE_BEFORE = _STRAY_STORE.exists()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _STRAY_STORE.exists() and not _STRAY_STORE_BEFORE:
+        print(f"\nFAILED: the suite created {_STRAY_STORE}: some code used MLflow's default store")
+        session.exitstatus = 1
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
