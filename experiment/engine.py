@@ -34,7 +34,7 @@ class FitSettings:
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
-    scheduler_monitor: str = "val/loss"  # what a plateau schedule watches
+    scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
     seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
 
 
@@ -166,6 +166,9 @@ def fit(
     every epoch draws its randomness (shuffling, augmentation, dropout) from seed and
     epoch alone, so a resumed run trains exactly as the uninterrupted run would have.
     """
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if plateau and settings.scheduler_monitor is None:
+        raise ValueError("A plateau schedule steps on a metric: set settings.scheduler_monitor")
     state = state if state is not None else FitState()
     step_scheduler = scheduler if settings.scheduler_interval == "step" else None
     for epoch in range(state.epoch + 1, settings.epochs):
@@ -191,7 +194,7 @@ def fit(
             "samples_per_s": train["samples"] / train_time,
         }
         if scheduler is not None and step_scheduler is None:
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if plateau:
                 scheduler.step(metrics[settings.scheduler_monitor])
             else:
                 scheduler.step()

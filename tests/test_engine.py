@@ -25,6 +25,12 @@ def parts_and_settings(*overrides: str, epochs: int = 4):
     return parts, settings
 
 
+def train(parts, settings, callbacks=(), state=None):
+    return fit(
+        parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
+    )
+
+
 def checkpointer(parts, directory):
     return Checkpointer(directory, parts.model, parts.optimizer, parts.scheduler, {}, {})
 
@@ -32,14 +38,7 @@ def checkpointer(parts, directory):
 def test_fit_trains_reports_every_epoch_and_tracks_the_best():
     parts, settings = parts_and_settings()
     seen = []
-    state = fit(
-        parts.forward,
-        parts.data,
-        parts.optimizer,
-        parts.scheduler,
-        settings,
-        [lambda s: seen.append((s.epoch, dict(s.metrics)))],
-    )
+    state = train(parts, settings, [lambda s: seen.append((s.epoch, dict(s.metrics)))])
     assert [epoch for epoch, _ in seen] == [0, 1, 2, 3]
     assert state.history == [metrics for _, metrics in seen]
     assert state.epochs_run == 4 and not state.stopped_early
@@ -52,14 +51,7 @@ def test_fit_trains_reports_every_epoch_and_tracks_the_best():
 
 def test_checkpoints_hold_the_best_and_the_last_epoch(tmp_path):
     parts, settings = parts_and_settings()
-    state = fit(
-        parts.forward,
-        parts.data,
-        parts.optimizer,
-        parts.scheduler,
-        settings,
-        [checkpointer(parts, tmp_path)],
-    )
+    state = train(parts, settings, [checkpointer(parts, tmp_path)])
     last, best = load_checkpoint(tmp_path / LAST), load_checkpoint(tmp_path / BEST)
     assert last["epoch"] == 3 and last["history"] == state.history
     assert best["epoch"] == state.best_epoch and best["best_value"] == state.best_value
@@ -70,14 +62,7 @@ def test_checkpoints_hold_the_best_and_the_last_epoch(tmp_path):
 def test_early_stopping_ends_training_after_patience_epochs_without_a_new_best():
     parts, settings = parts_and_settings("optimizer.lr=1e-9", epochs=10)
     settings.min_delta = 0.5  # no epoch improves on the first by that much
-    state = fit(
-        parts.forward,
-        parts.data,
-        parts.optimizer,
-        parts.scheduler,
-        settings,
-        [EarlyStopping(patience=2)],
-    )
+    state = train(parts, settings, [EarlyStopping(patience=2)])
     assert state.best_epoch == 0 and state.epochs_run == 3
     assert state.stopped_early and "2 epochs" in state.stop_reason
 
@@ -98,17 +83,17 @@ def stop_after(epoch: int):
 
 def test_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
     whole, settings = parts_and_settings()
-    expected = fit(whole.forward, whole.data, whole.optimizer, whole.scheduler, settings)
+    expected = train(whole, settings)
 
     first, _ = parts_and_settings()  # trains two epochs, then its process "dies"
     callbacks = [checkpointer(first, tmp_path), stop_after(1)]
-    fit(first.forward, first.data, first.optimizer, first.scheduler, settings, callbacks)
+    train(first, settings, callbacks)
 
     fresh, _ = parts_and_settings()  # a new process: new model, optimizer, schedule
     point = resume.find(str(tmp_path / LAST), {}, tmp_path, None)
     state = resume.restore(point, fresh.model, fresh.optimizer, fresh.scheduler)
     assert state.epoch == 1 and len(state.history) == 2
-    result = fit(fresh.forward, fresh.data, fresh.optimizer, fresh.scheduler, settings, [], state)
+    result = train(fresh, settings, [], state)
     assert learning(result.history) == pytest.approx(learning(expected.history), rel=1e-6)
     assert (result.best_epoch, result.best_value) == (expected.best_epoch, expected.best_value)
     for key, tensor in whole.model.state_dict().items():
@@ -118,4 +103,20 @@ def test_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
 def test_a_diverging_run_stops_with_a_clear_error():
     parts, settings = parts_and_settings("optimizer=sgd", "optimizer.lr=1e30", "scheduler=none")
     with pytest.raises(NonFiniteLossError, match="Lower optimizer.lr"):
-        fit(parts.forward, parts.data, parts.optimizer, parts.scheduler, settings)
+        train(parts, settings)
+
+
+def test_a_plateau_schedule_steps_on_the_metric_it_monitors():
+    # An lr too small to change anything: val/loss never improves, so each epoch halves it.
+    parts, settings = parts_and_settings(
+        "scheduler=plateau",
+        "scheduler.schedule.patience=0",
+        "scheduler.schedule.factor=0.5",
+        "optimizer.lr=1e-9",
+        epochs=3,
+    )
+    with pytest.raises(ValueError, match="scheduler_monitor"):
+        train(parts, settings)
+    settings.scheduler_monitor = "val/loss"
+    state = train(parts, settings)
+    assert [m["lr"] for m in state.history] == pytest.approx([1e-9, 5e-10, 2.5e-10])

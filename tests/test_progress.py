@@ -10,6 +10,7 @@ import struct
 import termios
 
 import optuna
+import pytest
 
 from hydra_plugins.experiment_optuna_sweeper.reporting import summary_table
 from tests.conftest import FAST, output, run_cli, start_cli
@@ -28,6 +29,7 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_and_no_epoch_lines(tmp_path):
     main, terminal = pty.openpty()  # a real terminal for the run's stdout and stderr
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
@@ -41,6 +43,7 @@ def test_a_terminal_gets_a_progress_bar_and_no_epoch_lines(tmp_path):
     assert "epoch 1/3  train/loss" not in text  # the bar replaces the lines
 
 
+@pytest.mark.slow
 def test_without_a_terminal_each_epoch_is_one_plain_line(tmp_path):
     proc = run_cli([*FAST, "trainer.epochs=3", "tracking=none"], tmp_path)
     assert proc.returncode == 0, output(proc)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 RUN = [
     "dataset=synthetic",
-    "dataset.source.num_train=3000",
+    "dataset.source.num_train=1200",
     "dataset.source.num_test=200",
     "dataset.source.height=16",
     "dataset.source.width=16",
