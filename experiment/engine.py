@@ -143,6 +143,23 @@ def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtyp
     return seconds
 
 
+@torch.no_grad()
+def latency_per_image_ms(
+    model: nn.Module, images: torch.Tensor, *, device, amp_dtype=None
+) -> float:
+    """Inference time per image (milliseconds) for a batch of `images`: the median of a
+    few timed passes after a warm-up one."""
+    model.eval()
+    timings = []
+    for _ in range(6):
+        start = time.perf_counter()
+        with autocast(device, amp_dtype):
+            model(images)
+        synchronize(device)
+        timings.append(time.perf_counter() - start)
+    return 1000.0 * sorted(timings[1:])[2] / len(images)
+
+
 def seed_epoch(data, seed: int, epoch: int) -> None:
     """Seed everything random in one epoch from (seed, epoch)."""
     epoch_seed = seed * 100_003 + epoch

@@ -87,6 +87,48 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+# Objectives a run measures besides its validation metrics (see `run`).
+RUN_MEASURES = {
+    "model/params": "trainable parameters",
+    "model/latency_ms": "inference time per image on the training device",
+    "train_time_s": "training time",
+}
+
+
+def objectives(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(metric, direction) for each objective of `optimized_metric`."""
+    metrics, directions = cfg.optimized_metric, cfg.optimized_direction
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    directions = [directions] if isinstance(directions, str) else list(directions)
+    return list(zip(metrics, directions, strict=False))
+
+
+def _check_objectives(cfg: DictConfig) -> None:
+    metric, direction = cfg.optimized_metric, cfg.optimized_direction
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    if len(metrics) != len(directions) or not metrics:
+        raise ConfigValueError(
+            "optimized_direction", directions, f"one direction per optimized metric ({metrics})"
+        )
+    for value in directions:
+        if value not in ("maximize", "minimize"):
+            raise ConfigValueError("optimized_direction", value, "maximize or minimize")
+    if not str(metrics[0]).startswith("val/"):
+        raise ConfigValueError(
+            "optimized_metric",
+            metrics[0],
+            "a validation metric such as 'val/acc' or 'val/loss' "
+            "(the test split is never used for selection)",
+        )
+    for value in metrics[1:]:
+        if not str(value).startswith("val/") and value not in RUN_MEASURES:
+            allowed = ", ".join(RUN_MEASURES)
+            raise ConfigValueError(
+                "optimized_metric", value, f"a validation metric (val/...) or one of {allowed}"
+            )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigValueError for a missing value or the first value out of range."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -103,11 +145,4 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value)
         if not check(value):
             raise ConfigValueError(key, value, allowed)
-    metric = cfg.optimized_metric
-    if not metric.startswith("val/"):
-        raise ConfigValueError(
-            "optimized_metric",
-            metric,
-            "a validation metric such as 'val/acc' or 'val/loss' "
-            "(the test split is never used for selection)",
-        )
+    _check_objectives(cfg)

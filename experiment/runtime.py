@@ -66,16 +66,3 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def stop_on_sigterm() -> None:
-    """Treat SIGTERM (a scheduler or `kill` ending the job) like Ctrl-C, so the run is
-    closed as KILLED and a sweep stops cleanly instead of vanishing mid-write."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)

@@ -107,8 +107,10 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     # The objective the sweeper optimizes and early stopping / best checkpoint follow.
     # Always a validation metric: the test split is only evaluated once, at the end.
-    optimized_metric: str = "val/acc"
-    optimized_direction: Direction = Direction.maximize
+    # A list makes a multi-objective sweep, e.g. [val/acc, model/params] with
+    # optimized_direction [maximize, minimize]; the first entry picks the best epoch.
+    optimized_metric: Any = "val/acc"
+    optimized_direction: Any = "maximize"  # maximize | minimize, or a list of them
     run_name: str | None = None  # MLflow run name; null: <model>-<optimizer>-lr<lr>
 
 

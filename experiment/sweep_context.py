@@ -57,17 +57,11 @@ class TrialContext(Standalone):
 
     def callbacks(self, metric: str) -> list:
         """An epoch callback that reports `metric` and stops the run if the pruner says so."""
-        import optuna
 
-        def report(state) -> None:
-            value = state.metrics[metric]
-            self.trial.report(value, state.epoch)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned at epoch {state.epoch + 1} ({metric}={value:.4f})"
-                )
+        def report_epoch(state) -> None:
+            report(state.metrics[metric], state.epoch, metric)
 
-        return [report]
+        return [report_epoch]
 
     def record_run(self, run_id: str | None) -> None:
         if run_id is not None:
@@ -87,6 +81,24 @@ class TrialContext(Standalone):
         import optuna
 
         return isinstance(error, optuna.TrialPruned)
+
+
+def report(value: float, step: int, name: str = "value") -> None:
+    """Report an intermediate objective value (e.g. the validation metric of epoch `step`)
+    to the current trial, and end the run with optuna.TrialPruned if the pruner says so.
+
+    The project's own app calls it every epoch; a user's own task function calls it the
+    same way to be pruned. Outside a sweep, and in multi-objective studies (which Optuna
+    cannot prune), it does nothing.
+    """
+    context = current()
+    if context is None or len(context.trial.study.directions) > 1:
+        return
+    import optuna
+
+    context.trial.report(value, step)
+    if context.trial.should_prune():
+        raise optuna.TrialPruned(f"pruned at step {step + 1} ({name}={value:.4f})")
 
 
 STANDALONE = Standalone()

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiment.errors import ExperimentError, TrackingError
+from experiment.secrets import redact
 from experiment.sqlite_files import create_atomically
 
 log = logging.getLogger(__name__)
 
 _EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
-_CREDENTIALS = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-
-
-def redact(text: str) -> str:
-    """Hide the password of a URL (scheme://user:password@host) anywhere in text."""
-    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def flatten(container: Any, prefix: str = "") -> dict[str, Any]:

@@ -23,18 +23,25 @@ from experiment import resume, sweep_context
 from experiment.builders import Parts, build_parts
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
-from experiment.engine import FitSettings, FitState, evaluate, fit, warm_up
+from experiment.engine import (
+    FitSettings,
+    FitState,
+    evaluate,
+    fit,
+    latency_per_image_ms,
+    warm_up,
+)
 from experiment.errors import ExperimentError
 from experiment.progress import EpochProgress
-from experiment.rules import plain_config, validate
+from experiment.rules import objectives, plain_config, validate
 from experiment.runtime import (
     autocast_dtype,
     peak_memory_mb,
     resolve_device,
     seed_everything,
-    stop_on_sigterm,
 )
 from experiment.schema import register_configs
+from experiment.signals import stop_on_sigterm
 from experiment.tracking import (
     build_tracker,
     config_params,
@@ -49,8 +56,9 @@ log = logging.getLogger("experiment")
 register_configs()
 
 
-def run(cfg: DictConfig) -> float:
-    """Train and test one configuration; return the best value of cfg.optimized_metric.
+def run(cfg: DictConfig) -> float | list[float]:
+    """Train and test one configuration; return the best value of cfg.optimized_metric
+    (for a list of metrics, their values at the best epoch of the first: see `objective`).
 
     Inside a sweep the current TrialContext adds what a trial needs (reporting to the
     trial, the parent run, the trial's tags and state); outside one, nothing is added.
@@ -69,7 +77,7 @@ def run(cfg: DictConfig) -> float:
     settings = fit_settings(cfg, device)
     progress = EpochProgress(
         cfg.trainer.epochs,
-        cfg.optimized_metric,
+        settings.monitor,
         "quiet" if trial.quiet else cfg.trainer.progress,
         first_epoch=point.next_epoch if point else 0,
     )
@@ -84,7 +92,7 @@ def run(cfg: DictConfig) -> float:
             ),
             progress,
             epoch_logger(tracker, checkpoint_dir),
-            *trial.callbacks(cfg.optimized_metric),
+            *trial.callbacks(settings.monitor),
             EarlyStopping(cfg.regularization.early_stopping.patience),
         ]
         if device.type == "cuda":
@@ -97,7 +105,7 @@ def run(cfg: DictConfig) -> float:
         )
         summary = {"train_time_s": time.perf_counter() - start}
         test = evaluate_best(parts, checkpoint_dir, settings)
-        summary.update(final_metrics(result, test, device))
+        summary.update(final_metrics(result, test, parts, settings, cfg))
         with store_failure_keeps(checkpoint_dir, "after training"):
             confusion, example = test["confusion"], example_batch(parts.data.val)
             tracker.log_final(
@@ -106,13 +114,13 @@ def run(cfg: DictConfig) -> float:
         resume.mark_complete(checkpoint_dir)
 
     log.info(
-        f"best {cfg.optimized_metric} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
+        f"best {settings.monitor} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
         f"test/acc {test['acc']:.4f}; trained {summary['train_time_s']:.1f}s over "
         f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}. "
         f"Checkpoints: {checkpoint_dir}"
     )
     log.info(tracker.describe())
-    return float(result.best_value)
+    return objective(cfg, result, summary)
 
 
 def run_record(cfg: DictConfig, resolved: dict, device, trial, point) -> dict:
@@ -131,11 +139,12 @@ def run_record(cfg: DictConfig, resolved: dict, device, trial, point) -> dict:
 
 def fit_settings(cfg: DictConfig, device: torch.device) -> FitSettings:
     regularization = cfg.regularization
+    (monitor, direction), *_ = objectives(cfg)  # the first objective picks the best epoch
     return FitSettings(
         epochs=cfg.trainer.epochs,
         device=device,
-        monitor=cfg.optimized_metric,
-        maximize=cfg.optimized_direction == "maximize",
+        monitor=monitor,
+        maximize=direction == "maximize",
         min_delta=regularization.early_stopping.min_delta,
         amp_dtype=autocast_dtype(cfg.trainer.precision, device),
         label_smoothing=regularization.label_smoothing,
@@ -170,15 +179,34 @@ def evaluate_best(parts: Parts, checkpoint_dir: Path, settings: FitSettings) -> 
     )
 
 
-def final_metrics(result: FitState, test: dict, device: torch.device) -> dict[str, float]:
-    return {
+def final_metrics(
+    result: FitState, test: dict, parts: Parts, settings: FitSettings, cfg: DictConfig
+) -> dict[str, float]:
+    metrics = {
         "test/loss": test["loss"],
         "test/acc": test["acc"],
         "best/epoch": result.best_epoch,
         "best/value": result.best_value,
         "epochs_run": result.epochs_run,
-        **peak_memory_mb(device),
+        "model/params": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
+        **peak_memory_mb(settings.device),
     }
+    if any(metric == "model/latency_ms" for metric, _ in objectives(cfg)):
+        images = example_batch(parts.data.val, size=64).to(settings.device)
+        metrics["model/latency_ms"] = latency_per_image_ms(
+            parts.model, images, device=settings.device, amp_dtype=settings.amp_dtype
+        )
+    return metrics
+
+
+def objective(cfg: DictConfig, result: FitState, summary: dict) -> float | list[float]:
+    """The value a sweep optimizes: the best epoch's value of `optimized_metric`; for a
+    list, each entry's value at the best epoch of the first (validation metrics) or the
+    run's own measure (model/params, model/latency_ms, train_time_s)."""
+    if isinstance(cfg.optimized_metric, str):
+        return float(result.best_value)
+    best_epoch = result.history[result.best_epoch]
+    return [float(best_epoch.get(metric, summary.get(metric))) for metric, _ in objectives(cfg)]
 
 
 def default_run_name(cfg: DictConfig) -> str:

@@ -1,4 +1,7 @@
-"""The sweeper's config node, registered as `hydra/sweeper=experiment_optuna`."""
+"""The sweeper's config node, registered as `hydra/sweeper=experiment_optuna`, and the
+`hydra/sweeper/sampler` group: one option per Optuna sampler, each a `_target_` node whose
+arguments are settable (`hydra.sweeper.sampler.seed=1`), as in the official
+hydra-optuna-sweeper. `hydra.sweeper.sampler=NAME` (a short form) works too."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -7,10 +10,111 @@ from hydra.core.config_store import ConfigStore
 
 
 @dataclass
+class SamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    # null: hydra.sweeper.seed. Each process that joins a shared study adds its join index.
+    seed: int | None = None
+
+
+@dataclass
+class TPESamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.TPESampler"
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    group: bool = False
+    constant_liar: bool = True  # parallel workers do not all sample the same point
+
+
+@dataclass
+class RandomSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.RandomSampler"
+
+
+@dataclass
+class CmaEsSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    n_startup_trials: int = 1
+    sigma0: float | None = None
+    restart_strategy: str | None = None
+    popsize: int | None = None
+    use_separable_cma: bool = False
+    with_margin: bool = False
+
+
+@dataclass
+class NSGAIISamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+@dataclass
+class NSGAIIISamplerConf(NSGAIISamplerConf):
+    _target_: str = "optuna.samplers.NSGAIIISampler"
+    dividing_parameter: int = 3
+
+
+@dataclass
+class QMCSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.QMCSampler"
+    qmc_type: str = "sobol"
+    scramble: bool = False
+
+
+@dataclass
+class GPSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.GPSampler"
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+
+
+@dataclass
+class GridSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.GridSampler"
+    # null: the grid of the search space (`params`: choice and range entries).
+    search_space: Any = None
+
+
+@dataclass
+class BruteForceSamplerConf(SamplerConf):
+    _target_: str = "optuna.samplers.BruteForceSampler"
+    avoid_premature_stop: bool = False
+
+
+SAMPLER_OPTIONS = {
+    "tpe": TPESamplerConf,
+    "random": RandomSamplerConf,
+    "cmaes": CmaEsSamplerConf,
+    "nsgaii": NSGAIISamplerConf,
+    "nsgaiii": NSGAIIISamplerConf,
+    "qmc": QMCSamplerConf,
+    "gp": GPSamplerConf,
+    "grid": GridSamplerConf,
+    "bruteforce": BruteForceSamplerConf,
+}
+
+
+@dataclass
+class WarmStartConf:
+    study_name: str = "???"
+    storage: str | None = None  # null: this sweep's storage
+
+
+@dataclass
 class ExperimentOptunaSweeperConf:
     _target_: str = "hydra_plugins.experiment_optuna_sweeper.sweeper.ExperimentOptunaSweeper"
-    # null: follow the task's `optimized_direction`
-    direction: str | None = None
+    # The sampler and pruner nodes reach the sweeper as config: it builds them itself, with
+    # the search space (grid) and each process's own seed.
+    _recursive_: bool = False
+    # The keys below first, then the sampler option over `sampler: null` (the other way
+    # round, the null would replace the option's node).
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}])
+    # maximize | minimize, or a list of them (one per objective). null: the task's
+    # `optimized_direction` where it has one, else minimize (as the official plugin).
+    direction: Any = None
     # Finished trials (complete, pruned or failed) the study should hold, across all runs.
     n_trials: int = 20
     # Trials running at once, each in its own long-lived worker process.
@@ -19,18 +123,36 @@ class ExperimentOptunaSweeperConf:
     study_name: str | None = None
     # An Optuna RDB URL (sqlite:///..., postgresql://...); null keeps the study in memory.
     storage: str | None = "sqlite:///multirun/optuna.db"
-    # tpe | random | cmaes | qmc, or a node with _target_ (e.g. optuna.samplers.TPESampler)
-    sampler: Any = "tpe"
+    # A node of the hydra/sweeper/sampler group, a short name (tpe, random, cmaes, nsgaii,
+    # nsgaiii, qmc, gp, grid, bruteforce) or any node with _target_.
+    sampler: Any = None
     seed: int | None = 0
-    # median | hyperband | successive_halving | none, or a node with _target_
-    pruner: Any = "median"
+    # median | hyperband | successive_halving | none, or a node with _target_.
+    # null: median for one objective, none for several (Optuna prunes single objectives only).
+    pruner: Any = None
+    # Once more than this share of the finished trials failed, the sweep stops (exit 2).
+    max_failure_rate: float = 1.0
     # Search space in the official Optuna sweeper's syntax: key: interval(a, b) etc.
     params: dict[str, Any] = field(default_factory=dict)
+    # Dotted path of a function (cfg, trial) -> None that suggests more parameters, e.g.
+    # ones that exist only for some values of another (conditional spaces).
+    custom_search_space: str | None = None
+    # Parameter sets evaluated first, e.g. the best configuration known so far.
+    enqueue_trials: list[dict[str, Any]] = field(default_factory=list)
+    # Another study (a name, or {study_name, storage}) whose finished trials seed a new study.
+    warm_start: Any = None
+    # A database storage fails trials whose process stopped sending heartbeats (a lost
+    # machine) after grace_period seconds (null: 2 x heartbeat_interval); null: off.
+    heartbeat_interval: int | None = 30
+    grace_period: int | None = None
 
 
-ConfigStore.instance().store(
+store = ConfigStore.instance()
+store.store(
     group="hydra/sweeper",
     name="experiment_optuna",
     node=ExperimentOptunaSweeperConf,
     provider="experiment",
 )
+for _name, _node in SAMPLER_OPTIONS.items():
+    store.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="experiment")

@@ -12,7 +12,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from experiment.tracking import Tracker, redact
+from experiment.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ class ParentRun:
     """The study's MLflow run; trials nest under it. Found again by tag on resume."""
 
     def __init__(self, tracking_cfg, study_name: str, storage: str | None):
+        from experiment.tracking import Tracker  # MLflow and torch: only for apps that track
+
         self.tracker = Tracker(
             tracking_cfg.uri, tracking_cfg.artifact_root, tracking_cfg.experiment_name
         )
@@ -81,6 +83,14 @@ class ParentRun:
         metrics = {f"trials_{state.lower()}": count for state, count in summary["counts"].items()}
         if summary.get("best_value") is not None:
             metrics["best_value"] = summary["best_value"]
+        if summary.get("solutions") is not None:
+            metrics["pareto_front_size"] = len(summary["solutions"])
+            self.client.set_tag(
+                self.run_id,
+                "pareto.trials",
+                ",".join(str(s["number"]) for s in summary["solutions"]),
+            )
+            self.client.log_text(self.run_id, pareto_table(summary["solutions"]), "pareto_front.md")
         for key, value in metrics.items():
             self.client.log_metric(self.run_id, key, value)
         for key, value in (summary.get("best_params") or {}).items():
@@ -105,12 +115,17 @@ def study_plots(study: optuna.Study) -> list[Path]:
 
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     folder = Path(tempfile.mkdtemp(prefix="optuna-plots-"))
-    wanted = {
-        "optimization_history": (plots.plot_optimization_history, 1),
-        "param_importances": (plots.plot_param_importances, 2),
-        "parallel_coordinate": (plots.plot_parallel_coordinate, 1),
-        "intermediate_values": (plots.plot_intermediate_values, 1),
-    }
+    if len(study.directions) > 1:  # one objective per axis; the front highlighted
+        wanted = (
+            {"pareto_front": (plots.plot_pareto_front, 1)} if len(study.directions) <= 3 else {}
+        )
+    else:
+        wanted = {
+            "optimization_history": (plots.plot_optimization_history, 1),
+            "param_importances": (plots.plot_param_importances, 2),
+            "parallel_coordinate": (plots.plot_parallel_coordinate, 1),
+            "intermediate_values": (plots.plot_intermediate_values, 1),
+        }
     written = []
     for name, (plot, min_trials) in wanted.items():
         if len(complete) < min_trials:
@@ -132,36 +147,75 @@ def study_plots(study: optuna.Study) -> list[Path]:
 
 
 def summarize(study: optuna.Study) -> dict:
+    """Trial counts and the best trial; for several objectives the Pareto front
+    (`solutions`) instead of one best."""
     counts = {state.name: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     for trial in study.get_trials(deepcopy=False):
         if trial.state.name in counts:
             counts[trial.state.name] += 1
     summary = {"counts": counts, "best_value": None, "best_params": None, "best_trial": None}
-    if counts["COMPLETE"]:
+    if len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: t.number) if counts["COMPLETE"] else []
+        summary["solutions"] = [
+            {"number": t.number, "params": t.params, "values": t.values} for t in front
+        ]
+    elif counts["COMPLETE"]:
         best = study.best_trial
         summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
     return summary
 
 
 def write_results(path: Path, study_name: str, summary: dict) -> None:
-    """optimization_results.yaml, in the shape the official Optuna sweeper writes."""
+    """optimization_results.yaml, in the shape the official Optuna sweeper writes: best
+    params and value, or for several objectives the Pareto front as `solutions`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(
-        OmegaConf.create(
-            {
-                "name": "optuna",
-                "study_name": study_name,
-                "best_params": summary["best_params"],
-                "best_value": summary["best_value"],
-                "trials": summary["counts"],
-            }
-        ),
-        path,
-    )
+    results = {"name": "optuna", "study_name": study_name}
+    if summary.get("solutions") is not None:
+        results["solutions"] = [
+            {"params": s["params"], "values": s["values"], "trial": s["number"]}
+            for s in summary["solutions"]
+        ]
+    else:
+        results.update(best_params=summary["best_params"], best_value=summary["best_value"])
+    results["trials"] = summary["counts"]
+    OmegaConf.save(OmegaConf.create(results), path)
+
+
+def pareto_table(solutions: list[dict]) -> str:
+    """The Pareto front as a Markdown table: trial, objective values, params."""
+    names = sorted({k for s in solutions for k in s["params"]})
+    n_values = max((len(s["values"]) for s in solutions), default=0)
+    header = ["trial", *(f"value {i}" for i in range(n_values)), *names]
+    rows = [
+        [
+            str(s["number"]),
+            *(f"{v:.6g}" for v in s["values"]),
+            *(_short(s["params"].get(k, "")) for k in names),
+        ]
+        for s in solutions
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def pareto_ranks(study: optuna.Study) -> dict[int, int]:
+    """Each complete trial's Pareto rank: 1 for the front, 2 for the front without it..."""
+    from optuna.study._multi_objective import _dominates
+
+    remaining = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    ranks, rank = {}, 1
+    while remaining:
+        front = [
+            t for t in remaining if not any(_dominates(o, t, study.directions) for o in remaining)
+        ]
+        ranks.update({t.number: rank for t in front})
+        remaining = [t for t in remaining if t.number not in ranks]
+        rank += 1
+    return ranks
 
 
 def trial_line(result, params: dict) -> str:
-    value = "" if result.value is None else f" value={result.value:.4f}"
+    value = "" if result.value is None else f" value={_values(result.value)}"
     shown = " ".join(f"{k}={_short(v)}" for k, v in params.items())
     error = f" ({result.error})" if result.error and result.state != "COMPLETE" else ""
     return f"trial {result.number} {result.state}{value} {result.seconds:.1f}s  {shown}{error}"
@@ -171,24 +225,36 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _values(value) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"
+    return f"{value:.4f}"
+
+
 def summary_table(study: optuna.Study, limit: int = 20) -> str:
-    """The study's trials as a table, best first (then the unfinished and failed ones)."""
+    """The study's trials as a table, best first (for several objectives: by Pareto rank),
+    then the unfinished and failed ones."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     if not trials:
         return "(no trials)"
-    sign = -1.0 if study.direction.name == "MAXIMIZE" else 1.0
+    several = len(study.directions) > 1
+    ranks = pareto_ranks(study) if several else {}
+    sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
 
     def order(t):
+        if several:
+            return (t.number not in ranks, ranks.get(t.number, 0), t.number)
         return (t.value is None, sign * t.value if t.value is not None else 0.0, t.number)
 
     names = sorted({k for t in trials for k in t.params})
-    header = ["trial", "state", "value", "seconds", *names]
+    header = ["trial", "state", *(["rank"] if several else []), "value", "seconds", *names]
     rows = []
     for t in sorted(trials, key=order)[:limit]:
         seconds = t.duration.total_seconds() if t.duration else float("nan")
-        value = "" if t.value is None else f"{t.value:.4f}"
+        value = "" if t.values is None else _values(t.values if several else t.value)
+        rank = [str(ranks.get(t.number, ""))] if several else []
         params = [_short(t.params[k]) if k in t.params else "" for k in names]
-        rows.append([str(t.number), t.state.name, value, f"{seconds:.1f}", *params])
+        rows.append([str(t.number), t.state.name, *rank, value, f"{seconds:.1f}", *params])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

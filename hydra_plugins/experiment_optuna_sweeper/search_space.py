@@ -4,6 +4,7 @@ interval(a, b)             float in [a, b]
 int(interval(a, b))        int in [a, b]
 tag(log, interval(a, b))   log scale
 range(a, b[, step])        a, a+step, ... below b (exclusive, like Hydra's own range)
+shuffle(range(a, b))       categorical over the range's values, as the official plugin
 choice(x, y, ...) / x,y    categorical
 """
 
@@ -30,6 +31,8 @@ def _range_distribution(key: str, text: str, sweep: RangeSweep) -> BaseDistribut
     if count < 1:
         raise SearchSpaceError(f"{key}: {text} is empty")
     last = start + (count - 1) * step  # Hydra's range excludes `stop`
+    if sweep.shuffle:  # an unordered set of values
+        return CategoricalDistribution([start + i * step for i in range(count)])
     if all(isinstance(v, int) for v in (start, stop, step)):
         return IntDistribution(start, last, step=step)
     return FloatDistribution(start, last, step=step)
@@ -86,6 +89,23 @@ def build(
             fixed[key] = override.input_line
             space.pop(key, None)
     return space, list(fixed.values())
+
+
+def grid(space: dict[str, BaseDistribution]) -> dict[str, list]:
+    """Every value of each entry, for a grid search: choice and range entries only."""
+    values = {}
+    for key, distribution in space.items():
+        if isinstance(distribution, CategoricalDistribution):
+            values[key] = list(distribution.choices)
+        elif getattr(distribution, "step", None) is not None and not distribution.log:
+            count = round((distribution.high - distribution.low) / distribution.step) + 1
+            values[key] = [distribution.low + i * distribution.step for i in range(count)]
+        else:
+            raise SearchSpaceError(
+                f"{key}: a grid search needs choice(...) or range(...) values; an interval "
+                "has no grid. Use the tpe or random sampler, or list the values with choice()."
+            )
+    return values
 
 
 def format_value(value: Any) -> str:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from experiment.errors import SweepError
+from experiment.secrets import redact
 from experiment.sqlite_files import create_atomically
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,21 @@ RETRY_OF_ATTR = "retry_of"  # set on the queued re-run of a trial killed mid-run
 FAIL_REASON_ATTR, KILLED = "fail_reason", "process killed"
 COORDINATORS_ATTR = "coordinators"  # how many sweep processes have joined the study
 
-SAMPLERS = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler,
-}
+WARM_START_ATTR = "warm_start_from"  # on trials copied from another study
+HEARTBEAT_LOST = "heartbeat lost"  # the fail reason of a trial whose process went silent
+GRID_SAMPLER = "optuna.samplers.GridSampler"
+
+
+class ExhaustibleGridSampler(optuna.samplers.GridSampler):
+    """GridSampler without the `study.stop()` it calls once every point was visited: stop
+    works only inside `Study.optimize`, and a sweep stops by capping n_trials at the grid
+    size instead. Visited points come from the study, so a resumed or shared study goes
+    on where it was and repeats none."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 PRUNERS = {
     # Pruning starts after 3 complete trials (Optuna's default waits for 5): in a 20-trial
     # sweep those 2 extra unpruned trials cost about a fifth of all epochs.
@@ -49,12 +59,8 @@ PRUNERS = {
 
 
 def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
-    """A sampler/pruner given as a name from `table` or as a `_target_` node.
-
-    Hydra instantiates `_target_` nodes of the sweeper's config before the sweeper sees
-    them, so a node usually arrives here as the object already.
-    """
-    if isinstance(value, optuna.samplers.BaseSampler | optuna.pruners.BasePruner):
+    """A pruner given as a name from `table` or as a `_target_` node."""
+    if isinstance(value, optuna.pruners.BasePruner):
         return value
     if isinstance(value, DictConfig | dict):
         node = (
@@ -70,22 +76,48 @@ def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
             f"Unknown hydra.sweeper.{kind} {name!r}. Allowed: {', '.join(table)}, "
             "or a node with _target_."
         )
-    parameters = inspect.signature(table[name]).parameters  # e.g. seed, where it is taken
-    accepted = {k: v for k, v in defaults.items() if k in parameters}
-    return table[name](**{**accepted, **kwargs})
+    return table[name](**{**defaults, **kwargs})
 
 
-def make_sampler(value: Any, seed: int | None, join_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler of the `join_index`-th process to join the study (0 for the first).
+def make_sampler(
+    value: Any, seed: int | None, join_index: int = 0, space: dict | None = None
+) -> optuna.samplers.BaseSampler:
+    """The sampler of the `join_index`-th process to join the study (0 for the first), from
+    a short name, a `hydra/sweeper/sampler` node or any `_target_` node.
 
-    Each process gets its own seed (seed + join_index): processes that share a study, or a
-    rerun that resumes one, would otherwise draw the same random start-up trials again.
+    Each process gets its own seed (the node's seed, else `seed`, plus join_index):
+    processes that share a study, or a rerun that resumes one, would otherwise draw the same
+    random start-up trials again. A grid sampler's grid comes from the search space.
     """
-    seed = None if seed is None else seed + join_index
-    sampler = _from_name_or_node("sampler", value, SAMPLERS, seed=seed)
-    if join_index and isinstance(value, optuna.samplers.BaseSampler):
-        sampler.reseed_rng()  # built by the user with its own seed: no offset to add
-    return sampler
+    from hydra_plugins.experiment_optuna_sweeper.config import SAMPLER_OPTIONS
+    from hydra_plugins.experiment_optuna_sweeper.search_space import grid
+
+    if isinstance(value, optuna.samplers.BaseSampler):
+        return value
+    if isinstance(value, DictConfig | dict) and "_target_" in value:
+        node = OmegaConf.to_container(OmegaConf.create(value), resolve=True)
+    elif isinstance(value, str | None) and (value or "tpe") in SAMPLER_OPTIONS:
+        node = {"_target_": SAMPLER_OPTIONS[value or "tpe"]._target_}
+    else:
+        raise SweepError(
+            f"Unknown hydra.sweeper.sampler {value!r}. Allowed: {', '.join(SAMPLER_OPTIONS)}, "
+            "or a node with _target_."
+        )
+    base_seed = node.get("seed") if node.get("seed") is not None else seed
+    if node["_target_"] == GRID_SAMPLER:
+        node["_target_"] = f"{__name__}.ExhaustibleGridSampler"
+        node["search_space"] = node.get("search_space") or grid(space or {})
+    factory = instantiate(node, _partial_=True)
+    if "seed" in inspect.signature(factory.func).parameters:
+        factory.keywords["seed"] = None if base_seed is None else base_seed + join_index
+    return factory()
+
+
+def grid_size(sampler: optuna.samplers.BaseSampler) -> int | None:
+    """How many points a grid sampler has; None for other samplers."""
+    if not isinstance(sampler, optuna.samplers.GridSampler):
+        return None
+    return int(sampler._n_min_trials)
 
 
 def join(study: optuna.Study) -> int:
@@ -96,16 +128,30 @@ def join(study: optuna.Study) -> int:
     return index
 
 
-def make_pruner(value: Any) -> optuna.pruners.BasePruner:
-    return _from_name_or_node("pruner", value, PRUNERS)
+def make_pruner(value: Any, n_objectives: int = 1) -> optuna.pruners.BasePruner:
+    """The configured pruner; null: median for one objective, none for several (Optuna
+    prunes single-objective trials only, so a pruner set for several is an error)."""
+    if value is None:
+        return PRUNERS["median" if n_objectives == 1 else "none"]()
+    pruner = _from_name_or_node("pruner", value, PRUNERS)
+    if n_objectives > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
+        raise SweepError(
+            f"hydra.sweeper.pruner={value}: Optuna cannot prune a study with "
+            f"{n_objectives} objectives. Leave the pruner unset (or none)."
+        )
+    return pruner
 
 
-def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """None keeps the study in memory; a sqlite path gets its folder created."""
+def make_storage(
+    url: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.BaseStorage | None:
+    """None keeps the study in memory; a sqlite path gets its folder created. With a
+    heartbeat interval, the processes running trials record heartbeats in the storage."""
     if not url:
         return None
     # A generous SQLite lock timeout: parallel workers write reports at once.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
 
     def create_tables(temporary_url: str) -> None:
         storage = optuna.storages.RDBStorage(temporary_url, engine_kwargs=engine_kwargs)
@@ -113,7 +159,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
 
     try:
         create_atomically(url, create_tables)
-        return _open_rdb_storage(url, engine_kwargs)
+        return _open_rdb_storage(url, engine_kwargs, heartbeat)
     except ImportError as err:
         driver = getattr(err.__cause__, "name", None) or "the database driver"
         raise SweepError(
@@ -128,12 +174,12 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         ) from None
 
 
-def _open_rdb_storage(url: str, engine_kwargs: dict, attempts: int = 4):
+def _open_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict, attempts: int = 4):
     """Sweep processes started together on a new database all create Optuna's tables at
     once; all but one fail on PostgreSQL's catalog. A retry finds the tables there."""
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except ImportError:
             raise
         except Exception as err:
@@ -170,56 +216,122 @@ def _process_is_dead(worker: str | None) -> bool:
     return False
 
 
+def _silent_trial_ids(study: optuna.Study) -> set[int]:
+    """RUNNING trials whose process sent no heartbeat within the grace period: a machine
+    that died, or a process stopped, wherever it ran."""
+    storage = study._storage
+    if not optuna.storages._heartbeat.is_heartbeat_enabled(storage):
+        return set()
+    return set(storage._get_stale_trial_ids(study._study_id))
+
+
 def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Mark FAIL the RUNNING trials whose process died; queue each configuration once more.
-    Call it under the study lock."""
+    """Mark FAIL the RUNNING trials whose process died (on this host) or went silent (any
+    host, with heartbeats); queue each configuration once more. Call it under the lock."""
+    silent = _silent_trial_ids(study)
     stale = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if _process_is_dead(t.system_attrs.get(WORKER_ATTR))
+        if _process_is_dead(t.system_attrs.get(WORKER_ATTR)) or t._trial_id in silent
     ]
     for trial in stale:
-        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, KILLED)
+        reason = HEARTBEAT_LOST if trial._trial_id in silent else KILLED
+        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         if RETRY_OF_ATTR not in trial.user_attrs and trial.params:
             study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
         log.warning(
-            "Trial %d was left RUNNING by a killed process: marked FAIL%s.",
+            "Trial %d was left RUNNING by a %s: marked FAIL%s.",
             trial.number,
+            "process that stopped sending heartbeats"
+            if reason == HEARTBEAT_LOST
+            else "killed process",
             "" if RETRY_OF_ATTR in trial.user_attrs else ", its configuration queued once more",
         )
     return stale
 
 
 def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.system_attrs.get(FAIL_REASON_ATTR) == KILLED
+    return trial.system_attrs.get(FAIL_REASON_ATTR) in (KILLED, HEARTBEAT_LOST)
 
 
 def counted_trials(study: optuna.Study) -> int:
     """Trials that use up the budget: finished ones and those running now, except trials
-    whose process was killed (their retry takes their place)."""
+    whose process was killed (their retry takes their place) and trials copied from
+    another study by a warm start."""
     trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    return sum(not was_killed(t) for t in trials)
+    return sum(not was_killed(t) and WARM_START_ATTR not in t.user_attrs for t in trials)
 
 
-def load_or_create(name: str, storage, direction: str, sampler, pruner) -> optuna.Study:
+def load_or_create(name: str, storage, directions: list[str], pruner) -> optuna.Study:
     study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        direction=direction,
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
+        study_name=name, storage=storage, directions=directions, pruner=pruner, load_if_exists=True
     )
-    if study.direction.name.lower() != direction:
+    existing = [d.name.lower() for d in study.directions]
+    if existing != directions:
         raise SweepError(
-            f"Study '{name}' exists with direction {study.direction.name.lower()}, not "
-            f"{direction}. Use another hydra.sweeper.study_name."
+            f"Study '{name}' exists with direction {existing}, not {directions}. "
+            "Use another hydra.sweeper.study_name."
         )
     return study
 
 
-def redact_storage(url: str | None) -> str:
-    from experiment.tracking import redact
+def enqueue(study: optuna.Study, trials: list[dict], space: dict) -> None:
+    """Queue parameter sets to be evaluated first; one already in the study is skipped."""
+    for params in trials:
+        for key, value in params.items():
+            _check_value("hydra.sweeper.enqueue_trials", key, value, space)
+        study.enqueue_trial(dict(params), skip_if_exists=True)
 
+
+def warm_start(study: optuna.Study, source: optuna.Study, space: dict) -> int:
+    """Copy the finished trials of `source` into a new `study` (one without trials); return
+    how many. The two must search the same keys, each source value inside the new range."""
+    if study.get_trials(deepcopy=False):
+        return 0  # seeded already, or a study with its own history
+    if len(source.directions) != len(study.directions):
+        raise SweepError(
+            f"hydra.sweeper.warm_start: study '{source.study_name}' has "
+            f"{len(source.directions)} objectives, this sweep {len(study.directions)}."
+        )
+    finished = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for trial in finished:
+        for key in sorted(set(space) | set(trial.params)):
+            _check_value(
+                f"hydra.sweeper.warm_start ({source.study_name})",
+                key,
+                trial.params.get(key, _ABSENT),
+                space,
+            )
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: trial.params[k] for k in space},
+                distributions=space,
+                values=trial.values,
+                user_attrs={WARM_START_ATTR: f"{source.study_name}#{trial.number}"},
+            )
+        )
+    return len(finished)
+
+
+_ABSENT = object()
+
+
+def _check_value(where: str, key: str, value: Any, space: dict) -> None:
+    if key not in space:
+        raise SweepError(f"{where}: parameter '{key}' is not in this sweep's search space")
+    if value is _ABSENT:
+        raise SweepError(f"{where}: parameter '{key}' of the search space has no value there")
+    distribution = space[key]
+    try:
+        inside = distribution._contains(distribution.to_internal_repr(value))
+    except (ValueError, TypeError):
+        inside = False
+    if not inside:
+        raise SweepError(
+            f"{where}: parameter '{key}' = {value!r} is outside this sweep's {distribution}"
+        )
+
+
+def redact_storage(url: str | None) -> str:
     return redact(url) if url else "in memory"

@@ -1,9 +1,12 @@
 """A Hydra sweeper on Optuna: ask a trial, run it as a Hydra job, tell the result.
 
-Differences from the official `hydra-optuna-sweeper` (which pins optuna<3):
-pruning (the job reports every epoch to its trial), resume (`n_trials` counts the study's
-finished trials across runs), failure isolation (a failing trial is FAIL, the sweep goes
-on), non-blocking parallel workers, and MLflow parent/child runs.
+A superset of the official `hydra-optuna-sweeper` (which pins optuna<3): the same config
+API (`params`, the `hydra/sweeper/sampler` group, `direction` as a string or a list,
+`max_failure_rate`, `custom_search_space`) plus pruning (the job reports every epoch to its
+trial), resume (`n_trials` counts the study's finished trials across runs), failure
+isolation (a failing trial is FAIL, the sweep goes on), non-blocking parallel workers,
+grid search to the last point, warm starts, heartbeats for lost machines and MLflow
+parent/child runs.
 """
 
 from __future__ import annotations
@@ -11,16 +14,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import configure_log, setup_globals
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiment.errors import ExperimentError, SweepError
-from experiment.runtime import stop_on_sigterm
+from experiment.signals import stop_on_sigterm
 from experiment.sweep_context import COMPLETE, FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
@@ -32,12 +38,13 @@ from hydra_plugins.experiment_optuna_sweeper.workers import (
 )
 
 log = logging.getLogger(__name__)
+DIRECTIONS = ("maximize", "minimize")
 
 
 class ExperimentOptunaSweeper(Sweeper):
     def __init__(
         self,
-        direction: str | None,
+        direction: Any,
         n_trials: int,
         n_jobs: int,
         study_name: str | None,
@@ -46,11 +53,20 @@ class ExperimentOptunaSweeper(Sweeper):
         seed: int | None,
         pruner: Any,
         params: dict | None,
+        max_failure_rate: float = 1.0,
+        custom_search_space: str | None = None,
+        enqueue_trials: list | None = None,
+        warm_start: Any = None,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
     ):
-        self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
+        self.direction, self.n_trials, self.n_jobs = _plain(direction), n_trials, n_jobs
         self.study_name, self.storage_url = study_name, storage
-        self.sampler_spec, self.seed, self.pruner_spec = sampler, seed, pruner
-        self.params = params or {}
+        self.sampler_spec, self.seed, self.pruner_spec = sampler, seed, _plain(pruner)
+        self.params = _plain(params) or {}
+        self.max_failure_rate, self.custom_search_space = max_failure_rate, custom_search_space
+        self.enqueue_trials, self.warm_start = _plain(enqueue_trials) or [], _plain(warm_start)
+        self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -72,37 +88,36 @@ class ExperimentOptunaSweeper(Sweeper):
         stop_on_sigterm()
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        directions = self._directions()
         self._check_settings()
-        space, fixed = search_space.build(
-            OmegaConf.to_container(self.params, resolve=True)
-            if OmegaConf.is_config(self.params)
-            else self.params,
-            arguments,
-        )
+        self._warn_about_launcher()
+        space, fixed = search_space.build(self.params, arguments)
+        extend_space = self._custom_search_space()
         name = self.study_name or default_study_name(space, fixed)
-        direction = self.direction or self._task_direction()
-        storage = studies.make_storage(self.storage_url)
-        pruner = studies.make_pruner(self.pruner_spec)
+        storage = studies.make_storage(self.storage_url, **self.heartbeat)
+        pruner = studies.make_pruner(self.pruner_spec, len(directions))
         # Every sweep process joining the study takes this lock for the steps that must not
         # interleave with another's: joining, recovery, the parent run, counting + asking.
         lock = StudyLock(self.storage_url, name, getattr(storage, "engine", None))
         with lock:
-            study = studies.load_or_create(name, storage, direction, None, pruner)
+            study = studies.load_or_create(name, storage, directions, pruner)
             study.sampler = studies.make_sampler(
-                self.sampler_spec, self.seed, studies.join(study) if storage else 0
+                self.sampler_spec, self.seed, studies.join(study) if storage else 0, space
             )
+            self._seed_study(study, space)
             studies.recover_stale_trials(study)
             parent = self._parent_run(name)
             if parent is not None:
                 parent.close_orphans(study)
             done = studies.counted_trials(study)
+        n_trials = self._trial_budget(study)
         log.info(
             "Study '%s' (%s, %s): %d of %d trials already counted; search space: %s",
             name,
-            direction,
+            ", ".join(directions),
             studies.redact_storage(self.storage_url),
             done,
-            self.n_trials,
+            n_trials,
             ", ".join(f"{k}={_describe(d)}" for k, d in space.items()) or "(none)",
         )
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -111,12 +126,18 @@ class ExperimentOptunaSweeper(Sweeper):
             InProcessExecutor(self.hydra_context, self.task_function)
             if self.n_jobs == 1
             else WorkerPool(
-                self.n_jobs, self.task_function, self.storage_url, name, pruner, gpus=_gpu_count()
+                self.n_jobs,
+                self.task_function,
+                (self.storage_url, self.heartbeat),
+                name,
+                pruner,
+                gpus=_gpu_count(),
             )
         )
         results, interrupted = [], False
+        plan = _Plan(study, lock, space, fixed, extend_space, name, parent, n_trials)
         try:
-            results = self._run_trials(study, lock, executor, space, fixed, name, parent)
+            results = self._run_trials(plan, executor)
         except KeyboardInterrupt:
             # The trial in flight stays RUNNING: the next run of the sweep fails it and
             # retries its configuration once, like a trial of a killed sweep.
@@ -128,69 +149,90 @@ class ExperimentOptunaSweeper(Sweeper):
             results_file = sweep_dir / "optimization_results.yaml"
             reporting.write_results(results_file, name, summary)
             all_failed = bool(results) and all(r.state == FAIL for r in results)
+            too_many_failed = self._failure_rate_exceeded(study)
             if parent is not None:
-                status = "KILLED" if interrupted else "FAILED" if all_failed else "FINISHED"
+                failed = all_failed or too_many_failed
+                status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
                 with lock:  # the last process of a shared study to finish closes the run
                     others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
                     parent.finish(study, summary, results_file, status, close=not others_running)
         log.info("Trials of study '%s', best first:\n%s", name, reporting.summary_table(study))
-        log.info(
-            "Sweep done: %s. Best %s. Results: %s",
-            summary["counts"],
-            f"value {summary['best_value']:.4f} with {summary['best_params']}"
-            if summary["best_value"] is not None
-            else "none yet",
-            results_file,
-        )
+        log.info("Sweep done: %s. %s Results: %s", summary["counts"], _best(summary), results_file)
         if all_failed:
             raise SweepError(
                 f"All {len(results)} trials of this sweep failed; the first: "
                 f"{results[0].error}. See the trial logs under {sweep_dir}."
             )
+        if too_many_failed:
+            raise SweepError(self._failure_message(study, sweep_dir))
         return [[r] for r in results]
 
-    def _ask(self, study, lock, space):
+    def _ask(self, plan: _Plan):
         """The next trial, or None once the study holds n_trials (counted across every
         process sharing it: the count and the ask happen under the study lock)."""
-        with lock:
-            if studies.counted_trials(study) >= self.n_trials:
+        with plan.lock:
+            studies.recover_stale_trials(plan.study)  # lost machines, seen at every ask
+            if studies.counted_trials(plan.study) >= plan.n_trials:
                 return None
-            trial = study.ask(fixed_distributions=space)
-            study._storage.set_trial_system_attr(
+            with warnings.catch_warnings():  # heartbeats serve ask-and-tell sweeps as well
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = plan.study.ask(fixed_distributions=plan.space)
+            plan.study._storage.set_trial_system_attr(
                 trial._trial_id, studies.WORKER_ATTR, studies.this_worker()
             )
             return trial
 
-    def _run_trials(self, study, lock, executor, space, fixed, name, parent) -> list:
+    def _run_trials(self, plan: _Plan, executor) -> list:
         results, params_of = [], {}
         while True:
-            while executor.free and (trial := self._ask(study, lock, space)) is not None:
-                overrides = [
-                    *fixed,
-                    *(f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()),
-                ]
-                params_of[trial.number] = trial.params
-                context = TrialContext(
-                    trial, name, parent.run_id if parent else None, quiet=self.n_jobs > 1
-                )
+            while (
+                executor.free
+                and not self._failure_rate_exceeded(plan.study)
+                and (trial := self._ask(plan)) is not None
+            ):
                 try:
+                    if plan.extend_space is not None:  # dependent and conditional parameters
+                        plan.extend_space(self.config, trial)
+                    overrides = [
+                        *plan.fixed,
+                        *(f"{k}={search_space.format_value(v)}" for k, v in trial.params.items()),
+                    ]
+                    params_of[trial.number] = trial.params
                     job_config = self._job_config(overrides, trial.number)
                 except Exception as err:  # e.g. a sampled value the config rejects
                     result = TrialResult(trial.number, FAIL, error=f"{type(err).__name__}: {err}")
-                    study.tell(trial, state=studies.TrialState.FAIL)
+                    plan.study.tell(trial, state=studies.TrialState.FAIL)
                     results.append(result)
                     log.info(reporting.trial_line(result, trial.params))
                     continue
+                context = TrialContext(
+                    trial, plan.name, plan.parent.run_id if plan.parent else None, self.n_jobs > 1
+                )
                 executor.submit(trial, job_config, context)
             if not executor.busy:
+                if self._others_may_need_retries(plan):
+                    continue
                 return results
             result = executor.next_result()
             if result.state == COMPLETE:
-                study.tell(result.number, result.value)
+                plan.study.tell(result.number, result.value)
             else:
-                study.tell(result.number, state=studies.TrialState[result.state])
+                plan.study.tell(result.number, state=studies.TrialState[result.state])
             results.append(result)
             log.info(reporting.trial_line(result, params_of.get(result.number, {})))
+
+    def _others_may_need_retries(self, plan: _Plan) -> bool:
+        """With heartbeats, a process whose own budget is spent waits while trials of other
+        processes run: if one of them goes silent (its machine died), this process fails it
+        and runs its retry. Without heartbeats nothing tells a lost machine from a slow one."""
+        interval = self.heartbeat["heartbeat_interval"]
+        if not interval or not self.storage_url or self._failure_rate_exceeded(plan.study):
+            return False
+        running = plan.study.get_trials(deepcopy=False, states=(studies.TrialState.RUNNING,))
+        if not running:
+            return False
+        time.sleep(min(interval, 5))
+        return True
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
         job_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -199,7 +241,23 @@ class ExperimentOptunaSweeper(Sweeper):
             job_config.hydra.job.num = number
         return job_config
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ settings
+
+    def _directions(self) -> list[str]:
+        given = self.direction if self.direction is not None else self._task_direction()
+        directions = [given] if isinstance(given, str) else list(given)
+        if not directions or any(d not in DIRECTIONS for d in directions):
+            raise SweepError(
+                f"hydra.sweeper.direction={given}: use maximize or minimize, or a list of "
+                "them (one per objective)"
+            )
+        return directions
+
+    def _task_direction(self) -> Any:
+        """The app's `optimized_direction`; minimize where it states none (as the official
+        plugin does)."""
+        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
+        return task.get("optimized_direction") or "minimize"
 
     def _check_settings(self) -> None:
         if self.n_trials < 1:
@@ -211,18 +269,114 @@ class ExperimentOptunaSweeper(Sweeper):
                 "hydra.sweeper.n_jobs > 1 needs a database storage that the "
                 "workers share: set hydra.sweeper.storage=sqlite:///multirun/optuna.db"
             )
-        if self.direction not in (None, "maximize", "minimize"):
-            raise SweepError(f"hydra.sweeper.direction={self.direction}: use maximize or minimize")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise SweepError(
+                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: needs a number in "
+                "[0, 1] (the share of finished trials that may fail)"
+            )
 
-    def _task_direction(self) -> str:
-        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
-        return str(task.get("optimized_direction") or "maximize")
+    def _warn_about_launcher(self) -> None:
+        choices = OmegaConf.select(self.config, "hydra.runtime.choices", default={}) or {}
+        launcher = choices.get("hydra/launcher")
+        if launcher not in (None, "basic"):
+            log.warning(
+                "hydra/launcher=%s is not used: this sweeper runs each trial in its own "
+                "process (n_jobs=1) or in hydra.sweeper.n_jobs long-lived worker processes; "
+                "set hydra.sweeper.n_jobs for parallel trials.",
+                launcher,
+            )
+
+    def _custom_search_space(self):
+        if not self.custom_search_space:
+            return None
+        try:
+            return get_method(self.custom_search_space)
+        except Exception as err:
+            raise SweepError(
+                f"hydra.sweeper.custom_search_space={self.custom_search_space}: cannot import "
+                f"it ({type(err).__name__}: {err}). Give the dotted path of a function "
+                "(cfg, trial) -> None."
+            ) from None
+
+    def _seed_study(self, study, space: dict) -> None:
+        """Warm start from another study, then the queued parameter sets (under the lock)."""
+        if self.warm_start:
+            spec = self.warm_start
+            source_name = spec if isinstance(spec, str) else spec.get("study_name")
+            source_url = self.storage_url if isinstance(spec, str) else spec.get("storage")
+            source_url = source_url or self.storage_url
+            try:
+                source = studies.optuna.load_study(
+                    study_name=source_name, storage=studies.make_storage(source_url)
+                )
+            except KeyError:
+                raise SweepError(
+                    f"hydra.sweeper.warm_start: no study '{source_name}' in "
+                    f"{studies.redact_storage(source_url)}"
+                ) from None
+            copied = studies.warm_start(study, source, space)
+            if copied:
+                log.info(
+                    "Warm start: %d finished trials of '%s' seed this study.", copied, source_name
+                )
+        studies.enqueue(study, self.enqueue_trials, space)
+
+    def _trial_budget(self, study) -> int:
+        size = studies.grid_size(study.sampler)
+        if size is not None and size < self.n_trials:
+            log.info("Grid search: %d points, so at most %d trials.", size, size)
+            return size
+        return self.n_trials
+
+    def _failure_rate_exceeded(self, study) -> bool:
+        if self.max_failure_rate >= 1.0:
+            return False
+        failed, finished = _failure_counts(study)
+        return finished > 0 and failed / finished > self.max_failure_rate
+
+    def _failure_message(self, study, sweep_dir: Path) -> str:
+        failed, finished = _failure_counts(study)
+        return (
+            f"{failed} of {finished} finished trials failed ({failed / finished:.0%}), more "
+            f"than hydra.sweeper.max_failure_rate={self.max_failure_rate}: the sweep stopped. "
+            f"The trials' logs are under {sweep_dir}; the study and its MLflow runs are kept."
+        )
 
     def _parent_run(self, name: str):
         tracking = OmegaConf.select(self.config, "tracking")
         if tracking is None or not tracking.get("enabled", False):
             return None
         return reporting.ParentRun(tracking, name, self.storage_url)
+
+
+class _Plan:
+    """What the trial loop works with."""
+
+    def __init__(self, study, lock, space, fixed, extend_space, name, parent, n_trials):
+        self.study, self.lock, self.space, self.fixed = study, lock, space, fixed
+        self.extend_space, self.name, self.parent = extend_space, name, parent
+        self.n_trials = n_trials
+
+
+def _failure_counts(study) -> tuple[int, int]:
+    finished = [
+        t
+        for t in study.get_trials(deepcopy=False, states=studies.FINISHED)
+        if not studies.was_killed(t) and studies.WARM_START_ATTR not in t.user_attrs
+    ]
+    return sum(t.state == studies.TrialState.FAIL for t in finished), len(finished)
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _best(summary: dict) -> str:
+    if summary.get("solutions") is not None:
+        return f"Pareto front: {len(summary['solutions'])} trials."
+    if summary["best_value"] is None:
+        return "Best: none yet."
+    return f"Best value {summary['best_value']:.4f} with {summary['best_params']}."
 
 
 def default_study_name(space: dict, fixed: list[str]) -> str:
@@ -232,9 +386,8 @@ def default_study_name(space: dict, fixed: list[str]) -> str:
 
 
 def _describe(distribution) -> str:
-    return type(distribution).__name__.replace("Distribution", "").lower() + str(
-        {k: v for k, v in distribution.__dict__.items() if v not in (None, False)}
-    )
+    shown = {k: v for k, v in distribution.__dict__.items() if v is not None and v is not False}
+    return type(distribution).__name__.replace("Distribution", "").lower() + str(shown)
 
 
 def _gpu_count() -> int:

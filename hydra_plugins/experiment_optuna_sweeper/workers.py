@@ -12,17 +12,21 @@ import contextlib
 import gc
 import importlib
 import logging
+import math
 import multiprocessing as mp
+import numbers
 import os
+import pickle
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus, run_job, setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiment import sweep_context
 
@@ -33,17 +37,42 @@ log = logging.getLogger(__name__)
 class TrialResult:
     number: int
     state: str  # COMPLETE | PRUNED | FAIL
-    value: float | None = None
+    value: float | list[float] | None = None  # a list for several objectives
     error: str | None = None
     seconds: float = 0.0
 
 
+def objective_values(value, n_objectives: int) -> float | list[float]:
+    """What the task returned, as the study's objective value(s): a number for one
+    objective, a sequence of `n_objectives` numbers for several. ValueError otherwise."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    several = isinstance(value, Sequence) and not isinstance(value, str)
+    values = list(value) if several else [value]
+    expected = "a number" if n_objectives == 1 else f"a sequence of {n_objectives} numbers"
+    if len(values) != n_objectives:
+        raise ValueError(f"the task returned {value!r}: expected {expected}")
+    numbers_ = []
+    for item in values:
+        if hasattr(item, "item") and callable(item.item):  # numpy and torch scalars
+            item = item.item()
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise ValueError(f"the task returned {value!r}: expected {expected}")
+        if math.isnan(item):
+            raise ValueError(f"the task returned {value!r}: NaN is no objective value")
+        numbers_.append(float(item))
+    return numbers_[0] if n_objectives == 1 else numbers_
+
+
 def execute(
     hydra_context, task_function, job_config: DictConfig, context
-) -> tuple[str, float | None, str | None]:
-    """Run one trial job; (state, value, error message)."""
+) -> tuple[str, float | list[float] | None, str | None]:
+    """Run one trial job, sending heartbeats to a storage that wants them; (state, value,
+    error message)."""
     HydraConfig.instance().set_config(job_config)
-    with sweep_context.active(context):
+    study = context.trial.study
+    heartbeat = optuna_heartbeat(context.trial._trial_id, study._storage)
+    with sweep_context.active(context), heartbeat:
         try:
             ret = run_job(
                 hydra_context=hydra_context,
@@ -57,7 +86,14 @@ def execute(
         except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself
             return sweep_context.FAIL, None, f"{type(err).__name__}: {err}"
     if ret.status == JobStatus.COMPLETED:
-        return sweep_context.COMPLETE, float(ret.return_value), None
+        try:
+            return (
+                sweep_context.COMPLETE,
+                objective_values(ret.return_value, len(study.directions)),
+                None,
+            )
+        except ValueError as err:
+            return sweep_context.FAIL, None, str(err)
     error = ret._return_value  # the exception the task raised
     _release_memory()  # an out-of-memory trial must not starve the next one
     if context.is_pruned(error):
@@ -105,11 +141,26 @@ class InProcessExecutor:
         pass
 
 
-def _task_reference(task_function) -> tuple[str, str]:
-    return task_function.__module__, task_function.__qualname__
+def optuna_heartbeat(trial_id: int, storage):
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return (
+        get_heartbeat_thread(trial_id, storage) if storage is not None else contextlib.nullcontext()
+    )
 
 
-def _resolve_task(module: str, name: str):
+def _task_reference(task_function) -> tuple[str, str | bytes]:
+    """How a worker process finds the task: by module and name for a module-level function
+    (the one under @hydra.main), pickled for anything else callable (an object, say)."""
+    name = getattr(task_function, "__qualname__", None)
+    if name and "<locals>" not in name:
+        return task_function.__module__, name
+    return "pickle", pickle.dumps(task_function)
+
+
+def _resolve_task(module: str, name: str | bytes):
+    if module == "pickle":
+        return pickle.loads(name)
     function = getattr(importlib.import_module(module), name)
     return getattr(function, "__wrapped__", function)  # the function under @hydra.main
 
@@ -122,13 +173,14 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def worker_main(conn, task_ref, storage_url, study_name, pruner, gpu, cpu_threads) -> None:
+def worker_main(conn, task_ref, storage, study_name, pruner, gpu, cpu_threads) -> None:
     if gpu is not None:  # pin before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    import torch
+    with contextlib.suppress(ImportError):  # apps without torch need no thread setting
+        import torch
 
-    # K workers each using every core would thrash: share the cores between them.
-    torch.set_num_threads(cpu_threads)
+        # K workers each using every core would thrash: share the cores between them.
+        torch.set_num_threads(cpu_threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     import optuna
 
@@ -136,9 +188,12 @@ def worker_main(conn, task_ref, storage_url, study_name, pruner, gpu, cpu_thread
     task_function = _resolve_task(*task_ref)
     from hydra._internal.callbacks import Callbacks
 
+    from hydra_plugins.experiment_optuna_sweeper.study import make_storage
+
+    storage_url, heartbeat = storage
     study = optuna.load_study(
         study_name=study_name,
-        storage=storage_url,
+        storage=make_storage(storage_url, **heartbeat),
         pruner=pruner,
         sampler=optuna.samplers.RandomSampler(),
     )
@@ -163,15 +218,11 @@ class WorkerPool:
     """n_jobs=K: K worker processes, each fed a new trial as soon as it finishes one."""
 
     def __init__(
-        self, n_jobs: int, task_function, storage_url: str, study_name: str, pruner, gpus: int = 0
+        self, n_jobs: int, task_function, storage: tuple, study_name: str, pruner, gpus: int = 0
     ):
+        """`storage`: (URL, heartbeat settings) for the workers' own storage connections."""
         self.mp = mp.get_context("spawn")  # CUDA cannot be used in forked children
-        self.args = (
-            _task_reference(task_function),
-            storage_url,
-            study_name,
-            pruner,
-        )
+        self.args = (_task_reference(task_function), storage, study_name, pruner)
         self.gpus = gpus
         self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
