@@ -89,14 +89,22 @@ def cli_env(extra: dict | None = None) -> dict:
     return env
 
 
+TRAIN = ["-m", "experiment.train"]
+
+
 def start_cli(
-    args: list[str], cwd: Path, env: dict | None = None, stdout=subprocess.PIPE
+    args: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    stdout=subprocess.PIPE,
+    program: list[str] = TRAIN,
 ) -> subprocess.Popen:
-    """`python -m experiment.train ARGS` in the background, in its own process group, with
+    """`python -m experiment.train ARGS` (or another `program`: a script, say) in the
+    background, in its own process group, with
     stdout+stderr going to `stdout` (a pipe readable line by line, a file, a terminal).
     Whatever the test does, the process group is stopped when the test ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiment.train", *args],
+        [sys.executable, *program, *args],
         cwd=cwd,
         stdout=stdout,
         stderr=subprocess.STDOUT,
@@ -118,10 +126,16 @@ def _stop_started_processes():
         stop_group(_STARTED.pop())
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None):
-    """`python -m experiment.train ARGS` to its end; `.stdout` holds stdout+stderr.
-    A run past `timeout` is killed with its process group (workers included)."""
-    proc = start_cli(args, cwd, env)
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    env: dict | None = None,
+    program: list[str] = TRAIN,
+):
+    """`start_cli` to its end; `.stdout` holds stdout+stderr. A run past `timeout` is
+    killed with its process group (workers included)."""
+    proc = start_cli(args, cwd, env, program=program)
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:

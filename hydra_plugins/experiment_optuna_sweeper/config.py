@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -155,4 +156,10 @@ store.store(
     provider="experiment",
 )
 for _name, _node in SAMPLER_OPTIONS.items():
-    store.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="experiment")
+    # Stored untyped: `sampler: random` (a short name) may then replace the node in YAML too.
+    store.store(
+        group="hydra/sweeper/sampler",
+        name=_name,
+        node=OmegaConf.to_container(OmegaConf.structured(_node)),
+        provider="experiment",
+    )

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -179,7 +180,9 @@ def _open_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict, attempts: 
     once; all but one fail on PostgreSQL's catalog. A retry finds the tables there."""
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            with warnings.catch_warnings():  # heartbeats are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except ImportError:
             raise
         except Exception as err:

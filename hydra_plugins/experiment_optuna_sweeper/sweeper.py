@@ -158,13 +158,13 @@ class ExperimentOptunaSweeper(Sweeper):
                     parent.finish(study, summary, results_file, status, close=not others_running)
         log.info("Trials of study '%s', best first:\n%s", name, reporting.summary_table(study))
         log.info("Sweep done: %s. %s Results: %s", summary["counts"], _best(summary), results_file)
+        if too_many_failed:
+            raise SweepError(self._failure_message(study, sweep_dir))
         if all_failed:
             raise SweepError(
                 f"All {len(results)} trials of this sweep failed; the first: "
                 f"{results[0].error}. See the trial logs under {sweep_dir}."
             )
-        if too_many_failed:
-            raise SweepError(self._failure_message(study, sweep_dir))
         return [[r] for r in results]
 
     def _ask(self, plan: _Plan):

@@ -1,0 +1,38 @@
+"""A Hydra app whose task returns what `mode` says: a number, None, NaN, text, a tuple of
+the wrong length, or raises. The task is a callable object, not a function, and can sleep
+(`seconds`) so that a test can catch it mid-trial. For the sweeper's any-task tests."""
+
+import math
+import time
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+# A launcher the sweeper does not use, to show that it says so.
+ConfigStore.instance().store(
+    group="hydra/launcher",
+    name="pretend",
+    node={"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+)
+
+
+class Task:
+    def __call__(self, cfg: DictConfig):
+        time.sleep(cfg.seconds)
+        returns = {
+            "number": lambda: float(cfg.x),
+            "none": lambda: None,
+            "not_a_number": lambda: math.nan,
+            "text": lambda: "fast",
+            "pair": lambda: (cfg.x, cfg.x),
+        }
+        if cfg.mode == "raise":
+            raise RuntimeError("the task failed on purpose")
+        return returns[cfg.mode]()
+
+
+main = hydra.main(version_base="1.3", config_path=".", config_name="tasks")(Task())
+
+if __name__ == "__main__":
+    main()
