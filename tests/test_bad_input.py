@@ -117,6 +117,14 @@ IN_PROCESS = {
         2,
         ["{tmp}/files/code.pt", "pickled Python objects", "refused"],
     ),
+    "objectives and directions differ in number": case(
+        ["optimized_metric=[val/acc,model/params]"], 2, ["optimized_direction", "one direction"]
+    ),
+    "an objective the run does not measure": case(
+        ["optimized_metric=[val/acc,test/acc]", "optimized_direction=[maximize,maximize]"],
+        2,
+        ["optimized_metric", "test/acc", "model/params"],
+    ),
     "tracking server unreachable": case(
         ["tracking.uri=http://127.0.0.1:9"],
         2,
@@ -167,6 +175,16 @@ CLI = {
         [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.n_jobs=2"],
         2,
         ["needs a database storage"],
+    ),
+    "sweep pruning several objectives": case(
+        [
+            *SWEEP,
+            "optimized_metric=[val/acc,model/params]",
+            "optimized_direction=[maximize,minimize]",
+            "hydra.sweeper.pruner=median",
+        ],
+        2,
+        ["hydra.sweeper.pruner=median", "cannot prune a study with 2 objectives"],
     ),
     "sweep storage unreachable": case(
         [*SWEEP, "hydra.sweeper.storage=postgresql://user:pg-pass-123@127.0.0.1:9/optuna"],

@@ -61,3 +61,26 @@ def test_command_line_sweeps_join_and_plain_values_pass_through():
 def test_bad_search_space_entries_are_named(entry, message):
     with pytest.raises(SearchSpaceError, match=message):
         space(x=entry)
+
+
+def test_shuffled_range_is_categorical_as_in_the_official_plugin():
+    assert space(x="shuffle(range(1, 3))")["x"] == CategoricalDistribution([1, 2])
+
+
+def test_a_grid_lists_every_choice_and_range_value():
+    from hydra_plugins.experiment_optuna_sweeper.search_space import grid
+
+    assert grid(space(a="choice(x, y)", b="range(0, 6, 2)", c="range(0.5, 1.5, 0.5)")) == {
+        "a": ["x", "y"],
+        "b": [0, 2, 4],
+        "c": [0.5, 1.0],
+    }
+    with pytest.raises(SearchSpaceError, match="lr: a grid search needs choice"):
+        grid(space(lr="interval(0.0, 1.0)"))
+
+
+def test_the_search_space_line_keeps_bounds_equal_to_zero():
+    from hydra_plugins.experiment_optuna_sweeper.sweeper import _describe
+
+    text = _describe(space(x="interval(0.0, 0.5)")["x"])
+    assert "'low': 0.0" in text and "'high': 0.5" in text and "log" not in text

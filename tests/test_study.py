@@ -50,3 +50,102 @@ def test_sqlite_storage_creates_its_folder(tmp_path):
     make_storage(f"sqlite:///{tmp_path / 'deep' / 'er' / 'optuna.db'}")
     assert (tmp_path / "deep" / "er").is_dir()
     assert make_storage(None) is None
+
+
+@pytest.mark.parametrize(
+    "name", ["tpe", "random", "cmaes", "nsgaii", "nsgaiii", "qmc", "gp", "bruteforce"]
+)
+def test_every_sampler_option_builds_from_its_config_node(name):
+    from hydra_plugins.experiment_optuna_sweeper.config import SAMPLER_OPTIONS
+
+    node = OmegaConf.structured(SAMPLER_OPTIONS[name])
+    sampler = make_sampler(node, seed=3)
+    assert type(sampler).__name__.lower().startswith(name[:4])
+
+
+def test_a_grid_sampler_takes_its_grid_from_the_search_space_and_never_stops_the_study():
+    from hydra_plugins.experiment_optuna_sweeper.search_space import build
+    from hydra_plugins.experiment_optuna_sweeper.study import grid_size
+
+    space = build({"x": "choice(1, 2)", "y": "range(0, 3)"}, [])[0]
+    sampler = make_sampler("grid", 0, space=space)
+    assert grid_size(sampler) == 6
+    study = optuna.create_study(sampler=sampler)
+    seen = set()
+    for _ in range(6):  # the last tell would call study.stop() in Optuna's GridSampler
+        trial = study.ask(fixed_distributions=space)
+        seen.add((trial.params["x"], trial.params["y"]))
+        study.tell(trial, 1.0)
+    assert len(seen) == 6
+
+
+def test_several_objectives_take_no_pruner():
+    assert isinstance(make_pruner(None, 2), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(None, 1), optuna.pruners.MedianPruner)
+    with pytest.raises(SweepError, match="cannot prune a study with 2 objectives"):
+        make_pruner("median", 2)
+
+
+def test_warm_start_copies_finished_trials_of_a_compatible_study_only():
+    from hydra_plugins.experiment_optuna_sweeper.search_space import build
+    from hydra_plugins.experiment_optuna_sweeper.study import warm_start
+
+    space = build({"x": "interval(0, 1)"}, [])[0]
+    source = optuna.create_study(study_name="source")
+    for x in (0.2, 0.4):
+        trial = source.ask(fixed_distributions=space)
+        source.tell(trial, x)
+    failed = source.ask(fixed_distributions=space)
+    source.tell(failed, state=optuna.trial.TrialState.FAIL)
+    target = optuna.create_study()
+    assert warm_start(target, source, space) == 2
+    assert [t.value for t in target.trials] == [0.2, 0.4]
+    assert warm_start(target, source, space) == 0  # seeded once only
+    narrow = build({"x": "interval(0, 0.001)"}, [])[0]
+    with pytest.raises(SweepError, match="parameter 'x'.*outside"):
+        warm_start(optuna.create_study(), source, narrow)
+    with pytest.raises(SweepError, match="parameter 'z' of the search space has no value"):
+        warm_start(optuna.create_study(), source, {**space, "z": narrow["x"]})
+
+
+@pytest.mark.parametrize(
+    "returned,n,expected",
+    [
+        (0.5, 1, 0.5),
+        (3, 1, 3.0),
+        ((1, 2.5), 2, [1.0, 2.5]),
+        ([1.0, 2.0], 2, [1.0, 2.0]),
+    ],
+)
+def test_task_return_values_become_objective_values(returned, n, expected):
+    from hydra_plugins.experiment_optuna_sweeper.workers import objective_values
+
+    assert objective_values(returned, n) == expected
+
+
+@pytest.mark.parametrize(
+    "returned,n,message",
+    [
+        (None, 1, "returned None: expected a number"),
+        ("0.5", 1, "returned '0.5': expected a number"),
+        (float("nan"), 1, "NaN"),
+        ((1.0, 2.0), 1, "expected a number"),
+        (1.0, 2, "expected a sequence of 2 numbers"),
+        ((1.0, 2.0, 3.0), 2, "expected a sequence of 2 numbers"),
+        (True, 1, "expected a number"),
+    ],
+)
+def test_other_task_return_values_are_refused_by_name(returned, n, message):
+    from hydra_plugins.experiment_optuna_sweeper.workers import objective_values
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        objective_values(returned, n)
+
+
+def test_pareto_ranks_peel_the_front_off_layer_by_layer():
+    from hydra_plugins.experiment_optuna_sweeper.reporting import pareto_ranks
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for values in ([1, 4], [2, 2], [4, 1], [3, 3], [5, 5]):
+        study.add_trial(optuna.trial.create_trial(values=values))
+    assert pareto_ranks(study) == {0: 1, 1: 1, 2: 1, 3: 2, 4: 3}

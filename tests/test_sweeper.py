@@ -11,6 +11,7 @@ import time
 import mlflow
 import optuna
 import pytest
+import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -271,3 +272,37 @@ def test_trials_whose_config_cannot_be_composed_count_as_failed(tmp_path):
     assert "All 2 trials of this sweep failed" in text
     assert "Could not find 'model/" in text  # Hydra's own message, per trial
     assert [t.state for t in load_study(tmp_path).trials] == [TrialState.FAIL] * 2
+
+
+def test_multi_objective_sweep_records_the_pareto_front(tmp_path):
+    proc = run_cli(
+        sweep(
+            tmp_path,
+            "optimized_metric=[val/acc,model/params]",
+            "optimized_direction=[maximize,minimize]",
+            "model.hidden_size=choice(8,64)",
+            "hydra/sweeper/sampler=nsgaii",
+            "hydra.sweeper.sampler.population_size=4",
+        ),
+        tmp_path,
+    )
+    assert proc.returncode == 0, output(proc)
+    study = load_study(tmp_path)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE}  # nothing pruned
+    (results,) = (tmp_path / "multirun").rglob("optimization_results.yaml")
+    front = yaml.safe_load(results.read_text())["solutions"]
+    assert sorted(s["trial"] for s in front) == sorted(t.number for t in study.best_trials)
+
+    (parent,), children = split_runs(tmp_path)
+    for child in children:  # the second objective is the run's own parameter count
+        trial = study.trials[int(child.data.tags["optuna.trial"])]
+        assert trial.values[1] == child.data.metrics["model/params"]
+    assert parent.data.metrics["pareto_front_size"] == len(front)
+    assert parent.data.tags["pareto.trials"] == ",".join(str(s["trial"]) for s in front)
+    client = MlflowClient(sqlite_uri(tmp_path))
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "pareto_front.md" in artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/pareto_front.png"}
+    assert "trial  state     rank" in output(proc)  # the table is ordered by Pareto rank
