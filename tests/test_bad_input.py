@@ -9,13 +9,14 @@ sweeper is the subject run the real CLI.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 from PIL import Image
 
-from experiment.train import run_reporting_errors
+from experiment.train import main, run_reporting_errors
 from tests.conftest import all_runs, compose_config, output, run_cli, sqlite_uri, store_overrides
 
 
@@ -132,7 +133,9 @@ IN_PROCESS = {
     ),
 }
 
-CLI = {
+# Hydra's own command line rejects these before any job starts: `main()` in this process,
+# with the arguments a user types.
+HYDRA = {
     "unknown group option": case(
         ["model=transformer"], 1, ["Could not find 'model/transformer'", "cnn"]
     ),
@@ -146,6 +149,11 @@ CLI = {
     "loop control in the schedule": case(
         ["scheduler=step", "scheduler.schedule.interval=step"], 1, ["interval", "not in"]
     ),
+}
+
+# The command line's own reporting of a run's error, and the sweeper's settings: the real
+# command in a subprocess.
+CLI = {
     # The CLI's own reporting of a run's error: one line, exit 2 (the issue users hit).
     "value out of range, from the command line": case(
         ["optimizer.lr=0"], 2, ["optimizer.lr", "> 0"]
@@ -162,7 +170,9 @@ CLI = {
         ["optimizer.lr", "log scale needs low > 0"],
     ),
     "sweep unknown sampler": case(
-        [*SWEEP, "hydra.sweeper.sampler=grid"], 2, ["hydra.sweeper.sampler 'grid'", "tpe, random"]
+        [*SWEEP, "hydra.sweeper.sampler=annealing"],
+        2,
+        ["hydra.sweeper.sampler 'annealing'", "tpe, random"],
     ),
     "sweep unknown pruner": case(
         [*SWEEP, "hydra.sweeper.pruner=early"], 2, ["hydra.sweeper.pruner 'early'", "median"]
@@ -251,6 +261,22 @@ def test_bad_input_stops_the_run_with_one_clear_line(tmp_path, caplog, capsys, n
     assert len(errors) == 1, errors
     _check_message(errors[0] + capsys.readouterr().out, bad.says, tmp_path)
     assert not [r for r in all_runs(sqlite_uri(tmp_path)) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("name", list(HYDRA))
+def test_bad_command_line_is_rejected_by_hydra_with_exit_code_1(
+    tmp_path, monkeypatch, capsys, name
+):
+    bad = HYDRA[name]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["experiment.train", *_with_defaults(tmp_path, bad.args)])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == bad.exit_code
+    captured = capsys.readouterr()
+    _check_message(captured.out + captured.err, bad.says, tmp_path)
+    assert not (tmp_path / "mlruns").exists()  # nothing started
 
 
 @pytest.mark.slow

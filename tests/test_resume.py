@@ -9,6 +9,8 @@ import signal
 import pytest
 from mlflow import MlflowClient
 
+from experiment import resume
+from experiment.checkpoint import load_checkpoint
 from tests.conftest import all_runs, output, run_cli, sqlite_uri, start_cli, wait_for_line
 
 pytestmark = pytest.mark.slow
@@ -70,16 +72,9 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     assert [step for step, _ in history] == list(range(10))  # every epoch, once
     assert [v for _, v in history] == pytest.approx([v for _, v in expected_history], rel=1e-6)
 
-    # Run again after it finished: a new run, not a resumption of the finished one.
-    again = run_cli(
-        [*store_args(resumed_dir), "trainer.resume=auto", "trainer.epochs=1"], resumed_dir
-    )
-    assert again.returncode == 0, output(again)
-    assert "Resuming from" not in output(again)
-    assert len(all_runs(sqlite_uri(resumed_dir))) == 2
-
-
-def test_resume_from_a_missing_path_is_refused(tmp_path):
-    proc = run_cli([*store_args(tmp_path), f"trainer.resume={tmp_path / 'nope.pt'}"], tmp_path)
-    assert proc.returncode == 2
-    assert "trainer.resume" in output(proc) and "Traceback" not in output(proc)
+    # A finished run is never resumed: auto finds nothing to continue.
+    (checkpoint,) = (resumed_dir / "outputs").rglob("last.pt")
+    assert (checkpoint.parent / resume.COMPLETE_MARKER).exists()
+    state = load_checkpoint(checkpoint)
+    found = resume.find("auto", state["config"], checkpoint.parent, resumed_dir / "outputs")
+    assert found is None

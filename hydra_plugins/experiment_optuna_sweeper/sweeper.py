@@ -231,7 +231,7 @@ class ExperimentOptunaSweeper(Sweeper):
         running = plan.study.get_trials(deepcopy=False, states=(studies.TrialState.RUNNING,))
         if not running:
             return False
-        time.sleep(min(interval, 5))
+        time.sleep(1.0)
         return True
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
