@@ -276,7 +276,7 @@ def test_bad_command_line_is_rejected_by_hydra_with_exit_code_1(
     assert stopped.value.code == bad.exit_code
     captured = capsys.readouterr()
     _check_message(captured.out + captured.err, bad.says, tmp_path)
-    assert not (tmp_path / "mlruns").exists()  # nothing started
+    assert not all_runs(sqlite_uri(tmp_path))  # nothing started
 
 
 @pytest.mark.slow
