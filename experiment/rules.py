@@ -95,18 +95,19 @@ RUN_MEASURES = {
 }
 
 
+def _as_list(value) -> list:
+    """`optimized_metric` and `optimized_direction` are one string or a list of them."""
+    return [value] if isinstance(value, str) else list(value)
+
+
 def objectives(cfg: DictConfig) -> list[tuple[str, str]]:
     """(metric, direction) for each objective of `optimized_metric`."""
-    metrics, directions = cfg.optimized_metric, cfg.optimized_direction
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    directions = [directions] if isinstance(directions, str) else list(directions)
+    metrics, directions = _as_list(cfg.optimized_metric), _as_list(cfg.optimized_direction)
     return list(zip(metrics, directions, strict=False))
 
 
 def _check_objectives(cfg: DictConfig) -> None:
-    metric, direction = cfg.optimized_metric, cfg.optimized_direction
-    metrics = [metric] if isinstance(metric, str) else list(metric)
-    directions = [direction] if isinstance(direction, str) else list(direction)
+    metrics, directions = _as_list(cfg.optimized_metric), _as_list(cfg.optimized_direction)
     if len(metrics) != len(directions) or not metrics:
         raise ConfigValueError(
             "optimized_direction", directions, f"one direction per optimized metric ({metrics})"

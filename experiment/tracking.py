@@ -105,15 +105,6 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         pass
 
-    def backfill(self, history: list[dict[str, float]]) -> None:
-        pass
-
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        pass
-
-    def log_plots(self, history, confusion, classes) -> None:
-        pass
-
     def log_final(self, summary, history, confusion, classes, model, example) -> None:
         pass
 

@@ -196,6 +196,11 @@ CLI = {
         2,
         ["hydra.sweeper.pruner=median", "cannot prune a study with 2 objectives"],
     ),
+    "sweep warm start without a storage": case(
+        [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.warm_start=other"],
+        2,
+        ["hydra.sweeper.warm_start reads another study from a database storage"],
+    ),
     "sweep storage unreachable": case(
         [*SWEEP, "hydra.sweeper.storage=postgresql://user:pg-pass-123@127.0.0.1:9/optuna"],
         2,

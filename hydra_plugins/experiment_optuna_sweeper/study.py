@@ -59,8 +59,8 @@ PRUNERS = {
 }
 
 
-def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
-    """A pruner given as a name from `table` or as a `_target_` node."""
+def _pruner_from(value: Any) -> optuna.pruners.BasePruner:
+    """A pruner given as a name from PRUNERS or as a `_target_` node."""
     if isinstance(value, optuna.pruners.BasePruner):
         return value
     if isinstance(value, DictConfig | dict):
@@ -72,12 +72,12 @@ def _from_name_or_node(kind: str, value: Any, table: dict, **defaults):
         name, kwargs = node.pop("name", None), node
     else:
         name, kwargs = value, {}
-    if name not in table:
+    if name not in PRUNERS:
         raise SweepError(
-            f"Unknown hydra.sweeper.{kind} {name!r}. Allowed: {', '.join(table)}, "
+            f"Unknown hydra.sweeper.pruner {name!r}. Allowed: {', '.join(PRUNERS)}, "
             "or a node with _target_."
         )
-    return table[name](**{**defaults, **kwargs})
+    return PRUNERS[name](**kwargs)
 
 
 def make_sampler(
@@ -134,7 +134,7 @@ def make_pruner(value: Any, n_objectives: int = 1) -> optuna.pruners.BasePruner:
     prunes single-objective trials only, so a pruner set for several is an error)."""
     if value is None:
         return PRUNERS["median" if n_objectives == 1 else "none"]()
-    pruner = _from_name_or_node("pruner", value, PRUNERS)
+    pruner = _pruner_from(value)
     if n_objectives > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
         raise SweepError(
             f"hydra.sweeper.pruner={value}: Optuna cannot prune a study with "
@@ -258,12 +258,16 @@ def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.system_attrs.get(FAIL_REASON_ATTR) in (KILLED, HEARTBEAT_LOST)
 
 
+def is_counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial uses up the budget: not one whose process was killed (its retry
+    takes its place), nor one copied from another study by a warm start."""
+    return not was_killed(trial) and WARM_START_ATTR not in trial.user_attrs
+
+
 def counted_trials(study: optuna.Study) -> int:
-    """Trials that use up the budget: finished ones and those running now, except trials
-    whose process was killed (their retry takes their place) and trials copied from
-    another study by a warm start."""
+    """Trials that use up the budget: finished ones and those running now (see is_counted)."""
     trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-    return sum(not was_killed(t) and WARM_START_ATTR not in t.user_attrs for t in trials)
+    return sum(is_counted(t) for t in trials)
 
 
 def load_or_create(name: str, storage, directions: list[str], pruner) -> optuna.Study:

@@ -300,14 +300,23 @@ class ExperimentOptunaSweeper(Sweeper):
 
     def _seed_study(self, study, space: dict) -> None:
         """Warm start from another study, then the queued parameter sets (under the lock)."""
-        if self.warm_start:
+        # Only a new study is seeded: a rerun does not read the other study again.
+        if self.warm_start and not study.get_trials(deepcopy=False):
             spec = self.warm_start
             source_name = spec if isinstance(spec, str) else spec.get("study_name")
-            source_url = self.storage_url if isinstance(spec, str) else spec.get("storage")
-            source_url = source_url or self.storage_url
+            source_url = (
+                None if isinstance(spec, str) else spec.get("storage")
+            ) or self.storage_url
+            if not source_url:
+                raise SweepError(
+                    "hydra.sweeper.warm_start reads another study from a database storage: "
+                    "set hydra.sweeper.storage (or warm_start.storage)"
+                )
+            same = source_url == self.storage_url
             try:
                 source = studies.optuna.load_study(
-                    study_name=source_name, storage=studies.make_storage(source_url)
+                    study_name=source_name,
+                    storage=study._storage if same else studies.make_storage(source_url),
                 )
             except KeyError:
                 raise SweepError(
@@ -359,11 +368,8 @@ class _Plan:
 
 
 def _failure_counts(study) -> tuple[int, int]:
-    finished = [
-        t
-        for t in study.get_trials(deepcopy=False, states=studies.FINISHED)
-        if not studies.was_killed(t) and studies.WARM_START_ATTR not in t.user_attrs
-    ]
+    trials = study.get_trials(deepcopy=False, states=studies.FINISHED)
+    finished = [t for t in trials if studies.is_counted(t)]
     return sum(t.state == studies.TrialState.FAIL for t in finished), len(finished)
 
 
