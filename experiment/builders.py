@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from experiment.data import DataBundle, build_loaders
-from experiment.errors import ExperimentError
+from experiment.distributed import SINGLE, Ranks
+from experiment.errors import ConfigValueError, ExperimentError
 
 
 @dataclass
@@ -22,27 +23,55 @@ class Parts:
 
     data: DataBundle
     model: nn.Module  # what is saved and logged
-    forward: nn.Module  # what runs forward: the model, or its compiled wrapper
+    forward: nn.Module  # what runs forward: the model, or its DDP and/or compiled wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object | None
 
 
-def build_parts(cfg: DictConfig, device: torch.device) -> Parts:
-    """Data, model, optimizer and scheduler for a (plain, validated) run config."""
+def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Parts:
+    """Data, model, optimizer and scheduler for a (plain, validated) run config; with
+    several ranks, the model wrapped in DistributedDataParallel."""
     source = load_source(cfg.dataset)
     model = build_model(cfg.model, source.input_shape, source.num_classes).to(device)
+    if use_sync_batchnorm(cfg.trainer.sync_batchnorm, ranks, device):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # channels_last suits cuDNN's conv kernels; batches then come in the same layout.
     channels_last = device.type == "cuda" and is_convnet(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = build_loaders(
-        cfg.dataset, source, device, seed=cfg.trainer.seed, channels_last=channels_last
+        cfg.dataset,
+        source,
+        device,
+        seed=cfg.trainer.seed,
+        channels_last=channels_last,
+        ranks=ranks,
     )
     optimizer = build_optimizer(cfg.optimizer, model, device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
+    forward = model
+    if ranks.distributed:  # gradients are averaged over the ranks inside backward()
+        ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
-    forward = torch.compile(model, dynamic=True) if cfg.trainer.compile else model
+    forward = torch.compile(forward, dynamic=True) if cfg.trainer.compile else forward
     return Parts(data, model, forward, optimizer, scheduler)
+
+
+def use_sync_batchnorm(option: bool | None, ranks: Ranks, device: torch.device) -> bool:
+    """Batch statistics over the global batch (`trainer.sync_batchnorm`; null: whenever
+    several CUDA ranks train). PyTorch's SyncBatchNorm runs on GPUs only."""
+    if option is False or ranks.world_size == 1:
+        return False
+    if device.type != "cuda":
+        if option:
+            raise ConfigValueError(
+                "trainer.sync_batchnorm",
+                option,
+                "false or null on CPU ranks (PyTorch's SyncBatchNorm runs on GPUs only)",
+            )
+        return False
+    return True
 
 
 def load_source(cfg: DictConfig):

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
+from experiment.distributed import SINGLE, Ranks
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -104,6 +105,11 @@ class DeviceLoader:
     Each epoch gathers the data once in shuffled order and augments it in a few large
     operations; a batch is then a contiguous slice plus one multiply-add, so the Python
     cost per batch stays at a handful of tensor operations.
+
+    With several ranks (`ranks`), `batch_size` is the global batch: every rank draws the
+    same shuffled, augmented epoch (same generator seed) and takes every world_size-th
+    sample of it, so global batch i is exactly batch i of a single process, split between
+    the ranks, and each sample is seen once per epoch.
     """
 
     def __init__(
@@ -115,12 +121,18 @@ class DeviceLoader:
         *,
         shuffle: bool,
         generator: torch.Generator | None = None,
+        ranks: Ranks = SINGLE,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.transform, self.shuffle, self.generator = transform, shuffle, generator
+        self.ranks = ranks
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        """Global batches per epoch. A last batch too small to give every rank a sample
+        joins the one before it (no rank may sit out a step: DDP steps together)."""
+        batches = math.ceil(len(self.labels) / self.batch_size)
+        tail = len(self.labels) % self.batch_size
+        return batches - 1 if batches > 1 and 0 < tail < self.ranks.world_size else batches
 
     def seed(self, value: int) -> None:
         if self.generator is not None:  # shared with the augmenting transform
@@ -133,8 +145,13 @@ class DeviceLoader:
             images, labels = images[order], labels[order]
         if self.transform.augment:
             images = self.transform.augmented(images)
-        for start in range(0, len(labels), self.batch_size):
-            end = start + self.batch_size
+        world, batches = self.ranks.world_size, len(self)
+        if world > 1:  # this rank's share: positions rank, rank + world, ...
+            images, labels = images[self.ranks.rank :: world], labels[self.ranks.rank :: world]
+        per_rank = self.batch_size // world
+        for index in range(batches):
+            start = index * per_rank
+            end = start + per_rank if index < batches - 1 else len(labels)
             yield self.transform.normalized(images[start:end]), labels[start:end]
 
 
@@ -151,6 +168,8 @@ class HostLoader:
         for generator in (self.loader.generator, self.transform.generator):
             if generator is not None:
                 generator.manual_seed(value)
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(value)  # its order depends on (seed, epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:
@@ -182,9 +201,12 @@ def build_loaders(
     *,
     seed: int = 0,
     channels_last: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> DataBundle:
     """Wrap a loaded dataset's splits in loaders for `device` (`cfg`: a `dataset` node);
-    `channels_last`: batches in the memory layout of a channels_last conv net."""
+    `channels_last`: batches in the memory layout of a channels_last conv net; `ranks`:
+    this process's share of a distributed run (validation and test are split between
+    the ranks without padding, so reduced sums count every sample once)."""
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
@@ -200,22 +222,28 @@ def build_loaders(
         )
 
     if isinstance(source, ImageTensors):
-        return _device_bundle(cfg, source, device, transform, generator)
+        return _device_bundle(cfg, source, device, transform, generator, ranks)
     assert isinstance(source, FolderSplits), f"unexpected dataset source {type(source)}"
-    return _host_bundle(cfg, source, device, transform, seed)
+    return _host_bundle(cfg, source, device, transform, seed, ranks)
 
 
-def _device_bundle(cfg, source: ImageTensors, device, transform, generator) -> DataBundle:
+def _device_bundle(cfg, source: ImageTensors, device, transform, generator, ranks) -> DataBundle:
     keep, held = seeded_split(len(source.train_labels), cfg.val_fraction, cfg.split_seed)
+    shard = slice(ranks.rank, None, ranks.world_size)  # this rank's evaluation samples
     on_device = {
         "train": (source.train_images[keep], source.train_labels[keep]),
-        "val": (source.train_images[held], source.train_labels[held]),
-        "test": (source.test_images, source.test_labels),
+        "val": (source.train_images[held][shard], source.train_labels[held][shard]),
+        "test": (source.test_images[shard], source.test_labels[shard]),
     }
     on_device = {k: (x.to(device), y.to(device)) for k, (x, y) in on_device.items()}
     return DataBundle(
         train=DeviceLoader(
-            *on_device["train"], cfg.batch_size, transform(True), shuffle=True, generator=generator
+            *on_device["train"],
+            cfg.batch_size,
+            transform(True),
+            shuffle=True,
+            generator=generator,
+            ranks=ranks,
         ),
         val=DeviceLoader(*on_device["val"], cfg.eval_batch_size, transform(False), shuffle=False),
         test=DeviceLoader(*on_device["test"], cfg.eval_batch_size, transform(False), shuffle=False),
@@ -224,7 +252,7 @@ def _device_bundle(cfg, source: ImageTensors, device, transform, generator) -> D
     )
 
 
-def _host_bundle(cfg, source: FolderSplits, device, transform, seed: int) -> DataBundle:
+def _host_bundle(cfg, source: FolderSplits, device, transform, seed: int, ranks) -> DataBundle:
     train, val = source.train, source.val
     if val is None:
         keep, held = seeded_split(len(train), cfg.val_fraction, cfg.split_seed)
@@ -234,15 +262,26 @@ def _host_bundle(cfg, source: FolderSplits, device, transform, seed: int) -> Dat
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0
     )
 
-    def loader(ds, batch_size: int, shuffle: bool, train_split: bool) -> HostLoader:
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
-        dl = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, **common)
-        return HostLoader(dl, transform(train_split), device)
+    def train_loader(ds) -> HostLoader:
+        per_rank = cfg.batch_size // ranks.world_size
+        if ranks.world_size == 1:
+            gen = torch.Generator().manual_seed(seed)
+            dl = DataLoader(ds, batch_size=per_rank, shuffle=True, generator=gen, **common)
+        else:  # equal batch counts on every rank (it pads with a few repeats, as DDP needs)
+            sampler = DistributedSampler(ds, ranks.world_size, ranks.rank, seed=seed)
+            dl = DataLoader(ds, batch_size=per_rank, sampler=sampler, **common)
+        return HostLoader(dl, transform(True), device)
+
+    def eval_loader(ds) -> HostLoader:
+        if ranks.world_size > 1:
+            ds = Subset(ds, range(ranks.rank, len(ds), ranks.world_size))
+        dl = DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **common)
+        return HostLoader(dl, transform(False), device)
 
     return DataBundle(
-        train=loader(train, cfg.batch_size, True, True),
-        val=loader(val, cfg.eval_batch_size, False, False),
-        test=loader(source.test, cfg.eval_batch_size, False, False),
+        train=train_loader(train),
+        val=eval_loader(val),
+        test=eval_loader(source.test),
         input_shape=source.input_shape,
         classes=source.classes,
     )

@@ -1,8 +1,10 @@
 """The training loop: `train_one_epoch`, `evaluate` and `fit` over epochs.
 
 Metrics are summed on the device and read once per epoch: a `.item()` per batch would
-make the host wait for the GPU after every step. What happens between epochs besides
-training (checkpoints, early stopping, tracking, pruning, progress) is a callback.
+make the host wait for the GPU after every step. In a distributed run the sums are
+added across ranks at that point, once, so every rank sees the same epoch metrics.
+What happens between epochs besides training (checkpoints, early stopping, tracking,
+pruning, progress) is a callback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiment.distributed import sum_across_ranks
 from experiment.errors import NonFiniteLossError
 from experiment.runtime import autocast, synchronize
 
@@ -95,7 +98,18 @@ def train_one_epoch(
         loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "samples": seen}
+    count = torch.tensor(seen, device=settings.device)
+    loss_sum, correct, seen = (t.item() for t in epoch_totals(loss_sum, correct, count))
+    return {"loss": loss_sum / seen, "acc": correct / seen, "samples": int(seen)}
+
+
+def epoch_totals(*sums: torch.Tensor) -> list[torch.Tensor]:
+    """An epoch's running sums, added across the ranks of a distributed run (one
+    collective) and read to the host as float64 (one device read)."""
+    flat = torch.cat([t.to(torch.float64).flatten() for t in sums])
+    totals = sum_across_ranks(flat).cpu()
+    parts = totals.split([t.numel() for t in sums])
+    return [part.view(t.shape) for part, t in zip(parts, sums, strict=True)]
 
 
 @torch.no_grad()
@@ -117,9 +131,11 @@ def evaluate(
         if num_classes:
             pairs += torch.bincount(labels * num_classes + predicted, minlength=len(pairs))
         seen += len(labels)
-    result = {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
+    count = torch.tensor(seen, device=device)
+    loss_sum, correct, count, pairs = epoch_totals(loss_sum, correct, count, pairs)
+    result = {"loss": loss_sum.item() / count.item(), "acc": correct.item() / count.item()}
     if num_classes:
-        result["confusion"] = pairs.view(num_classes, num_classes).cpu().numpy()
+        result["confusion"] = pairs.long().view(num_classes, num_classes).numpy()
     return result
 
 

@@ -54,3 +54,8 @@ class CheckpointError(ExperimentError):
             f"Cannot use checkpoint {path}: {why}. Expected a last.pt or best.pt written by "
             "a run of this project."
         )
+
+
+class DistributedError(ExperimentError):
+    """The ranks of a distributed run cannot work together: a rank was lost, a rendezvous
+    failed, or the ranks disagree on what to train."""

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiment import distributed
 from experiment.checkpoint import LAST, load_checkpoint
 from experiment.engine import FitState
 from experiment.errors import CheckpointError, ConfigValueError
@@ -59,9 +60,14 @@ def _candidates(checkpoint_dir: Path, resume_dir: Path | None) -> list[Path]:
 
 
 def find_for(trainer, resolved: dict) -> ResumePoint | None:
-    """The checkpoint `trainer.resume` asks for (a `trainer` config node), or None."""
+    """The checkpoint `trainer.resume` asks for (a `trainer` config node), or None.
+    A run that torchrun restarted after a rank died (--max-restarts) resumes by itself."""
     search = Path(trainer.resume_dir) if trainer.resume_dir else None
-    point = find(trainer.resume, resolved, Path(trainer.checkpoint_dir), search)
+    option = trainer.resume
+    if option is None and distributed.restarted():
+        log.info("torchrun restarted the ranks: resuming (trainer.resume=auto)")
+        option = "auto"
+    point = find(option, resolved, Path(trainer.checkpoint_dir), search)
     if point is not None:
         log.info(f"Resuming from {point.checkpoint} at epoch {point.next_epoch + 1}")
     return point

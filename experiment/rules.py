@@ -78,6 +78,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.hidden_size", _at_least_one, "an integer >= 1"),
     ("model.init_std", _positive, "a number > 0"),
     ("trainer.epochs", _at_least_one, "an integer >= 1"),
+    ("trainer.dist_timeout", _positive, "a number of seconds > 0"),
     ("scheduler.schedule.step_size", _at_least_one, "an integer >= 1"),
     ("scheduler.schedule.gamma", _positive, "a number > 0"),
     ("scheduler.schedule.T_max", _at_least_one, "an integer >= 1"),

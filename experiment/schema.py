@@ -94,6 +94,11 @@ class TrainerConf:
     # config, looked for under resume_dir), a checkpoint path, or null (always start anew).
     resume: str | None = None
     resume_dir: str | None = "outputs"
+    # Under torchrun: seconds a rank waits for the others in a collective before the run
+    # stops (a lost rank must not hang the rest); SyncBatchNorm across the GPUs (null: on
+    # with several CUDA ranks; PyTorch's SyncBatchNorm runs on GPUs only).
+    dist_timeout: float = 180.0
+    sync_batchnorm: bool | None = None
 
 
 @dataclass

@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import experiment
-from experiment import resume, sweep_context
+from experiment import distributed, resume, sweep_context
 from experiment.builders import Parts, build_parts
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
+from experiment.distributed import Ranks
 from experiment.engine import (
     FitSettings,
     FitState,
@@ -43,6 +44,7 @@ from experiment.runtime import (
 from experiment.schema import register_configs
 from experiment.signals import stop_on_sigterm
 from experiment.tracking import (
+    NullTracker,
     build_tracker,
     config_params,
     epoch_logger,
@@ -62,28 +64,37 @@ def run(cfg: DictConfig) -> float | list[float]:
 
     Inside a sweep the current TrialContext adds what a trial needs (reporting to the
     trial, the parent run, the trial's tags and state); outside one, nothing is added.
+    Under torchrun every rank runs this; rank 0 alone tracks, checkpoints and reports.
     """
     cfg = plain_config(cfg)  # config enums become plain strings here, once
     validate(cfg)  # value ranges, before any data is touched
+    with distributed.joined(cfg.trainer, cfg.dataset.batch_size) as (ranks, device):
+        return train_and_test(cfg, ranks, device or resolve_device(cfg.trainer.device))
+
+
+def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float | list[float]:
     trial = sweep_context.current() or sweep_context.STANDALONE
-    device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    point = resume.find_for(cfg.trainer, resolved) if trial.resumable else None
+    fingerprints = distributed.same_config_on_all_ranks(resume.fingerprint(resolved))
+    point = distributed.from_main(
+        resume.find_for(cfg.trainer, resolved) if trial.resumable and ranks.main else None
+    )
     checkpoint_dir = point.checkpoint.parent if point else Path(cfg.trainer.checkpoint_dir)
-    tracker = build_tracker(cfg.tracking)  # an unreachable store fails here, before training
-    parts = build_parts(cfg, device)
+    # An unreachable store fails here, before training; other ranks track nothing.
+    tracker = build_tracker(cfg.tracking) if ranks.main else NullTracker()
+    parts = build_parts(cfg, device, ranks)
     state = resume.restore(point, parts.model, parts.optimizer, parts.scheduler) if point else None
     settings = fit_settings(cfg, device)
     progress = EpochProgress(
         cfg.trainer.epochs,
         settings.monitor,
-        "quiet" if trial.quiet else cfg.trainer.progress,
+        "quiet" if trial.quiet or not ranks.main else cfg.trainer.progress,
         first_epoch=point.next_epoch if point else 0,
     )
 
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
-        tracker.start(**run_record(cfg, resolved, device, trial, point))
+        tracker.start(**run_record(cfg, resolved, device, trial, point, ranks.tags(fingerprints)))
         trial.record_run(tracker.run_id)
         extra = {"fingerprint": resume.fingerprint(resolved), "mlflow_run_id": tracker.run_id}
         callbacks = [
@@ -95,6 +106,8 @@ def run(cfg: DictConfig) -> float | list[float]:
             *trial.callbacks(settings.monitor),
             EarlyStopping(cfg.regularization.early_stopping.patience),
         ]
+        if ranks.distributed:  # rank 0 decides; every rank follows (and none hangs)
+            callbacks = [distributed.OnMainRank(callbacks, ranks)]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if cfg.trainer.compile:  # compile outside the timed epochs, and report it on its own
@@ -104,14 +117,15 @@ def run(cfg: DictConfig) -> float | list[float]:
             parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
         )
         summary = {"train_time_s": time.perf_counter() - start}
-        test = evaluate_best(parts, checkpoint_dir, settings)
+        test = evaluate_best(parts, checkpoint_dir, settings, ranks)
         summary.update(final_metrics(result, test, parts, settings, cfg))
         with store_failure_keeps(checkpoint_dir, "after training"):
             confusion, example = test["confusion"], example_batch(parts.data.val)
             tracker.log_final(
                 summary, result.history, confusion, parts.data.classes, parts.model, example
             )
-        resume.mark_complete(checkpoint_dir)
+        if ranks.main:
+            resume.mark_complete(checkpoint_dir)
 
     log.info(
         f"best {settings.monitor} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
@@ -123,13 +137,13 @@ def run(cfg: DictConfig) -> float | list[float]:
     return objective(cfg, result, summary)
 
 
-def run_record(cfg: DictConfig, resolved: dict, device, trial, point) -> dict:
+def run_record(cfg: DictConfig, resolved: dict, device, trial, point, extra_tags) -> dict:
     """What the MLflow run starts with: name, params, tags, config files, its parent (in a
     sweep) or the run it continues (when resuming)."""
     return dict(
         run_name=cfg.run_name or trial.run_name(default_run_name(cfg)),
         params=config_params(cfg),
-        tags={**run_tags(device), **trial.tags},
+        tags={**run_tags(device), **trial.tags, **extra_tags},
         texts={"config.yaml": OmegaConf.to_yaml(resolved), "overrides.yaml": _overrides()},
         parent_run_id=trial.parent_run_id,
         resume_run_id=point.mlflow_run_id if point else None,
@@ -167,9 +181,12 @@ def compile_now(parts: Parts, settings: FitSettings) -> float:
     return seconds
 
 
-def evaluate_best(parts: Parts, checkpoint_dir: Path, settings: FitSettings) -> dict:
-    """The test split, evaluated once, with the weights that were best on validation."""
-    parts.model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
+def evaluate_best(parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks) -> dict:
+    """The test split, evaluated once, with the weights that were best on validation
+    (read by rank 0, which wrote them, and copied to the other ranks)."""
+    if ranks.main:
+        parts.model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
+    distributed.copy_weights_from_main(parts.model)
     return evaluate(
         parts.model,
         parts.data.test,
