@@ -120,6 +120,10 @@ def joined(trainer, batch_size: int):
                 f"{per_rank} per rank"
             )
         yield ranks, device
+    except RuntimeError as err:
+        if ranks.distributed and _peer_lost(err):
+            raise lost_ranks("training", err) from err
+        raise
     finally:
         stop()
 
@@ -163,12 +167,23 @@ def _collective(what: str, operation: Callable[[], object]):
     """Run a collective; a peer that died or hung becomes one clear DistributedError."""
     try:
         return operation()
-    except (RuntimeError, dist.DistError) as err:
-        raise DistributedError(
-            f"rank {dist.get_rank()} lost the other ranks while {what} "
-            f"(a rank died or stalled past trainer.dist_timeout): {str(err).splitlines()[0]}. "
-            "Checkpoints written so far are kept; rerun with trainer.resume=auto."
-        ) from err
+    except RuntimeError as err:  # dist.DistError and gloo's errors are RuntimeErrors
+        raise lost_ranks(what, err) from err
+
+
+def lost_ranks(what: str, err: BaseException) -> DistributedError:
+    return DistributedError(
+        f"rank {dist.get_rank()} lost the other ranks while {what} (a rank died or stalled "
+        f"past trainer.dist_timeout): {str(err).splitlines()[0][:300]}. Checkpoints written "
+        "so far are kept; rerun with trainer.resume=auto (torchrun --max-restarts does it)."
+    )
+
+
+def _peer_lost(err: BaseException) -> bool:
+    """An error raised inside a collective of DDP's own (gradient all-reduce) because a peer
+    is gone: what torch raises for it carries the backend's name or type."""
+    text = str(err)
+    return isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text
 
 
 def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,9 @@ class ExperimentOptunaSweeperConf:
     n_trials: int = 20
     # Trials running at once, each in its own long-lived worker process.
     n_jobs: int = 1
+    # Devices (GPUs, or CPU processes with gloo) each trial trains on: k > 1 starts every
+    # trial as a torchrun process group of k ranks; n_jobs groups run at once.
+    devices_per_trial: int = 1
     # null: derived from the search space and fixed overrides, so the same command resumes.
     study_name: str | None = None
     # An Optuna RDB URL (sqlite:///..., postgresql://...); null keeps the study in memory.

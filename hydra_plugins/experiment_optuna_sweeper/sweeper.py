@@ -30,6 +30,7 @@ from experiment.signals import stop_on_sigterm
 from experiment.sweep_context import COMPLETE, FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
+from hydra_plugins.experiment_optuna_sweeper.groups import GroupExecutor
 from hydra_plugins.experiment_optuna_sweeper.locking import StudyLock
 from hydra_plugins.experiment_optuna_sweeper.workers import (
     InProcessExecutor,
@@ -59,8 +60,10 @@ class ExperimentOptunaSweeper(Sweeper):
         warm_start: Any = None,
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
+        devices_per_trial: int = 1,
     ):
         self.direction, self.n_trials, self.n_jobs = _plain(direction), n_trials, n_jobs
+        self.devices_per_trial = devices_per_trial
         self.study_name, self.storage_url = study_name, storage
         self.sampler_spec, self.seed, self.pruner_spec = sampler, seed, _plain(pruner)
         self.params = _plain(params) or {}
@@ -122,18 +125,7 @@ class ExperimentOptunaSweeper(Sweeper):
         )
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        executor = (
-            InProcessExecutor(self.hydra_context, self.task_function)
-            if self.n_jobs == 1
-            else WorkerPool(
-                self.n_jobs,
-                self.task_function,
-                (self.storage_url, self.heartbeat),
-                name,
-                pruner,
-                gpus=_gpu_count(),
-            )
-        )
+        executor = self._executor(name, pruner, sweep_dir)
         results, interrupted = [], False
         plan = _Plan(study, lock, space, fixed, extend_space, name, parent, n_trials)
         try:
@@ -166,6 +158,25 @@ class ExperimentOptunaSweeper(Sweeper):
                 f"{results[0].error}. See the trial logs under {sweep_dir}."
             )
         return [[r] for r in results]
+
+    def _executor(self, name: str, pruner, sweep_dir: Path):
+        """Where trials run: this process (n_jobs=1), n_jobs worker processes, or n_jobs
+        torchrun groups of devices_per_trial ranks."""
+        storage = (self.storage_url, self.heartbeat)
+        if self.devices_per_trial > 1:
+            return GroupExecutor(
+                self.n_jobs,
+                self.devices_per_trial,
+                self.task_function,
+                storage,
+                name,
+                pruner,
+                sweep_dir,
+                gpus=_gpu_count(),
+            )
+        if self.n_jobs == 1:
+            return InProcessExecutor(self.hydra_context, self.task_function)
+        return WorkerPool(self.n_jobs, self.task_function, storage, name, pruner, gpus=_gpu_count())
 
     def _ask(self, plan: _Plan):
         """The next trial, or None once the study holds n_trials (counted across every
@@ -239,6 +250,9 @@ class ExperimentOptunaSweeper(Sweeper):
         with open_dict(job_config):
             job_config.hydra.job.id = f"trial_{number}"
             job_config.hydra.job.num = number
+            # Fixed here: another process resolving ${now:} later would pick another folder.
+            job_config.hydra.sweep.dir = str(self.config.hydra.sweep.dir)
+            job_config.hydra.sweep.subdir = str(job_config.hydra.sweep.subdir)
         return job_config
 
     # ------------------------------------------------------------------ settings
@@ -269,10 +283,28 @@ class ExperimentOptunaSweeper(Sweeper):
                 "hydra.sweeper.n_jobs > 1 needs a database storage that the "
                 "workers share: set hydra.sweeper.storage=sqlite:///multirun/optuna.db"
             )
+        self._check_devices_per_trial()
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise SweepError(
                 f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: needs a number in "
                 "[0, 1] (the share of finished trials that may fail)"
+            )
+
+    def _check_devices_per_trial(self) -> None:
+        k, gpus = self.devices_per_trial, _gpu_count()
+        if not isinstance(k, int) or k < 1:
+            raise SweepError(f"hydra.sweeper.devices_per_trial={k}: needs an integer >= 1")
+        if k > 1 and not self.storage_url:
+            raise SweepError(
+                "hydra.sweeper.devices_per_trial > 1 runs each trial as its own process "
+                "group, which reports through a database storage: set "
+                "hydra.sweeper.storage=sqlite:///multirun/optuna.db"
+            )
+        if k > 1 and gpus and k * self.n_jobs > gpus:
+            raise SweepError(
+                f"hydra.sweeper.devices_per_trial={k} x n_jobs={self.n_jobs} needs "
+                f"{k * self.n_jobs} GPUs; this machine has {gpus}. Lower n_jobs or "
+                "devices_per_trial."
             )
 
     def _warn_about_launcher(self) -> None:

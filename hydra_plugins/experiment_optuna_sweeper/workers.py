@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import importlib.util
 import logging
 import math
 import multiprocessing as mp
 import numbers
 import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from experiment import sweep_context
+from experiment.errors import ExperimentError
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +68,17 @@ def objective_values(value, n_objectives: int) -> float | list[float]:
 
 
 def execute(
-    hydra_context, task_function, job_config: DictConfig, context
+    hydra_context, task_function, job_config: DictConfig, context, heartbeat: bool = True
 ) -> tuple[str, float | list[float] | None, str | None]:
-    """Run one trial job, sending heartbeats to a storage that wants them; (state, value,
-    error message)."""
+    """Run one trial job, sending heartbeats to a storage that wants them (unless
+    `heartbeat` is False: the other ranks of a trial's group); (state, value, error)."""
     HydraConfig.instance().set_config(job_config)
     study = context.trial.study
-    heartbeat = optuna_heartbeat(context.trial._trial_id, study._storage)
+    heartbeat = (
+        optuna_heartbeat(context.trial._trial_id, study._storage)
+        if heartbeat
+        else contextlib.nullcontext()
+    )
     with sweep_context.active(context), heartbeat:
         try:
             ret = run_job(
@@ -98,6 +105,8 @@ def execute(
     _release_memory()  # an out-of-memory trial must not starve the next one
     if context.is_pruned(error):
         return sweep_context.PRUNED, None, str(error)
+    if not isinstance(error, ExperimentError):  # a bug, not a bad value: keep its traceback
+        log.error("Trial %d failed", context.trial.number, exc_info=error)
     return sweep_context.FAIL, None, f"{type(error).__name__}: {error}"
 
 
@@ -150,18 +159,34 @@ def optuna_heartbeat(trial_id: int, storage):
 
 
 def _task_reference(task_function) -> tuple[str, str | bytes]:
-    """How a worker process finds the task: by module and name for a module-level function
-    (the one under @hydra.main), pickled for anything else callable (an object, say)."""
+    """How another process finds the task: by module and name for a module-level function
+    (the one under @hydra.main), pickled for anything else callable (an object, say).
+
+    An app started as `python -m pkg.app` or `python app.py` has its task in `__main__`,
+    which in another process is some other program: it is named by its real module
+    (`pkg.app`) or by its file.
+    """
     name = getattr(task_function, "__qualname__", None)
-    if name and "<locals>" not in name:
-        return task_function.__module__, name
-    return "pickle", pickle.dumps(task_function)
+    if not name or "<locals>" in name:
+        return "pickle", pickle.dumps(task_function)
+    module = task_function.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else "file:" + os.path.abspath(main.__file__)
+    return module, name
 
 
 def _resolve_task(module: str, name: str | bytes):
     if module == "pickle":
         return pickle.loads(name)
-    function = getattr(importlib.import_module(module), name)
+    if module.startswith("file:"):
+        spec = importlib.util.spec_from_file_location("_sweep_task", module[len("file:") :])
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        function = getattr(loaded, name)
+    else:
+        function = getattr(importlib.import_module(module), name)
     return getattr(function, "__wrapped__", function)  # the function under @hydra.main
 
 
@@ -171,6 +196,21 @@ def _exit_with_parent(parent_pid: int) -> None:
         time.sleep(1.0)
         if os.getppid() != parent_pid:
             os._exit(1)
+
+
+def load_study(storage: tuple, study_name: str, pruner):
+    """The sweep's study, opened from another process: (URL, heartbeat settings)."""
+    import optuna
+
+    from hydra_plugins.experiment_optuna_sweeper.study import make_storage
+
+    storage_url, heartbeat = storage
+    return optuna.load_study(
+        study_name=study_name,
+        storage=make_storage(storage_url, **heartbeat),
+        pruner=pruner,
+        sampler=optuna.samplers.RandomSampler(),
+    )
 
 
 def worker_main(conn, task_ref, storage, study_name, pruner, gpu, cpu_threads) -> None:
@@ -188,15 +228,7 @@ def worker_main(conn, task_ref, storage, study_name, pruner, gpu, cpu_threads) -
     task_function = _resolve_task(*task_ref)
     from hydra._internal.callbacks import Callbacks
 
-    from hydra_plugins.experiment_optuna_sweeper.study import make_storage
-
-    storage_url, heartbeat = storage
-    study = optuna.load_study(
-        study_name=study_name,
-        storage=make_storage(storage_url, **heartbeat),
-        pruner=pruner,
-        sampler=optuna.samplers.RandomSampler(),
-    )
+    study = load_study(storage, study_name, pruner)
     while True:
         try:
             message = conn.recv()

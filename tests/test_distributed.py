@@ -1,0 +1,206 @@
+"""One run on several processes with torchrun (gloo on this CPU machine): the same training
+as one process, one MLflow run, restarts that resume, lost ranks that end the run, bad
+input that every rank reports, and sweeps whose trials are process groups."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from experiment.checkpoint import load_checkpoint
+from tests.conftest import (
+    FAST,
+    all_runs,
+    output,
+    run_cli,
+    sqlite_uri,
+    start_cli,
+    sweep_args,
+    tracking_overrides,
+    wait_for_line,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(*options: str) -> list[str]:
+    return ["-m", "torch.distributed.run", *options, "-m", "experiment.train"]
+
+
+TWO_RANKS = torchrun("--standalone", "--nproc_per_node=2")
+# Training that two ranks and one process must do identically: no batch norm (CPU ranks
+# keep per-rank batch statistics) and no dropout (each rank draws masks for its own half).
+EXACT = ["trainer.deterministic=true", "model.batch_norm=false", "model.dropout=0"]
+
+
+def _metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _only_run(uri: str):
+    runs = all_runs(uri)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def test_two_ranks_train_as_one_process_does(tmp_path):
+    """Same global batch, same (seed, epoch) order: 2 gloo ranks reproduce the single
+    process. Tolerance 1e-4: the only differences are float32 summation order (gradients
+    averaged across ranks, metric sums reduced across ranks), ~1e-7 per step."""
+    args = [*FAST, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
+    results = {}
+    for name, program in (("single", None), ("ranks", TWO_RANKS)):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        tracking = tracking_overrides(workdir)
+        extra = {"program": program} if program else {}
+        proc = run_cli([*args, *tracking], workdir, **extra)
+        assert proc.returncode == 0, output(proc)
+        uri = sqlite_uri(workdir)
+        run = _only_run(uri)  # one MLflow run, whatever the number of ranks
+        client = MlflowClient(uri)
+        results[name] = {
+            key: _metric_history(client, run.info.run_id, key) for key in ("val/acc", "val/loss")
+        }
+        results[name]["test/acc"] = run.data.metrics["test/acc"]
+        results[name]["tags"] = run.data.tags
+    assert "global batch 40 = 20 per rank" in output(proc)
+    assert results["ranks"]["tags"]["distributed.world_size"] == "2"
+    assert results["ranks"]["tags"]["distributed.backend"] == "gloo"
+    assert "distributed.world_size" not in results["single"]["tags"]
+    for key in ("val/acc", "val/loss", "test/acc"):
+        assert results["ranks"][key] == pytest.approx(results["single"][key], abs=1e-4), key
+    assert len(results["ranks"]["val/acc"]) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_rendezvous_and_log_once(tmp_path):
+    """Two torchrun commands, as on two machines, meet at a c10d rendezvous on 127.0.0.1."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    node = torchrun(
+        "--nnodes=2",
+        "--nproc_per_node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        "--rdzv-id=two-nodes",
+    )
+    tracking = tracking_overrides(tmp_path)
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    procs = []
+    for index, log in enumerate(logs):
+        workdir = tmp_path / f"node{index}"
+        workdir.mkdir()
+        with log.open("w") as stream:
+            procs.append(start_cli([*FAST, *tracking], workdir, stdout=stream, program=node))
+    codes = [p.wait(timeout=240) for p in procs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], texts
+    run = _only_run(sqlite_uri(tmp_path))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["distributed.world_size"] == "2"
+    assert run.data.tags["distributed.ranks_per_node"] == "1"
+    assert sum("world size 2 (1 ranks per node)" in text for text in texts) == 1  # rank 0
+
+
+def _rank_pid(torchrun_pid: int, rank: int, timeout: float = 60) -> int:
+    """The pid of torchrun's worker with RANK=`rank` (its children carry it in their env)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == torchrun_pid and f"RANK={rank}".encode() in env:
+                return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError(f"no rank {rank} under torchrun {torchrun_pid}")
+
+
+def _kill_rank_after_an_epoch(tmp_path, restarts: int):
+    tracking = tracking_overrides(tmp_path)
+    program = torchrun("--standalone", "--nproc_per_node=2", f"--max-restarts={restarts}")
+    args = ["trainer.epochs=12", "trainer.dist_timeout=30", *tracking]
+    proc = start_cli(args, tmp_path, program=program)
+    wait_for_line(proc, "epoch 2/12")  # last.pt of epoch 2 is on disk
+    os.kill(_rank_pid(proc.pid, 1), signal.SIGKILL)
+    start = time.time()
+    rest, _ = proc.communicate(timeout=240)
+    return proc.returncode, rest, time.time() - start, sqlite_uri(tmp_path)
+
+
+def test_a_killed_rank_with_restarts_resumes_in_the_same_mlflow_run(tmp_path):
+    code, text, _, uri = _kill_rank_after_an_epoch(tmp_path, restarts=1)
+    assert code == 0, text
+    assert "torchrun restarted the ranks: resuming" in text
+    run = _only_run(uri)  # the restarted group went on in the same run
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "val/acc")]
+    assert sorted(steps) == list(range(12))  # every epoch once, none lost or doubled
+
+
+def test_a_killed_rank_without_restarts_stops_the_others(tmp_path):
+    code, text, seconds, uri = _kill_rank_after_an_epoch(tmp_path, restarts=0)
+    assert code != 0
+    assert seconds < 30  # within trainer.dist_timeout: nothing hangs
+    assert "rank: 1" in text and "SIGKILL" in text  # torchrun names the lost rank
+    run = _only_run(uri)
+    assert run.info.status in ("KILLED", "FAILED")
+    checkpoints = list(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))
+    assert len(checkpoints) == 1 and load_checkpoint(checkpoints[0])["epoch"] >= 1
+
+
+def test_a_bad_override_stops_every_rank_with_one_clear_line(tmp_path):
+    tracking = tracking_overrides(tmp_path)
+    proc = run_cli([*FAST, "dataset.batch_size=33", *tracking], tmp_path, program=TWO_RANKS)
+    text = output(proc)
+    assert proc.returncode != 0
+    message = "Invalid value for 'dataset.batch_size': 33. Allowed: a multiple of the world size 2"
+    assert text.count(message) == 2, text  # every rank says the same
+    assert "Traceback" not in text.split("ConfigValueError")[0]
+    assert all(r.info.status != "RUNNING" for r in all_runs(sqlite_uri(tmp_path)))
+
+
+def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = [*tracking_overrides(tmp_path), "tracking.log_plots=false"]
+    args = sweep_args(
+        storage,
+        tracking,
+        "hydra.sweeper.devices_per_trial=2",
+        "trainer.epochs=1",
+        n_trials=2,
+        study="ranks",
+    )
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, output(proc)
+    study = optuna.load_study(study_name="ranks", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    runs = {r.data.tags.get("optuna.trial"): r for r in all_runs(sqlite_uri(tmp_path))}
+    for trial in study.trials:
+        run = runs[str(trial.number)]
+        assert run.data.tags["distributed.world_size"] == "2"
+        # Each rank's config fingerprint, gathered at start: both ranks trained one config,
+        # the one whose parameters the trial holds.
+        fingerprints = run.data.tags["distributed.rank_fingerprints"].split(",")
+        assert len(fingerprints) == 2 and len(set(fingerprints)) == 1
+        checkpoint = next(tmp_path.glob(f"multirun/*/*/{trial.number}/checkpoints/best.pt"))
+        assert load_checkpoint(checkpoint)["extra"]["fingerprint"] == fingerprints[0]
+        for key, value in trial.params.items():
+            assert run.data.params[key] == str(value)
