@@ -19,11 +19,15 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
 
 
-def run_cli(args: list[str], cwd: Path) -> tuple[float, str]:
-    """Run `python -m experiment.train ARGS`; return (wall seconds, output)."""
+TRAIN = ["-m", "experiment.train"]
+
+
+def run_cli(args: list[str], cwd: Path, program: list[str] = TRAIN) -> tuple[float, str]:
+    """Run `python -m experiment.train ARGS` (or another module: `program`); return
+    (wall seconds, output)."""
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "experiment.train", *args],
+        [sys.executable, *program, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
