@@ -198,7 +198,7 @@ def from_main(obj):
     if not _active():
         return obj
     holder = [obj]
-    _collective("receiving rank 0's state", lambda: dist.broadcast_object_list(holder, src=0))
+    _collective("sharing rank 0's state", lambda: dist.broadcast_object_list(holder, src=0))
     return holder[0]
 
 
@@ -216,7 +216,7 @@ def copy_weights_from_main(model: nn.Module) -> None:
     if not _active():
         return
     for tensor in model.state_dict().values():
-        _collective("receiving rank 0's weights", lambda t=tensor: dist.broadcast(t, src=0))
+        _collective("sharing rank 0's weights", lambda t=tensor: dist.broadcast(t, src=0))
 
 
 class OnMainRank:

@@ -104,3 +104,15 @@ def test_sync_batchnorm_follows_the_option_on_gpus_and_is_refused_on_cpu():
     assert use_sync_batchnorm(False, two, torch.device("cuda", 0)) is False
     with pytest.raises(ConfigValueError, match="sync_batchnorm"):
         use_sync_batchnorm(True, two, CPU)
+
+
+def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(monkeypatch):
+    from experiment.errors import SweepError
+    from hydra_plugins.experiment_optuna_sweeper.sweeper import ExperimentOptunaSweeper
+
+    sweeper = ExperimentOptunaSweeper(None, 2, 1, None, None, None, 0, None, None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SweepError, match="devices_per_trial"):
+        sweeper._check_devices_per_trial()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    sweeper._check_devices_per_trial()  # one process: fine

@@ -291,6 +291,11 @@ class ExperimentOptunaSweeper(Sweeper):
             )
 
     def _check_devices_per_trial(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would run its own sweep
+            raise SweepError(
+                "a sweep does not run under torchrun: start it as one command and set "
+                "hydra.sweeper.devices_per_trial=K to train each trial on K devices"
+            )
         k, gpus = self.devices_per_trial, _gpu_count()
         if not isinstance(k, int) or k < 1:
             raise SweepError(f"hydra.sweeper.devices_per_trial={k}: needs an integer >= 1")
