@@ -89,7 +89,9 @@ def start(device_option: str, timeout_s: float) -> tuple[Ranks, torch.device]:
     backend = "nccl" if use_cuda else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     try:
-        dist.init_process_group(backend, timeout=timeout, device_id=device if use_cuda else None)
+        dist.init_process_group(
+            backend, timeout=timeout, device_id=device if use_cuda else None, **_meeting(timeout)
+        )
     except Exception as err:  # a rendezvous that never completes, an unreachable peer
         raise DistributedError(
             f"could not join the process group ({backend}, world size "
@@ -102,6 +104,24 @@ def start(device_option: str, timeout_s: float) -> tuple[Ranks, torch.device]:
         backend=backend,
     )
     return ranks, device
+
+
+def _meeting(timeout: datetime.timedelta) -> dict:
+    """Where the ranks meet: torch's env:// defaults, except under torchrun's agent store.
+    That store lives as long as the agent, across restarts, and the addresses a killed
+    group left in it would send a restarted group's ranks to dead peers (a race that fails
+    the restart): each attempt gets keys of its own."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    agent_store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {
+        "store": dist.PrefixStore(f"experiment/attempt_{attempt}", agent_store),
+        "rank": int(os.environ["RANK"]),
+        "world_size": int(os.environ["WORLD_SIZE"]),
+    }
 
 
 @contextlib.contextmanager

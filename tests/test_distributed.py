@@ -4,6 +4,7 @@ input that every rank reports, and sweeps whose trials are process groups."""
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import socket
@@ -12,10 +13,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
+import torch.distributed as dist
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from experiment import distributed
 from experiment.checkpoint import load_checkpoint
+from experiment.engine import FitState
+from experiment.errors import DistributedError
 from tests.conftest import (
     FAST,
     all_runs,
@@ -39,6 +45,48 @@ TWO_RANKS = torchrun("--standalone", "--nproc_per_node=2")
 # Training that two ranks and one process must do identically: no batch norm (CPU ranks
 # keep per-rank batch statistics) and no dropout (each rank draws masks for its own half).
 EXACT = ["trainer.deterministic=true", "model.batch_norm=false", "model.dropout=0"]
+
+
+def _rank_sees(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two real gloo ranks: what rank 0's callbacks decide, and what each sees."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ranks = distributed.Ranks(rank, 2, 2, "gloo")
+    calls, seen = [], []
+
+    def report(state: FitState) -> None:  # as a trial's pruning report does
+        calls.append(state.epoch)
+        if state.epoch == 0:
+            state.stop_reason = "early stop"
+        if state.epoch == 1:
+            raise optuna.TrialPruned("pruned at step 2")
+
+    callback = distributed.OnMainRank([report], ranks)
+    state = FitState(epoch=0)
+    callback(state)
+    seen.append(state.stop_reason)
+    state.epoch = 1
+    try:
+        callback(state)
+    except optuna.TrialPruned as err:
+        seen.append(f"pruned: {err}")
+    seen.append(distributed.sum_across_ranks(torch.tensor([rank + 1.0])).item())
+    try:
+        distributed.same_config_on_all_ranks("config-a" if rank == 0 else "config-b")
+    except DistributedError as err:
+        seen.append(str(err).split(":")[0])
+    Path(out_dir, f"rank{rank}.txt").write_text(repr((calls, seen)))
+    dist.destroy_process_group()
+
+
+def test_rank_zero_decides_and_every_rank_follows(tmp_path):
+    torch.multiprocessing.spawn(
+        _rank_sees, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    decided = ["early stop", "pruned: pruned at step 2", 3.0]
+    refused = "ranks [1] were given a different configuration from rank 0"
+    assert ast.literal_eval((tmp_path / "rank0.txt").read_text()) == ([0, 1], [*decided, refused])
+    # Rank 1 ran no callback, yet stopped and was pruned with rank 0.
+    assert ast.literal_eval((tmp_path / "rank1.txt").read_text()) == ([], [*decided, refused])
 
 
 def _metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -204,3 +252,16 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
         assert load_checkpoint(checkpoint)["extra"]["fingerprint"] == fingerprints[0]
         for key, value in trial.params.items():
             assert run.data.params[key] == str(value)
+
+
+@pytest.mark.gpu
+def test_ddp_on_gpus_with_nccl(tmp_path):
+    gpus = min(2, torch.cuda.device_count())
+    tracking = tracking_overrides(tmp_path)
+    program = torchrun("--standalone", f"--nproc_per_node={gpus}")
+    proc = run_cli([*FAST, "model.batch_norm=true", *tracking], tmp_path, program=program)
+    assert proc.returncode == 0, output(proc)
+    run = _only_run(sqlite_uri(tmp_path))
+    assert run.data.tags["distributed.backend"] == "nccl"
+    assert run.data.tags["distributed.world_size"] == str(gpus)
+    assert run.data.tags["device"].startswith("cuda")
