@@ -33,8 +33,8 @@ train: $(STAMP)  ## the default run: cnn on the bundled digits, tracked in MLflo
 sweep: $(STAMP)  ## an Optuna sweep over lr, batch size, dropout, weight decay
 	$(PY) -m experiment.train -m hparams_search=optuna $(ARGS)
 
-test: $(STAMP)  ## the whole suite (slow tests included)
-	$(PY) -m pytest -q $(ARGS)
+test: $(STAMP)  ## the whole suite (slow tests included), two tests at a time
+	$(PY) -m pytest -q -n 2 $(ARGS)
 
 test-fast: $(STAMP)  ## the fast tier: no slow tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

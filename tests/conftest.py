@@ -22,6 +22,8 @@ import experiment.train  # noqa: F401  registers the schemas in Hydra's ConfigSt
 from experiment.rules import plain_config
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores
+    torch.set_num_threads(1)
 CONF = ROOT / "conf"
 
 # Small and quick: a few hundred synthetic 1x12x12 images, two epochs.
@@ -105,7 +107,14 @@ def compose_config(overrides: list[str]):
 
 
 def cli_env(extra: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(extra or {})}
+    # One thread per process: the suite runs two tests at once on its cores (pytest -n).
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        **(extra or {}),
+    }
     env.pop("HYDRA_FULL_ERROR", None)  # the CLI as users see it: one line per error
     return env
 

@@ -99,68 +99,67 @@ def _only_run(uri: str):
     return runs[0]
 
 
-def test_two_ranks_train_as_one_process_does(tmp_path):
-    """Same global batch, same (seed, epoch) order: 2 gloo ranks reproduce the single
-    process. Tolerance 1e-4: the only differences are float32 summation order (gradients
-    averaged across ranks, metric sums reduced across ranks), ~1e-7 per step."""
-    args = [*FAST, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
-    results = {}
-    for name, program in (("single", None), ("ranks", TWO_RANKS)):
-        workdir = tmp_path / name
-        workdir.mkdir()
-        tracking = tracking_overrides(workdir)
-        extra = {"program": program} if program else {}
-        proc = run_cli([*args, *tracking], workdir, **extra)
-        assert proc.returncode == 0, output(proc)
-        uri = sqlite_uri(workdir)
-        run = _only_run(uri)  # one MLflow run, whatever the number of ranks
-        client = MlflowClient(uri)
-        results[name] = {
-            key: _metric_history(client, run.info.run_id, key) for key in ("val/acc", "val/loss")
-        }
-        results[name]["test/acc"] = run.data.metrics["test/acc"]
-        results[name]["tags"] = run.data.tags
-    assert "global batch 40 = 20 per rank" in output(proc)
-    assert results["ranks"]["tags"]["distributed.world_size"] == "2"
-    assert results["ranks"]["tags"]["distributed.backend"] == "gloo"
-    assert "distributed.world_size" not in results["single"]["tags"]
-    for key in ("val/acc", "val/loss", "test/acc"):
-        assert results["ranks"][key] == pytest.approx(results["single"][key], abs=1e-4), key
-    assert len(results["ranks"]["val/acc"]) == 3
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def test_two_nodes_rendezvous_and_log_once(tmp_path):
-    """Two torchrun commands, as on two machines, meet at a c10d rendezvous on 127.0.0.1."""
-    endpoint = f"127.0.0.1:{_free_port()}"
+def _two_nodes(args: list[str], workdir: Path) -> list[str]:
+    """Two torchrun commands, as on two machines, meeting at a c10d rendezvous on
+    127.0.0.1, one rank each; their outputs."""
     node = torchrun(
         "--nnodes=2",
         "--nproc_per_node=1",
         "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-endpoint=127.0.0.1:{_free_port()}",
         "--rdzv-id=two-nodes",
     )
-    tracking = tracking_overrides(tmp_path)
-    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    logs = [workdir / f"node{i}.log" for i in range(2)]
     procs = []
-    for index, log in enumerate(logs):
-        workdir = tmp_path / f"node{index}"
-        workdir.mkdir()
+    for log in logs:
         with log.open("w") as stream:
-            procs.append(start_cli([*FAST, *tracking], workdir, stdout=stream, program=node))
+            procs.append(start_cli(args, workdir, stdout=stream, program=node))
     codes = [p.wait(timeout=240) for p in procs]
     texts = [log.read_text() for log in logs]
     assert codes == [0, 0], texts
-    run = _only_run(sqlite_uri(tmp_path))
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["distributed.world_size"] == "2"
-    assert run.data.tags["distributed.ranks_per_node"] == "1"
-    assert sum("world size 2 (1 ranks per node)" in text for text in texts) == 1  # rank 0
+    return texts
+
+
+def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path):
+    """Same global batch, same (seed, epoch) order: 2 gloo ranks on two "nodes" reproduce
+    the single process. Tolerance 1e-4: the only differences are float32 summation order
+    (gradients averaged across ranks, metric sums reduced across ranks), ~1e-7 per step."""
+    args = [*FAST, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
+    results = {}
+    for name in ("single", "ranks"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        tracking = tracking_overrides(workdir)
+        if name == "single":
+            proc = run_cli([*args, *tracking], workdir)
+            assert proc.returncode == 0, output(proc)
+        else:
+            texts = _two_nodes([*args, *tracking], workdir)
+        uri = sqlite_uri(workdir)
+        run = _only_run(uri)  # one MLflow run, whatever the number of ranks
+        assert run.info.status == "FINISHED"
+        client = MlflowClient(uri)
+        results[name] = {
+            key: _metric_history(client, run.info.run_id, key) for key in ("val/acc", "val/loss")
+        }
+        results[name]["test/acc"] = run.data.metrics["test/acc"]
+        results[name]["tags"] = run.data.tags
+    # Rank 0 alone speaks: one start line, naming the layout and the batch split.
+    assert sum("world size 2 (1 ranks per node)" in text for text in texts) == 1
+    assert sum("global batch 40 = 20 per rank" in text for text in texts) == 1
+    tags = results["ranks"]["tags"]
+    assert tags["distributed.world_size"] == "2" and tags["distributed.backend"] == "gloo"
+    assert tags["distributed.ranks_per_node"] == "1"
+    assert "distributed.world_size" not in results["single"]["tags"]
+    for key in ("val/acc", "val/loss", "test/acc"):
+        assert results["ranks"][key] == pytest.approx(results["single"][key], abs=1e-4), key
+    assert len(results["ranks"]["val/acc"]) == 3
 
 
 def _rank_pid(torchrun_pid: int, rank: int, timeout: float = 60) -> int:
