@@ -19,7 +19,7 @@ from torchvision import transforms
 
 from benchmarks._common import machine
 from benchmarks.loop_vs_reference import PilImages
-from experiment.data import BatchTransform, DeviceLoader
+from experiment.data import Augmentation, BatchTransform, DeviceLoader
 
 N, C, H, W = 60_000, 1, 28, 28
 BATCH = 128
@@ -39,7 +39,7 @@ def main() -> None:
         torch.from_numpy(images),
         torch.from_numpy(labels),
         BATCH,
-        BatchTransform([0.1307], [0.3081], cpu, augment=True, crop_padding=2),
+        BatchTransform([0.1307], [0.3081], cpu, augment=Augmentation(crop_padding=2)),
         shuffle=True,
     )
     ours = []

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from experiment import pretrained
 from experiment.data import DataBundle, build_loaders
 from experiment.distributed import SINGLE, Ranks
 from experiment.errors import ConfigValueError, ExperimentError
@@ -31,6 +32,13 @@ class Parts:
 def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Parts:
     """Data, model, optimizer and scheduler for a (plain, validated) run config; with
     several ranks, the model wrapped in DistributedDataParallel."""
+    if ranks.distributed and cfg.model.get("unfreeze_at_epoch") is not None:
+        raise ConfigValueError(
+            "model.unfreeze_at_epoch",
+            cfg.model.unfreeze_at_epoch,
+            "null under torchrun (DDP fixes the set of trained parameters when it starts): "
+            "train with the backbone frozen, or train the whole model",
+        )
     source = load_source(cfg.dataset)
     model = build_model(cfg.model, source.input_shape, source.num_classes).to(device)
     if use_sync_batchnorm(cfg.trainer.sync_batchnorm, ranks, device):
@@ -74,18 +82,24 @@ def use_sync_batchnorm(option: bool | None, ranks: Ranks, device: torch.device) 
     return True
 
 
-def load_source(cfg: DictConfig):
-    """The dataset's images and labels (`cfg` is a `dataset` node)."""
+def _instantiate(cfg: DictConfig, **kwargs):
+    """hydra.utils.instantiate, with our own errors (a user's mistake) unwrapped from
+    Hydra's InstantiationException so they reach the user as one line."""
     try:
-        return instantiate(cfg.source)
-    except InstantiationException as err:  # unwrap our own message from Hydra's wrapper
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
         if isinstance(err.__cause__, ExperimentError):
             raise err.__cause__ from None
         raise
 
 
+def load_source(cfg: DictConfig):
+    """The dataset's images and labels (`cfg` is a `dataset` node)."""
+    return _instantiate(cfg.source)
+
+
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
-    return instantiate(cfg, input_shape=tuple(input_shape), num_classes=num_classes)
+    return _instantiate(cfg, input_shape=tuple(input_shape), num_classes=num_classes)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, device=None) -> torch.optim.Optimizer:
@@ -93,12 +107,26 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, device=None) -> torch.opt
 
     A fused step updates every parameter in one kernel instead of several per tensor.
     """
-    factory = instantiate(cfg)
+    node = OmegaConf.to_container(cfg, resolve=True)
+    node.pop("backbone_lr_scale", None)  # a key of ours, not the optimizer's
+    factory = instantiate(node)
     extra = {}
     on_cuda = device is not None and torch.device(device).type == "cuda"
     if on_cuda and "fused" in inspect.signature(factory.func).parameters:
         extra["fused"] = True
-    return factory(model.parameters(), **extra)
+    return factory(parameter_groups(model, cfg.lr, cfg.get("backbone_lr_scale")), **extra)
+
+
+def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float | None):
+    """All parameters at `lr`; with a backbone scale, the backbone at lr x scale in a group
+    of its own and the classifier head at lr (the swept rate stays the head's)."""
+    if backbone_lr_scale is None:
+        return model.parameters()
+    head = list(pretrained.head(model).parameters())
+    return [
+        {"params": pretrained.backbone_parameters(model), "lr": lr * backbone_lr_scale},
+        {"params": head},
+    ]
 
 
 def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int):

@@ -24,6 +24,16 @@ from experiment.distributed import SINGLE, Ranks
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes to training images: padded crops and flips (on uint8, the whole
+    epoch at once) and random-resized crops (on float, per batch)."""
+
+    crop_padding: int = 0
+    hflip: bool = False
+    resized_crop_scale: tuple[float, float] | None = None  # [min, max] share of the area
+
+
 class BatchTransform:
     """Augmentation and normalization of uint8 N x C x H x W batches on their device.
 
@@ -37,9 +47,7 @@ class BatchTransform:
         std,
         device: torch.device,
         *,
-        augment: bool = False,
-        crop_padding: int = 0,
-        hflip: bool = False,
+        augment: Augmentation | None = None,
         channels_last: bool = False,
         generator: torch.Generator | None = None,
     ):
@@ -47,18 +55,23 @@ class BatchTransform:
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
-        self.augment, self.crop_padding, self.hflip = augment, crop_padding, hflip
+        self.augmentation = augment or Augmentation()
+        self.augment = augment is not None
         self.channels_last, self.generator = channels_last, generator
 
     def augmented(self, images: torch.Tensor) -> torch.Tensor:
-        if self.crop_padding:
-            images = random_crop(images, self.crop_padding, self.generator)
-        if self.hflip:
+        if self.augmentation.crop_padding:
+            images = random_crop(images, self.augmentation.crop_padding, self.generator)
+        if self.augmentation.hflip:
             images = random_hflip(images, self.generator)
         return images
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """One batch as normalized float32 (random-resized crops, when augmenting photos,
+        need float pixels: they come here, per batch)."""
         x = torch.addcmul(self.shift, images.float(), self.scale)
+        if self.augment and self.augmentation.resized_crop_scale:
+            x = random_resized_crop(x, self.augmentation.resized_crop_scale, self.generator)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -92,6 +105,28 @@ def random_hflip(x: torch.Tensor, generator=None) -> torch.Tensor:
     out = x.clone()
     out[start::2] = x[start::2].flip(3)
     return out
+
+
+def random_resized_crop(
+    x: torch.Tensor, scale: tuple[float, float], generator=None, ratio=(3 / 4, 4 / 3)
+) -> torch.Tensor:
+    """A random crop of each sample (a share `scale` of its area, aspect ratio in `ratio`)
+    resized back to the sample's size: one affine grid and one bilinear resampling for
+    the whole batch on its device."""
+    n = x.shape[0]
+    device = x.device
+    draws = torch.rand(4, n, device=device, generator=generator)
+    area = scale[0] + (scale[1] - scale[0]) * draws[0]
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[1]
+    aspect = torch.exp(log_ratio)
+    width = torch.sqrt(area * aspect).clamp(max=1.0)  # as shares of the full side
+    height = torch.sqrt(area / aspect).clamp(max=1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 1, 1] = width, height
+    theta[:, 0, 2] = (1 - width) * (2 * draws[2] - 1)  # the crop's centre, inside the image
+    theta[:, 1, 2] = (1 - height) * (2 * draws[3] - 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _host(generator: torch.Generator | None) -> torch.Generator | None:
@@ -210,13 +245,13 @@ def build_loaders(
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
+        scale = cfg.get("resized_crop_scale")
+        augmentation = Augmentation(cfg.crop_padding, cfg.hflip, tuple(scale) if scale else None)
         return BatchTransform(
             cfg.mean,
             cfg.std,
             device,
-            augment=train and cfg.augment,
-            crop_padding=cfg.crop_padding,
-            hflip=cfg.hflip,
+            augment=augmentation if train and cfg.augment else None,
             channels_last=channels_last,
             generator=generator,
         )
@@ -228,11 +263,17 @@ def build_loaders(
 
 
 def _device_bundle(cfg, source: ImageTensors, device, transform, generator, ranks) -> DataBundle:
-    keep, held = seeded_split(len(source.train_labels), cfg.val_fraction, cfg.split_seed)
+    if source.val_images is not None:  # a val/ folder of its own
+        train = (source.train_images, source.train_labels)
+        val = (source.val_images, source.val_labels)
+    else:
+        keep, held = seeded_split(len(source.train_labels), cfg.val_fraction, cfg.split_seed)
+        train = (source.train_images[keep], source.train_labels[keep])
+        val = (source.train_images[held], source.train_labels[held])
     shard = slice(ranks.rank, None, ranks.world_size)  # this rank's evaluation samples
     on_device = {
-        "train": (source.train_images[keep], source.train_labels[keep]),
-        "val": (source.train_images[held][shard], source.train_labels[held][shard]),
+        "train": train,
+        "val": (val[0][shard], val[1][shard]),
         "test": (source.test_images[shard], source.test_labels[shard]),
     }
     on_device = {k: (x.to(device), y.to(device)) for k, (x, y) in on_device.items()}

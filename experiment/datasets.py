@@ -8,6 +8,7 @@ training device; `image_folder` returns `FolderSplits`, served by a DataLoader.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +17,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from experiment import image_cache
 from experiment.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ImageTensors:
-    """A dataset small enough to hold in memory: uint8 images and int64 labels."""
+    """A dataset small enough to hold in memory: uint8 images and int64 labels. Without
+    val tensors, validation is split from train by `dataset.val_fraction`."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: list[str]
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -196,27 +203,77 @@ def _check_folder(split_dir: Path) -> None:
 
 
 def image_folder(
-    path: str, image_size: int = 64, channels: int = 3, test_fraction: float = 0.2, seed: int = 0
-) -> FolderSplits:
-    """torchvision ImageFolder splits yielding uint8 tensors resized to image_size.
+    path: str,
+    image_size: int = 64,
+    channels: int = 3,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    cache_max_gb: float = 8.0,
+) -> ImageTensors | FolderSplits:
+    """A folder of images, one subfolder per class, resized to image_size.
 
-    Normalization and augmentation happen batched on the training device (data.py), the
-    same code as for in-memory datasets, so workers only decode and resize.
+    With `cache_dir`, every image is decoded once into a uint8 cache (image_cache.py) and
+    the splits come back as in-memory tensors, served from the training device. Without
+    it, or when the cache would exceed `cache_max_gb`, torchvision ImageFolder splits are
+    decoded by DataLoader workers in every epoch. Either way normalization and
+    augmentation happen batched on the training device (data.py).
     """
-    from torchvision import transforms
-    from torchvision.datasets import ImageFolder
-
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise DataError(
             f"Image folder {root} does not exist. Set dataset.source.path to a folder with "
-            "train/<class_name>/*.png (and optionally val/ and test/)."
+            "train/<class_name>/*.jpg (and optionally val/ and test/)."
         )
     if not (root / "train").is_dir():
-        raise DataError(f"{root} has no train/ subfolder. Expected {root}/train/<class_name>/*.png")
+        raise DataError(f"{root} has no train/ subfolder. Expected {root}/train/<class_name>/*.jpg")
     split_dirs = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
     for split_dir in split_dirs.values():
         _check_folder(split_dir)
+    classes = [c.name for c in _class_folders(split_dirs["train"])]
+    for split_dir in split_dirs.values():
+        found = [c.name for c in _class_folders(split_dir)]
+        if found != classes:
+            raise DataError(
+                f"Class folders differ between {split_dirs['train']} ({classes}) and "
+                f"{split_dir} ({found}); every split needs the same classes."
+            )
+    if cache_dir is not None:
+        files = {name: image_cache.folder_files(d, classes) for name, d in split_dirs.items()}
+        size_gb = image_cache.estimated_gb(files, image_size, channels)
+        if size_gb <= cache_max_gb:
+            arrays = image_cache.load_or_build(
+                files, image_size, channels, Path(cache_dir).expanduser().resolve()
+            )
+            return _cached_splits(arrays, classes, test_fraction, seed)
+        log.info(
+            f"Image folder {root}: its cache would take {size_gb:.1f} GB, more than "
+            f"dataset.cache_max_gb={cache_max_gb:g}; decoding with DataLoader workers instead."
+        )
+    return _folder_splits(split_dirs, classes, image_size, channels, test_fraction, seed)
+
+
+def _cached_splits(arrays: dict, classes: list[str], test_fraction: float, seed: int):
+    tensors = {
+        split: (torch.from_numpy(np.array(images)), torch.from_numpy(labels))  # read once
+        for split, (images, labels) in arrays.items()
+    }
+    train_images, train_labels = tensors["train"]
+    if "test" in tensors:
+        test_images, test_labels = tensors["test"]
+    else:
+        keep, held = seeded_split(len(train_labels), test_fraction, seed)
+        test_images, test_labels = train_images[held], train_labels[held]
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    val_images, val_labels = tensors.get("val", (None, None))
+    return ImageTensors(
+        train_images, train_labels, test_images, test_labels, classes, val_images, val_labels
+    )
+
+
+def _folder_splits(split_dirs, classes, image_size, channels, test_fraction, seed) -> FolderSplits:
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
 
     to_uint8 = transforms.Compose(
         [
@@ -230,22 +287,12 @@ def image_folder(
         for name, d in split_dirs.items()
     }
     train = folders["train"]
-    for name, other in folders.items():
-        if other.classes != train.classes:
-            raise DataError(
-                f"Class folders differ between {split_dirs['train']} ({train.classes}) and "
-                f"{split_dirs[name]} ({other.classes}); every split needs the same classes."
-            )
     test = folders.get("test")
     if test is None:
         keep, held = seeded_split(len(train), test_fraction, seed)
         train, test = Subset(train, keep.tolist()), Subset(train, held.tolist())
     return FolderSplits(
-        train,
-        folders.get("val"),
-        test,
-        list(folders["train"].classes),
-        (channels, image_size, image_size),
+        train, folders.get("val"), test, classes, (channels, image_size, image_size)
     )
 
 

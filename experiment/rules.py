@@ -77,6 +77,18 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.kernel_size", _at_least_one, "an integer >= 1"),
     ("model.hidden_size", _at_least_one, "an integer >= 1"),
     ("model.init_std", _positive, "a number > 0"),
+    (
+        "model.unfreeze_at_epoch",
+        lambda v: v >= 2,
+        "null or an integer >= 2 (the first epoch that trains the whole model)",
+    ),
+    ("optimizer.backbone_lr_scale", _positive, "null or a number > 0"),
+    ("dataset.cache_max_gb", _positive, "a number > 0"),
+    (
+        "dataset.resized_crop_scale",
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+        "null or [min, max] with 0 < min <= max <= 1",
+    ),
     ("trainer.epochs", _at_least_one, "an integer >= 1"),
     ("trainer.dist_timeout", _positive, "a number of seconds > 0"),
     ("scheduler.schedule.step_size", _at_least_one, "an integer >= 1"),
@@ -148,3 +160,9 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             raise ConfigValueError(key, value, allowed)
     _check_objectives(cfg)
+    if cfg.model.get("unfreeze_at_epoch") is not None and not cfg.model.get("freeze_backbone"):
+        raise ConfigValueError(
+            "model.unfreeze_at_epoch",
+            cfg.model.unfreeze_at_epoch,
+            "null unless model.freeze_backbone=true (it says when a frozen backbone thaws)",
+        )

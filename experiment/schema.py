@@ -51,6 +51,11 @@ class ModelFormat(Enum):
     pickle = "pickle"
 
 
+class Normalization(Enum):
+    dataset = "dataset"  # dataset.mean / dataset.std as configured
+    model = "model"  # the input size, mean and std the model's pretrained weights expect
+
+
 class InitScheme(Enum):
     default = "default"  # PyTorch's own per-layer initialisation
     kaiming = "kaiming"
@@ -157,6 +162,8 @@ class ImageFolderSource:
     channels: int = 3
     test_fraction: float = 0.2  # used only when there is no test/ subfolder
     seed: int = 0
+    cache_dir: str | None = II("..cache_dir")
+    cache_max_gb: float = II("..cache_max_gb")
 
 
 @dataclass
@@ -171,6 +178,10 @@ class DatasetConf:
     augment: bool = II("regularization.augmentation")
     crop_padding: int = 2  # random-crop padding in pixels when augmenting
     hflip: bool = False  # random horizontal flips when augmenting
+    # Random-resized crops when augmenting: [min, max] share of the image area kept (then
+    # resized back), as for photos; null: off.
+    resized_crop_scale: list[float] | None = None
+    normalization: Normalization = Normalization.dataset
     num_workers: int = 0  # DataLoader workers (image_folder only)
 
 
@@ -192,6 +203,10 @@ class SyntheticDatasetConf(DatasetConf):
 @dataclass
 class ImageFolderDatasetConf(DatasetConf):
     source: ImageFolderSource = field(default_factory=ImageFolderSource)
+    # Images decoded once into a uint8 cache here (relative: to where the command runs),
+    # then served from the training device; null: decode every epoch (DataLoader path).
+    cache_dir: str | None = ".cache/image_folders"
+    cache_max_gb: float = 8.0  # a larger cache falls back to the DataLoader path
 
 
 # --------------------------------------------------------------------------- model
@@ -227,6 +242,17 @@ class ResNet18Conf(ModelConf):
     _target_: str = "experiment.models.ResNet18"
 
 
+@dataclass
+class TimmConf:
+    _target_: str = "experiment.pretrained.timm_classifier"
+    name: str = "resnet50"  # any timm architecture (timm.list_models())
+    pretrained: bool = False  # weights from the local Hugging Face / torch hub cache
+    weights: str | None = None  # or from this .safetensors / .pth file
+    dropout: float = II("regularization.dropout")
+    freeze_backbone: bool = False  # train the classifier head only
+    unfreeze_at_epoch: int | None = None  # with freeze_backbone: train everything from epoch N
+
+
 # --------------------------------------------------------------------------- optimizer
 
 
@@ -237,6 +263,8 @@ class OptimizerConf:
     _convert_: str = "all"  # plain lists in param_groups keep checkpoints weights_only-loadable
     lr: float = 1e-3
     weight_decay: float = II("regularization.weight_decay")
+    # The backbone's learning rate as a share of lr (the head keeps lr); null: one rate.
+    backbone_lr_scale: float | None = None
 
 
 @dataclass
@@ -370,7 +398,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "synthetic": SyntheticDatasetConf,
         "image_folder": ImageFolderDatasetConf,
     },
-    "model": {"mlp": MLPConf, "cnn": CNNConf, "resnet18": ResNet18Conf},
+    "model": {"mlp": MLPConf, "cnn": CNNConf, "resnet18": ResNet18Conf, "timm": TimmConf},
     "optimizer": {
         "adam": AdamConf,
         "adamw": AdamWConf,

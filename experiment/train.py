@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import experiment
-from experiment import distributed, resume, sweep_context
+from experiment import distributed, pretrained, resume, sweep_context
 from experiment.builders import Parts, build_parts
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
@@ -68,6 +68,7 @@ def run(cfg: DictConfig) -> float | list[float]:
     """
     cfg = plain_config(cfg)  # config enums become plain strings here, once
     validate(cfg)  # value ranges, before any data is touched
+    pretrained.match_data_to_model(cfg)  # dataset.normalization=model
     with distributed.joined(cfg.trainer, cfg.dataset.batch_size) as (ranks, device):
         return train_and_test(cfg, ranks, device or resolve_device(cfg.trainer.device))
 
@@ -96,6 +97,8 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
         tracker.start(**run_record(cfg, resolved, device, trial, point, ranks.tags(fingerprints)))
         trial.record_run(tracker.run_id)
+        log_trainable = trainable_logger(tracker)
+        log_trainable(pretrained.trainable_parameters(parts.model), state.epoch + 1 if state else 0)
         extra = {"fingerprint": resume.fingerprint(resolved), "mlflow_run_id": tracker.run_id}
         callbacks = [
             Checkpointer(
@@ -108,6 +111,7 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
         ]
         if ranks.distributed:  # rank 0 decides; every rank follows (and none hangs)
             callbacks = [distributed.OnMainRank(callbacks, ranks)]
+        callbacks += thaw(cfg, parts, state, log_trainable)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if cfg.trainer.compile:  # compile outside the timed epochs, and report it on its own
@@ -149,6 +153,25 @@ def run_record(cfg: DictConfig, resolved: dict, device, trial, point, extra_tags
         resume_run_id=point.mlflow_run_id if point else None,
         history=point.state["history"] if point else [],
     )
+
+
+def trainable_logger(tracker):
+    def log_trainable(count: int, epoch: int) -> None:
+        tracker.log_epoch(epoch, {"model/trainable_params": count})
+
+    return log_trainable
+
+
+def thaw(cfg: DictConfig, parts: Parts, state: FitState | None, on_unfreeze) -> list:
+    """The callback of `model.unfreeze_at_epoch` (on every rank), if set; a run resumed
+    past that epoch has its backbone unfrozen before it goes on."""
+    epoch = cfg.model.get("unfreeze_at_epoch")
+    if epoch is None:
+        return []
+    callback = pretrained.UnfreezeBackbone(parts.model, epoch, on_unfreeze)
+    if state is not None:
+        callback(state)
+    return [callback]
 
 
 def fit_settings(cfg: DictConfig, device: torch.device) -> FitSettings:
@@ -228,7 +251,7 @@ def objective(cfg: DictConfig, result: FitState, summary: dict) -> float | list[
 
 def default_run_name(cfg: DictConfig) -> str:
     """model-optimizer-lr: enough to tell runs apart in the MLflow UI's run list."""
-    model = cfg.model._target_.rsplit(".", 1)[-1].lower()
+    model = cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1].lower()
     optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
     return f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
 

@@ -92,6 +92,32 @@ IN_PROCESS = {
         3,
         ["NonFiniteLossError", "diverged", "Lower optimizer.lr"],
     ),
+    "timm weights not on this machine": case(
+        ["model=timm", "model.name=resnet18", "model.pretrained=true"],
+        2,
+        ["No pretrained weights for timm model 'resnet18'", "never download", "model.weights="],
+    ),
+    "timm weights file missing": case(
+        ["model=timm", "model.name=test_resnet", "model.weights={tmp}/nope.safetensors"],
+        2,
+        ["model.weights", "{tmp}/nope.safetensors", "existing"],
+    ),
+    "timm weights file unreadable": case(
+        ["model=timm", "model.name=test_resnet", "model.weights={tmp}/files/hostname"],
+        2,
+        ["model.weights", "{tmp}/files/hostname", "readable weights file"],
+    ),
+    "unknown timm model": case(
+        ["model=timm", "model.name=resnet_made_up"], 2, ["model.name", "timm architecture"]
+    ),
+    "unfreeze without freezing": case(
+        ["model=timm", "model.name=test_resnet", "model.unfreeze_at_epoch=3"],
+        2,
+        ["model.unfreeze_at_epoch", "freeze_backbone=true"],
+    ),
+    "model normalization for a model without it": case(
+        ["dataset.normalization=model"], 2, ["dataset.normalization", "model=timm"]
+    ),
     "resume from a missing checkpoint": case(
         ["trainer.resume={tmp}/nope.pt"], 2, ["trainer.resume", "{tmp}/nope.pt", "existing"]
     ),

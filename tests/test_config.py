@@ -21,7 +21,7 @@ def test_groups_have_the_documented_options():
     assert options("dataset") == sorted(
         ["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "synthetic"]
     )
-    assert options("model") == ["cnn", "mlp", "resnet18"]
+    assert options("model") == ["cnn", "mlp", "resnet18", "timm"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
     assert options("regularization") == ["default", "none", "strong"]

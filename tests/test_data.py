@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiment.data import BatchTransform, DeviceLoader, random_crop, random_hflip
+from experiment.data import Augmentation, BatchTransform, DeviceLoader, random_crop, random_hflip
 from experiment.engine import FitSettings, evaluate, train_one_epoch
 from experiment.models import CNN
 from experiment.runtime import autocast_dtype
@@ -88,7 +88,9 @@ def test_augmented_loader_keeps_label_alignment():
     images = (
         torch.arange(1, n + 1, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 6, 6).contiguous()
     )
-    transform = BatchTransform([0.0], [1.0 / 255.0], CPU, augment=True, crop_padding=2, hflip=True)
+    transform = BatchTransform(
+        [0.0], [1.0 / 255.0], CPU, augment=Augmentation(crop_padding=2, hflip=True)
+    )
     for x, y in DeviceLoader(images, torch.arange(1, n + 1), 7, transform, shuffle=True):
         assert x.shape[1:] == (1, 6, 6)
         assert torch.equal(x.amax(dim=(1, 2, 3)).long(), y)

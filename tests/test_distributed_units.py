@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiment.builders import use_sync_batchnorm
-from experiment.data import BatchTransform, DeviceLoader, build_loaders
+from experiment.data import Augmentation, BatchTransform, DeviceLoader, build_loaders
 from experiment.datasets import ImageTensors
 from experiment.distributed import Ranks, per_rank_batch
 from experiment.errors import ConfigValueError
@@ -18,7 +18,9 @@ CPU = torch.device("cpu")
 
 def _loader(n: int, batch_size: int, ranks: Ranks, augment: bool = False) -> DeviceLoader:
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 3, 3).contiguous()
-    transform = BatchTransform([0.0], [1.0 / 255.0], CPU, augment=augment, hflip=augment)
+    transform = BatchTransform(
+        [0.0], [1.0 / 255.0], CPU, augment=Augmentation(hflip=True) if augment else None
+    )
     generator = torch.Generator().manual_seed(7)  # the same seed on every rank
     return DeviceLoader(
         images,
