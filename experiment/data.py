@@ -38,7 +38,8 @@ class BatchTransform:
     """Augmentation and normalization of uint8 N x C x H x W batches on their device.
 
     Augmentation works on uint8, before normalization, as torchvision's transforms do
-    (crop padding is black); normalization is one multiply-add to float32.
+    (crop padding is black); normalization is one multiply-add, in place, on the float32
+    copy of a batch.
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class BatchTransform:
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """One batch as normalized float32 (random-resized crops, when augmenting photos,
         need float pixels: they come here, per batch)."""
-        x = torch.addcmul(self.shift, images.float(), self.scale)
+        x = images.float().mul_(self.scale).add_(self.shift)  # in place: one float copy
         if self.augment and self.augmentation.resized_crop_scale:
             x = random_resized_crop(x, self.augmentation.resized_crop_scale, self.generator)
         if self.channels_last:
