@@ -207,7 +207,7 @@ def fit(
     for epoch in range(state.epoch + 1, settings.epochs):
         if settings.seed is not None:
             seed_epoch(data, settings.seed, epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = optimizer.param_groups[-1]["lr"]  # the head's rate when the backbone has its own
         start = time.perf_counter()
         train = train_one_epoch(model, data.train, optimizer, settings, step_scheduler)
         train_time = time.perf_counter() - start
