@@ -79,6 +79,16 @@ def test_no_cached_weights_is_one_clear_error_and_no_download(tmp_path, monkeypa
         pretrained.weights_file("resnet18", None)
 
 
+def folder_overrides(tmp_path: Path, folder: Path, *extra: str) -> list[str]:
+    """An image_folder run over `folder`, its cache under tmp_path."""
+    return [
+        "dataset=image_folder",
+        f"dataset.source.path={folder}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+
+
 def _one_epoch(parts, epochs: int = 1, callbacks=()):
     settings = FitSettings(epochs=epochs, device=CPU, seed=0)
     fit(parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks)
@@ -88,14 +98,13 @@ def test_a_frozen_backbone_stays_until_it_is_unfrozen(tmp_path):
     weights, _ = saved_test_resnet(tmp_path)
     folder = photo_folder(tmp_path / "photos", size=48)
     cfg = compose_config(
-        [
-            "dataset=image_folder",
-            f"dataset.source.path={folder}",
+        folder_overrides(
+            tmp_path,
+            folder,
             "dataset.source.image_size=64",
-            f"dataset.cache_dir={tmp_path / 'cache'}",
             "dataset.batch_size=4",
             *timm_overrides(weights, "model.freeze_backbone=true"),
-        ]
+        )
     )
     parts = build_parts(cfg, CPU)
     model = parts.model
@@ -129,13 +138,7 @@ def test_normalization_from_the_model_sets_size_mean_and_std(tmp_path):
     weights, _ = saved_test_resnet(tmp_path)
     folder = photo_folder(tmp_path / "photos", size=48)
     cfg = compose_config(
-        [
-            "dataset=image_folder",
-            f"dataset.source.path={folder}",
-            f"dataset.cache_dir={tmp_path / 'cache'}",
-            "dataset.normalization=model",
-            *timm_overrides(weights),
-        ]
+        folder_overrides(tmp_path, folder, "dataset.normalization=model", *timm_overrides(weights))
     )
     pretrained.match_data_to_model(cfg)
     assert cfg.dataset.mean == [0.5, 0.5, 0.5] and cfg.dataset.std == [0.5, 0.5, 0.5]
@@ -179,13 +182,7 @@ def test_images_are_decoded_once_then_served_from_the_cache(tmp_path, monkeypatc
 def test_training_epochs_read_no_image_file(tmp_path, monkeypatch):
     folder = photo_folder(tmp_path / "photos")
     cfg = compose_config(
-        [
-            "dataset=image_folder",
-            f"dataset.source.path={folder}",
-            "dataset.source.image_size=16",
-            f"dataset.cache_dir={tmp_path / 'cache'}",
-            "model=mlp",
-        ]
+        folder_overrides(tmp_path, folder, "dataset.source.image_size=16", "model=mlp")
     )
     parts = build_parts(cfg, CPU)  # builds the cache
     opens = _CountOpens(monkeypatch)
@@ -251,10 +248,7 @@ def test_fine_tuning_a_pretrained_backbone_on_photos_is_logged_and_loadable(tmp_
     folder = photo_folder(tmp_path / "photos", per_class=8, size=256)
     cfg = compose_config(
         [
-            "dataset=image_folder",
-            f"dataset.source.path={folder}",
-            "dataset.source.image_size=224",
-            f"dataset.cache_dir={tmp_path / 'cache'}",
+            *folder_overrides(tmp_path, folder, "dataset.source.image_size=224"),
             "dataset.batch_size=8",
             "optimizer=sgd",
             "optimizer.momentum=0.5",
