@@ -67,7 +67,7 @@ def restarted() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def start(device_option: str, timeout_s: float) -> tuple[Ranks, torch.device]:
+def start(device_option: str, timeout_s: float) -> tuple[Ranks, torch.device | None]:
     """Join torchrun's process group (if this process was started by torchrun) and pick
     this rank's device: GPU LOCAL_RANK with NCCL, or the CPU with gloo."""
     if not launched_by_torchrun():

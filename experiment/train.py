@@ -70,7 +70,9 @@ def run(cfg: DictConfig) -> float | list[float]:
     validate(cfg)  # value ranges, before any data is touched
     pretrained.match_data_to_model(cfg)  # dataset.normalization=model
     with distributed.joined(cfg.trainer, cfg.dataset.batch_size) as (ranks, device):
-        return train_and_test(cfg, ranks, device or resolve_device(cfg.trainer.device))
+        if device is None:  # not under torchrun: the run's own choice
+            device = resolve_device(cfg.trainer.device)
+        return train_and_test(cfg, ranks, device)
 
 
 def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float | list[float]:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiment.data import Augmentation, BatchTransform, DeviceLoader, random_crop, random_hflip
+from experiment.data import (
+    Augmentation,
+    BatchTransform,
+    DeviceLoader,
+    random_crop,
+    random_hflip,
+    random_resized_crop,
+)
 from experiment.engine import FitSettings, evaluate, train_one_epoch
 from experiment.models import CNN
 from experiment.runtime import autocast_dtype
@@ -138,3 +145,15 @@ def test_cuda_path_runs_in_bf16_with_data_on_the_device():
     settings = FitSettings(epochs=1, device=device, amp_dtype=autocast_dtype("auto", device))
     metrics = train_one_epoch(model, loader, opt, settings)
     assert autocast_dtype("auto", device) == torch.bfloat16 and metrics["samples"] == 256
+
+
+def test_random_resized_crops_zoom_into_each_sample_differently():
+    torch.manual_seed(0)
+    # A horizontal ramp per sample: a crop is a stretched part of the same ramp.
+    ramp = torch.linspace(0, 1, 32).expand(8, 3, 32, 32).contiguous()
+    out = random_resized_crop(ramp, (0.2, 0.5), torch.Generator().manual_seed(1))
+    assert out.shape == ramp.shape
+    assert out.min() >= 0 and out.max() <= 1  # pixels of the image only, no padding
+    spans = out[:, 0, 16, -1] - out[:, 0, 16, 0]  # the ramp's span seen across a crop
+    assert (spans < 0.8).all() and (spans > 0).all()  # zoomed in, same orientation
+    assert len({round(v, 4) for v in spans.tolist()}) > 1  # each sample its own crop

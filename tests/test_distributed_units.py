@@ -92,6 +92,44 @@ def test_evaluation_splits_are_shared_out_without_repeats():
     assert counts == {"val": 12, "test": 25}
 
 
+def test_image_folders_without_the_cache_use_a_distributed_sampler(tmp_path):
+    from torch.utils.data import DistributedSampler, TensorDataset
+
+    from experiment.datasets import FolderSplits
+
+    images = torch.zeros(30, 1, 2, 2, dtype=torch.uint8)
+    source = FolderSplits(
+        train=TensorDataset(images, torch.arange(30)),
+        val=TensorDataset(images[:10], torch.arange(10)),
+        test=TensorDataset(images[:7], torch.arange(7)),
+        classes=["a", "b"],
+        input_shape=(1, 2, 2),
+    )
+    cfg = OmegaConf.create(
+        dict(
+            mean=[0.0],
+            std=[1.0],
+            augment=False,
+            crop_padding=0,
+            hflip=False,
+            num_workers=0,
+            batch_size=8,
+            eval_batch_size=4,
+        )
+    )
+    seen = {"train": [], "test": []}
+    for rank in range(2):
+        data = build_loaders(cfg, source, CPU, ranks=Ranks(rank, 2, 2, "gloo"))
+        assert isinstance(data.train.loader.sampler, DistributedSampler)
+        data.seed_epoch(5)
+        assert data.train.loader.sampler.epoch == 5  # the order follows (seed, epoch)
+        assert {len(y) for _, y in data.train} == {4, 3}  # 8 / 2 ranks, then the rest
+        seen["train"] += torch.cat([y for _, y in data.train]).tolist()
+        seen["test"] += torch.cat([y for _, y in data.test]).tolist()
+    assert sorted(set(seen["train"])) == list(range(30))
+    assert sorted(seen["test"]) == list(range(7))  # evaluation: each sample once
+
+
 def test_the_global_batch_must_split_evenly():
     assert per_rank_batch(64, 4) == 16
     with pytest.raises(ConfigValueError, match="batch_size.*30.*multiple of the world size 4"):

@@ -71,6 +71,23 @@ def test_weights_from_a_file_arrive_and_the_head_has_the_data_classes(tmp_path):
     assert not torch.equal(fresh.conv1[0].weight, source.conv1[0].weight)  # random without weights
 
 
+def test_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache as `hf download timm/test_resnet.r160_in1k` leaves it."""
+    from huggingface_hub import constants
+
+    weights, source = saved_test_resnet(tmp_path)
+    repo = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    (snapshot / "model.safetensors").write_bytes(weights.read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = compose_config(["model=timm", "model.name=test_resnet", "model.pretrained=true"])
+    model = build_model(cfg.model, (3, 32, 32), 2)
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
+
+
 def test_no_cached_weights_is_one_clear_error_and_no_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
