@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
@@ -47,10 +47,15 @@ class TrialContext(Standalone):
     parent_run_id: str | None = None
     quiet: bool = False  # parallel workers keep the console for the sweep's own lines
     resumable = False  # the sweeper retries a killed trial's configuration itself
+    extra_tags: dict[str, str] = field(default_factory=dict)  # e.g. the trial's job id
 
     @property
     def tags(self) -> dict[str, str]:
-        return {"optuna.study_name": self.study_name, "optuna.trial": str(self.trial.number)}
+        return {
+            "optuna.study_name": self.study_name,
+            "optuna.trial": str(self.trial.number),
+            **self.extra_tags,
+        }
 
     def run_name(self, base: str) -> str:
         return f"{base}-trial{self.trial.number}"  # no two trials share a name

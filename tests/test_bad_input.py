@@ -212,6 +212,11 @@ CLI = {
         2,
         ["needs a database storage"],
     ),
+    "sweep jobs without a storage they reach": case(
+        [*SWEEP, "hydra.sweeper.storage=null", "hydra/launcher=submitit_local"],
+        2,
+        ["hydra/launcher=submitit_local", "reports to the study through its database"],
+    ),
     "sweep pruning several objectives": case(
         [
             *SWEEP,

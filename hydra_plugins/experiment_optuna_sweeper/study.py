@@ -36,6 +36,8 @@ COORDINATORS_ATTR = "coordinators"  # how many sweep processes have joined the s
 
 WARM_START_ATTR = "warm_start_from"  # on trials copied from another study
 HEARTBEAT_LOST = "heartbeat lost"  # the fail reason of a trial whose process went silent
+JOB_ATTR = "job"  # {job_id, folder, cluster} of a trial run as a submitit job
+JOB_LOST = "job ended without a result"  # cancelled, preempted, timed out, node lost
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 
 
@@ -235,14 +237,13 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     stale = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if _process_is_dead(t.system_attrs.get(WORKER_ATTR)) or t._trial_id in silent
+        if t._trial_id in silent
+        # a job's trial outlives the sweep process that submitted it: its job is watched
+        or (JOB_ATTR not in t.system_attrs and _process_is_dead(t.system_attrs.get(WORKER_ATTR)))
     ]
     for trial in stale:
         reason = HEARTBEAT_LOST if trial._trial_id in silent else KILLED
-        study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        if RETRY_OF_ATTR not in trial.user_attrs and trial.params:
-            study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+        fail_and_retry(study, trial, reason)
         log.warning(
             "Trial %d was left RUNNING by a %s: marked FAIL%s.",
             trial.number,
@@ -254,8 +255,18 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return stale
 
 
+def fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Mark a trial that never finished FAIL for `reason`; queue its configuration once
+    more (unless it was itself such a re-run)."""
+    study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    if RETRY_OF_ATTR not in trial.user_attrs and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+
+
 def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.system_attrs.get(FAIL_REASON_ATTR) in (KILLED, HEARTBEAT_LOST)
+    reason = str(trial.system_attrs.get(FAIL_REASON_ATTR, ""))
+    return reason in (KILLED, HEARTBEAT_LOST) or reason.startswith(JOB_LOST)
 
 
 def is_counted(trial: optuna.trial.FrozenTrial) -> bool:

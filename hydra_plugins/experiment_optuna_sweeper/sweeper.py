@@ -31,6 +31,7 @@ from experiment.sweep_context import COMPLETE, FAIL, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.groups import GroupExecutor
+from hydra_plugins.experiment_optuna_sweeper.jobs import LAUNCHERS, JobExecutor
 from hydra_plugins.experiment_optuna_sweeper.locking import StudyLock
 from hydra_plugins.experiment_optuna_sweeper.workers import (
     InProcessExecutor,
@@ -126,6 +127,9 @@ class ExperimentOptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         executor = self._executor(name, pruner, sweep_dir)
+        if isinstance(executor, JobExecutor):
+            with lock:  # jobs a killed earlier run of this command left queued or running
+                executor.attach(study)
         results, interrupted = [], False
         plan = _Plan(study, lock, space, fixed, extend_space, name, parent, n_trials)
         try:
@@ -160,9 +164,20 @@ class ExperimentOptunaSweeper(Sweeper):
         return [[r] for r in results]
 
     def _executor(self, name: str, pruner, sweep_dir: Path):
-        """Where trials run: this process (n_jobs=1), n_jobs worker processes, or n_jobs
-        torchrun groups of devices_per_trial ranks."""
+        """Where trials run: this process (n_jobs=1), n_jobs worker processes, n_jobs
+        torchrun groups of devices_per_trial ranks, or n_jobs submitit jobs (SLURM)."""
         storage = (self.storage_url, self.heartbeat)
+        cluster = LAUNCHERS.get(self._launcher())
+        if cluster is not None:
+            return JobExecutor(
+                self.config.hydra.launcher,
+                cluster,
+                self.n_jobs,
+                self.task_function,
+                storage,
+                name,
+                pruner,
+            )
         if self.devices_per_trial > 1:
             return GroupExecutor(
                 self.n_jobs,
@@ -225,12 +240,26 @@ class ExperimentOptunaSweeper(Sweeper):
                     continue
                 return results
             result = executor.next_result()
-            if result.state == COMPLETE:
-                plan.study.tell(result.number, result.value)
-            else:
-                plan.study.tell(result.number, state=studies.TrialState[result.state])
+            self._record(plan, result)
             results.append(result)
-            log.info(reporting.trial_line(result, params_of.get(result.number, {})))
+            params = params_of.get(result.number) or plan.study.trials[result.number].params
+            log.info(reporting.trial_line(result, params))
+
+    @staticmethod
+    def _record(plan: _Plan, result: TrialResult) -> None:
+        """Tell the study how a trial ended (once: a trial a lost heartbeat already failed
+        is left as it is)."""
+        study = plan.study
+        trial = study.trials[result.number]
+        if trial.state.is_finished():
+            return
+        if result.lost:  # its job ended without a result: FAIL, and queued once more
+            with plan.lock:
+                studies.fail_and_retry(study, trial, f"{studies.JOB_LOST}: {result.error}")
+        elif result.state == COMPLETE:
+            study.tell(result.number, result.value)
+        else:
+            study.tell(result.number, state=studies.TrialState[result.state])
 
     def _others_may_need_retries(self, plan: _Plan) -> bool:
         """With heartbeats, a process whose own budget is spent waits while trials of other
@@ -312,9 +341,25 @@ class ExperimentOptunaSweeper(Sweeper):
                 "devices_per_trial."
             )
 
-    def _warn_about_launcher(self) -> None:
+    def _launcher(self) -> str | None:
         choices = OmegaConf.select(self.config, "hydra.runtime.choices", default={}) or {}
-        launcher = choices.get("hydra/launcher")
+        return choices.get("hydra/launcher")
+
+    def _warn_about_launcher(self) -> None:
+        launcher = self._launcher()
+        if launcher in LAUNCHERS:
+            if not self.storage_url:
+                raise SweepError(
+                    f"hydra/launcher={launcher} runs each trial as a job that reports to the "
+                    "study through its database: set hydra.sweeper.storage to one the jobs "
+                    "reach (postgresql://..., or sqlite:/// on a filesystem they share)"
+                )
+            if self.devices_per_trial > 1:
+                raise SweepError(
+                    f"hydra/launcher={launcher} with hydra.sweeper.devices_per_trial > 1: ask "
+                    "for the GPUs per job with hydra.launcher.gpus_per_node instead"
+                )
+            return
         if launcher not in (None, "basic"):
             log.warning(
                 "hydra/launcher=%s is not used: this sweeper runs each trial in its own "

@@ -43,6 +43,7 @@ class TrialResult:
     value: float | list[float] | None = None  # a list for several objectives
     error: str | None = None
     seconds: float = 0.0
+    lost: bool = False  # its job ended without a result: retried once, as a killed process
 
 
 def objective_values(value, n_objectives: int) -> float | list[float]:

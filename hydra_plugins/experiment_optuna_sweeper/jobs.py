@@ -1,0 +1,219 @@
+"""Trials as submitit jobs: `hydra/launcher=submitit_slurm` (or `submitit_local`).
+
+Each trial is one job, submitted with the launcher settings users know from
+hydra-submitit-launcher (partition, timeout_min, gpus_per_node, ...). At most `n_jobs`
+are queued or running; when any ends, the next trial is asked and submitted at once (no
+batch barrier). Inside its job a trial reports to the shared study storage, so the
+pruner stops it there and its allocation is freed. Each trial records its job's id and
+folder, so a rerun of the sweep command re-attaches to jobs still queued or running and
+collects their results instead of submitting them again. A job that ends without a
+result (cancelled, preempted, timed out, its node lost) fails its trial with the job's
+state, and the configuration is queued once more, as for a killed process.
+"""
+
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+# outside sys.modules, where dataclasses cannot resolve string annotations.
+import datetime
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from hydra._internal.callbacks import Callbacks
+from hydra.core.utils import setup_globals
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf
+
+from experiment import sweep_context
+from hydra_plugins.experiment_optuna_sweeper import study as studies
+from hydra_plugins.experiment_optuna_sweeper.groups import TrialPayload
+from hydra_plugins.experiment_optuna_sweeper.workers import (
+    TrialResult,
+    _resolve_task,
+    _task_reference,
+    execute,
+    load_study,
+)
+
+log = logging.getLogger(__name__)
+LAUNCHERS = {"submitit_slurm": "slurm", "submitit_local": "local"}
+# Launcher keys that are the executor's own (the others go to sbatch as slurm_<key>).
+_BASE_KEYS = {
+    "timeout_min",
+    "cpus_per_task",
+    "gpus_per_node",
+    "tasks_per_node",
+    "mem_gb",
+    "nodes",
+    "name",
+    "stderr_to_stdout",
+}
+_NOT_PARAMETERS = {"_target_", "submitit_folder", "max_num_timeout", "array_parallelism"}
+
+
+def run_trial_job(payload: TrialPayload) -> TrialResult:
+    """What a job runs: the trial's Hydra job, reporting to the study's storage."""
+    import submitit
+
+    setup_globals()
+    task_function = _resolve_task(*payload.task)
+    study = load_study(payload.storage, payload.study_name, payload.pruner)
+    context = payload.context
+    context.trial = optuna.Trial(study, payload.trial_id)
+    environment = submitit.JobEnvironment()
+    paths = environment.paths
+    context.extra_tags = {
+        "submitit.job_id": str(environment.job_id),
+        "submitit.stdout": str(paths.stdout),
+        "submitit.stderr": str(paths.stderr),
+    }
+    hydra_context = HydraContext(config_loader=None, callbacks=Callbacks(payload.job_config))
+    state, value, error = execute(hydra_context, task_function, payload.job_config, context)
+    return TrialResult(context.trial.number, state, value, error)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return (
+        not Path(f"/proc/{pid}/stat").is_file()
+        or " Z " not in Path(f"/proc/{pid}/stat").read_text()
+    )
+
+
+@dataclass
+class _Job:
+    number: int
+    trial_id: int
+    job: object  # a submitit Job
+    start: float = field(default_factory=time.perf_counter)
+
+
+class JobExecutor:
+    """n_jobs trials at a time, each a submitit job (SLURM, or local processes)."""
+
+    def __init__(
+        self,
+        launcher: DictConfig,
+        cluster: str,
+        n_jobs: int,
+        task_function,
+        storage,
+        study_name,
+        pruner,
+    ):
+        import submitit
+
+        settings = OmegaConf.to_container(launcher, resolve=True)
+        self.cluster, self.n_jobs = cluster, n_jobs
+        self.folder = settings["submitit_folder"]
+        self.executor = submitit.AutoExecutor(
+            folder=self.folder,
+            cluster=cluster,
+            **(
+                {"slurm_max_num_timeout": settings["max_num_timeout"]} if cluster == "slurm" else {}
+            ),
+        )
+        self.executor.update_parameters(
+            **{
+                key if key in _BASE_KEYS else f"{cluster}_{key}": value
+                for key, value in settings.items()
+                if key not in _NOT_PARAMETERS and (key in _BASE_KEYS or cluster == "slurm")
+            }
+        )
+        self.task = _task_reference(task_function)
+        self.storage, self.study_name, self.pruner = storage, study_name, pruner
+        self.running: list[_Job] = []
+
+    @property
+    def free(self) -> int:
+        return self.n_jobs - len(self.running)
+
+    @property
+    def busy(self) -> int:
+        return len(self.running)
+
+    def submit(self, trial, job_config: DictConfig, context) -> None:
+        context.trial = None  # rebuilt in the job from the shared storage
+        payload = TrialPayload(
+            self.task,
+            job_config,
+            context,
+            trial._trial_id,
+            self.storage,
+            self.study_name,
+            self.pruner,
+        )
+        job = self.executor.submit(run_trial_job, payload)
+        record = {
+            "job_id": str(job.job_id),
+            "folder": str(job.paths.folder),
+            "cluster": self.cluster,
+        }
+        trial.study._storage.set_trial_system_attr(trial._trial_id, studies.JOB_ATTR, record)
+        self.running.append(_Job(trial.number, trial._trial_id, job))
+        log.info("Trial %d submitted as %s job %s", trial.number, self.cluster, job.job_id)
+
+    def attach(self, study: optuna.Study) -> int:
+        """Take over the study's trials whose jobs a previous run of this sweep submitted
+        and did not see end; the number taken over."""
+        import submitit
+
+        job_class = submitit.SlurmJob if self.cluster == "slurm" else submitit.LocalJob
+        taken = 0
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            record = trial.system_attrs.get(studies.JOB_ATTR)
+            if record is None or record.get("cluster") != self.cluster:
+                continue
+            if any(j.trial_id == trial._trial_id for j in self.running):
+                continue
+            job = job_class(folder=Path(record["folder"]), job_id=record["job_id"])
+            age = (datetime.datetime.now() - trial.datetime_start).total_seconds()
+            self.running.append(_Job(trial.number, trial._trial_id, job, time.perf_counter() - age))
+            taken += 1
+            log.info("Trial %d: re-attached to %s job %s", trial.number, self.cluster, job.job_id)
+        return taken
+
+    def next_result(self) -> TrialResult:
+        while True:
+            for entry in self.running:
+                if self._ended(entry.job):
+                    self.running.remove(entry)
+                    return self._result(entry)
+            time.sleep(0.5)
+
+    def _ended(self, job) -> bool:
+        """SLURM: the scheduler's state. A local job this process started: its process. A
+        local job re-attached to (another process's child): its result, or its process
+        gone (submitit's own check would call it ended at once)."""
+        if self.cluster == "local" and getattr(job, "_process", None) is None:
+            return job.paths.result_pickle.exists() or not _alive(int(job.job_id))
+        return job.done()
+
+    def _result(self, entry: _Job) -> TrialResult:
+        seconds = time.perf_counter() - entry.start
+        try:
+            result = entry.job.result()
+        except Exception as err:  # no result: cancelled, preempted, timed out, killed
+            state = entry.job.state
+            reason = f"{self.cluster} job {entry.job.job_id} ended {state} without a result"
+            log.warning("Trial %d: %s (%s)", entry.number, reason, str(err).splitlines()[0][:200])
+            return TrialResult(entry.number, sweep_context.FAIL, None, reason, seconds, lost=True)
+        result.seconds = seconds
+        return result
+
+    def close(self) -> None:
+        if self.running:
+            ids = ", ".join(str(j.job.job_id) for j in self.running)
+            log.warning(
+                "%d job(s) still queued or running (%s): they go on; the same sweep command "
+                "re-attaches to them and collects their results (scancel stops them).",
+                len(self.running),
+                ids,
+            )
