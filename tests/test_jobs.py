@@ -1,13 +1,16 @@
-"""Trials as submitit jobs (hydra/launcher=submitit_local: real job processes on this
+"""Trials as submitit jobs. With hydra/launcher=submitit_local (real job processes on this
 machine, the same flow as SLURM): asynchronous submission of at most n_jobs, pruning from
-inside the job, a killed job's trial failed with its job's state and retried, and a killed
-coordinator whose rerun re-attaches to the jobs instead of submitting them again."""
+inside the job, a killed job's trial failed and retried, and a killed coordinator whose
+rerun re-attaches to the jobs instead of submitting them again. With submitit_slurm on a
+real single-node SLURM (tests/slurm_cluster.py): the trials are jobs the scheduler lists,
+and an scancel'ed job's trial fails with the job's state and is retried."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -45,13 +48,15 @@ def _child_of(pid: int, timeout: float = 30) -> int:
     raise AssertionError(f"job {pid} started no task process")
 
 
-def job_sweep(tmp_path: Path, *extra: str, n_trials: int) -> tuple[list[str], str]:
+def job_sweep(
+    tmp_path: Path, *extra: str, n_trials: int, launcher: str = "submitit_local"
+) -> tuple[list[str], str]:
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = [*tracking_overrides(tmp_path), "tracking.log_plots=false"]
     args = sweep_args(
         storage,
         tracking,
-        "hydra/launcher=submitit_local",
+        f"hydra/launcher={launcher}",
         "hydra.sweeper.n_jobs=2",
         *extra,
         n_trials=n_trials,
@@ -102,7 +107,11 @@ def test_trials_run_as_jobs_pruned_inside_and_a_killed_job_is_retried(tmp_path):
 
     runs = [r for r in all_runs(sqlite_uri(tmp_path)) if "optuna.trial" in r.data.tags]
     parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
-    assert len(runs) == 4 and len(parents) == 1 and None not in parents
+    assert len(parents) == 1 and None not in parents  # nested as in local sweeps
+    lost = [r for r in runs if r.data.tags["optuna.trial"] == str(killed.number)]
+    assert all(r.info.status == "KILLED" for r in lost)  # if its run had started
+    runs = [r for r in runs if r not in lost]
+    assert len(runs) == 4
     for run in runs:  # each trial run names its job and the job's logs
         assert run.data.tags["submitit.job_id"].isdigit()
         assert Path(run.data.tags["submitit.stdout"]).is_file()
@@ -125,3 +134,60 @@ def test_a_rerun_re_attaches_to_the_jobs_of_a_killed_coordinator(tmp_path):
     runs = [r for r in all_runs(sqlite_uri(tmp_path)) if "optuna.trial" in r.data.tags]
     assert sorted(r.data.tags["submitit.job_id"] for r in runs) == sorted(j.group(2) for j in jobs)
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    from tests.slurm_cluster import slurm_cluster
+
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+def test_trials_are_slurm_jobs_and_a_cancelled_one_fails_with_its_state_and_reruns(tmp_path, slurm):
+    args, storage = job_sweep(
+        tmp_path, "hydra.launcher.partition=debug", n_trials=3, launcher="submitit_slurm"
+    )
+    proc = start_cli(args, tmp_path, env=slurm)
+    probe = wait_for_line(proc, "reach the study's storage")  # one small job first
+    line = wait_for_line(proc, "submitted as slurm job")
+    first = re.search(r"Trial (\d+) submitted as slurm job (\d+)", line)
+    assert "slurm job" in probe
+    listed = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], env={**os.environ, **slurm}, capture_output=True, text=True
+    )
+    assert first.group(2) in listed.stdout.split()  # the scheduler holds it
+    subprocess.run(["scancel", first.group(2)], env={**os.environ, **slurm}, check=True)
+    rest, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, rest
+
+    study = optuna.load_study(study_name="jobs", storage=storage)
+    cancelled = study.trials[int(first.group(1))]
+    assert cancelled.state == TrialState.FAIL
+    assert "CANCELLED" in cancelled.system_attrs["fail_reason"]
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == cancelled.number]
+    assert retry.params == cancelled.params
+    counted = [t for t in study.trials if t.number != cancelled.number]
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 3
+    runs = [r for r in all_runs(sqlite_uri(tmp_path)) if "optuna.trial" in r.data.tags]
+    jobs = {r.data.tags["optuna.trial"]: r.data.tags.get("submitit.job_id") for r in runs}
+    for trial in counted:  # each finished trial's run names its SLURM job
+        assert jobs[str(trial.number)] == trial.system_attrs["job"]["job_id"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_storage_the_jobs_cannot_open_is_named_with_the_reason(tmp_path):
+    from hydra_plugins.experiment_optuna_sweeper.jobs import check_storage
+
+    missing = tmp_path / "elsewhere" / "optuna.db"
+    problem = check_storage(f"sqlite:///{missing}", "jobs")
+    assert problem is not None and str(missing) in problem and "does not exist" in problem
+    assert check_storage(f"postgresql://u:p@127.0.0.1:{_closed_port()}/optuna", "jobs")
+    optuna.create_study(study_name="jobs", storage=f"sqlite:///{tmp_path / 'ok.db'}")
+    assert check_storage(f"sqlite:///{tmp_path / 'ok.db'}", "jobs") is None
+
+
+def _closed_port() -> int:
+    from tests.services import free_port
+
+    return free_port()  # nothing listens there

@@ -27,6 +27,8 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from experiment import sweep_context
+from experiment.errors import SweepError
+from hydra_plugins.experiment_optuna_sweeper import slurm
 from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.groups import TrialPayload
 from hydra_plugins.experiment_optuna_sweeper.workers import (
@@ -39,6 +41,8 @@ from hydra_plugins.experiment_optuna_sweeper.workers import (
 
 log = logging.getLogger(__name__)
 LAUNCHERS = {"submitit_slurm": "slurm", "submitit_local": "local"}
+POLL_SECONDS = {"slurm": 2.0, "local": 0.5}  # the scheduler is asked once per poll
+RESULT_GRACE_SECONDS = 15.0
 # Launcher keys that are the executor's own (the others go to sbatch as slurm_<key>).
 _BASE_KEYS = {
     "timeout_min",
@@ -85,6 +89,23 @@ def _alive(pid: int) -> bool:
         not Path(f"/proc/{pid}/stat").is_file()
         or " Z " not in Path(f"/proc/{pid}/stat").read_text()
     )
+
+
+def check_storage(url: str, study_name: str) -> str | None:
+    """Run in a job: None if the study's storage opens from where the job runs, else why
+    not (a SQLite file on a disk the compute nodes do not share, a database host they
+    cannot reach)."""
+    import socket
+
+    try:
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///") :])
+            if not path.is_file():
+                return f"the SQLite file {path} does not exist on {socket.gethostname()}"
+        optuna.load_study(study_name=study_name, storage=url)
+    except Exception as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    return None
 
 
 @dataclass
@@ -160,6 +181,30 @@ class JobExecutor:
         self.running.append(_Job(trial.number, trial._trial_id, job))
         log.info("Trial %d submitted as %s job %s", trial.number, self.cluster, job.job_id)
 
+    def check_storage(self, url: str, study_name: str) -> None:
+        """On SLURM, before any trial: one small job opens the study's storage, so a
+        storage the compute nodes cannot reach stops the sweep here, not trial by trial."""
+        from submitit.core.utils import pickle_load
+
+        if self.cluster != "slurm":
+            return  # local jobs run where this process does
+        job = self.executor.submit(check_storage, url, study_name)
+        log.info("Checking that jobs reach the study's storage (slurm job %s)", job.job_id)
+        while str(job.job_id) in slurm.queued_or_running([str(job.job_id)]):
+            time.sleep(POLL_SECONDS["slurm"])
+        path = job.paths.result_pickle
+        deadline = time.time() + RESULT_GRACE_SECONDS
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.5)
+        outcome, problem = pickle_load(path) if path.exists() else ("error", "no result")
+        if outcome != "success" or problem is not None:
+            raise SweepError(
+                f"The sweep's jobs cannot use its study storage {studies.redact_storage(url)}: "
+                f"{problem} (slurm job {job.job_id}, log {job.paths.stderr}). Use a storage "
+                "every compute node reaches: PostgreSQL on a host they can connect to, or "
+                "SQLite on a filesystem they share."
+            )
+
     def attach(self, study: optuna.Study) -> int:
         """Take over the study's trials whose jobs a previous run of this sweep submitted
         and did not see end; the number taken over."""
@@ -182,31 +227,57 @@ class JobExecutor:
 
     def next_result(self) -> TrialResult:
         while True:
-            for entry in self.running:
-                if self._ended(entry.job):
-                    self.running.remove(entry)
-                    return self._result(entry)
-            time.sleep(0.5)
+            ended = self._ended_jobs()
+            if ended:
+                self.running.remove(ended[0])
+                return self._result(ended[0])
+            time.sleep(POLL_SECONDS[self.cluster])
 
-    def _ended(self, job) -> bool:
-        """SLURM: the scheduler's state. A local job this process started: its process. A
-        local job re-attached to (another process's child): its result, or its process
-        gone (submitit's own check would call it ended at once)."""
-        if self.cluster == "local" and getattr(job, "_process", None) is None:
-            return job.paths.result_pickle.exists() or not _alive(int(job.job_id))
-        return job.done()
+    def _ended_jobs(self) -> list[_Job]:
+        """SLURM: the jobs squeue no longer lists (one call for all; submitit's own check
+        needs accounting, sacct, which many clusters and this project's test node lack).
+        Local: a job this process started ends with its process; one re-attached to
+        (another process's child) with its result, or with its process gone."""
+        if self.cluster == "slurm":
+            active = slurm.queued_or_running([str(e.job.job_id) for e in self.running])
+            return [e for e in self.running if str(e.job.job_id) not in active]
+        ended = []
+        for entry in self.running:
+            process = getattr(entry.job, "_process", None)
+            if process is not None:
+                done = process.poll() is not None
+            else:
+                done = not _alive(int(entry.job.job_id))
+            if done or entry.job.paths.result_pickle.exists():
+                ended.append(entry)
+        return ended
 
     def _result(self, entry: _Job) -> TrialResult:
+        """The trial's result as its job pickled it; without one, a lost job: FAIL with the
+        job's state (the sweeper queues the configuration once more)."""
+        from submitit.core.utils import pickle_load
+
         seconds = time.perf_counter() - entry.start
-        try:
-            result = entry.job.result()
-        except Exception as err:  # no result: cancelled, preempted, timed out, killed
-            state = entry.job.state
+        path = entry.job.paths.result_pickle
+        deadline = time.time() + RESULT_GRACE_SECONDS  # a shared filesystem may lag
+        while not path.exists() and time.time() < deadline and self._finished_ok(entry):
+            time.sleep(0.5)
+        if not path.exists():
+            state = slurm.job_state(str(entry.job.job_id)) if self.cluster == "slurm" else "KILLED"
             reason = f"{self.cluster} job {entry.job.job_id} ended {state} without a result"
-            log.warning("Trial %d: %s (%s)", entry.number, reason, str(err).splitlines()[0][:200])
+            log.warning("Trial %d: %s (its log: %s)", entry.number, reason, entry.job.paths.stderr)
             return TrialResult(entry.number, sweep_context.FAIL, None, reason, seconds, lost=True)
-        result.seconds = seconds
-        return result
+        outcome, payload = pickle_load(path)
+        if outcome != "success":  # the job's own code raised outside the trial
+            message = str(payload).strip().splitlines()[-1][:300]
+            return TrialResult(entry.number, sweep_context.FAIL, None, message, seconds)
+        payload.seconds = seconds
+        return payload
+
+    def _finished_ok(self, entry: _Job) -> bool:
+        if self.cluster == "slurm":
+            return slurm.job_state(str(entry.job.job_id)) == "COMPLETED"
+        return False
 
     def close(self) -> None:
         if self.running:

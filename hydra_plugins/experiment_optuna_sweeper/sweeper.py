@@ -128,6 +128,7 @@ class ExperimentOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         executor = self._executor(name, pruner, sweep_dir)
         if isinstance(executor, JobExecutor):
+            executor.check_storage(self.storage_url, name)
             with lock:  # jobs a killed earlier run of this command left queued or running
                 executor.attach(study)
         results, interrupted = [], False
@@ -256,6 +257,8 @@ class ExperimentOptunaSweeper(Sweeper):
         if result.lost:  # its job ended without a result: FAIL, and queued once more
             with plan.lock:
                 studies.fail_and_retry(study, trial, f"{studies.JOB_LOST}: {result.error}")
+                if plan.parent is not None:  # the run its job left RUNNING: KILLED
+                    plan.parent.close_orphans(study)
         elif result.state == COMPLETE:
             study.tell(result.number, result.value)
         else:
