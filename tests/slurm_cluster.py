@@ -90,33 +90,34 @@ def slurm_cluster(root: Path) -> Iterator[dict[str, str]]:
     env = {**os.environ, "SLURM_CONF": str(conf)}
     daemons = []
     try:
-        daemons.append(
-            subprocess.Popen(
-                [
-                    "munged",
-                    "-F",
-                    "-f",
-                    f"--socket={root}/munge.socket",
-                    f"--key-file={key}",
-                    f"--pid-file={root}/munged.pid",
-                    f"--log-file={root}/munged.log",
-                    f"--seed-file={root}/munged.seed",
-                ],
-                start_new_session=True,
-            )
-        )
-        time.sleep(0.5)
-        for daemon in ("slurmctld", "slurmd"):
-            with open(root / f"{daemon}.out", "w") as out:  # their own logs, not the test's
+        munged = [
+            "munged",
+            "-F",
+            "-f",
+            f"--socket={root}/munge.socket",
+            f"--key-file={key}",
+            f"--pid-file={root}/munged.pid",
+            f"--log-file={root}/munged.log",
+            f"--seed-file={root}/munged.seed",
+        ]
+        commands = {
+            "munged": munged,
+            "slurmctld": ["slurmctld", "-D", "-f", str(conf)],
+            "slurmd": ["slurmd", "-D", "-f", str(conf)],
+        }
+        for name, command in commands.items():
+            with open(root / f"{name}.out", "w") as out:  # their own logs, not the test's
                 daemons.append(
                     subprocess.Popen(
-                        [daemon, "-D", "-f", str(conf)],
+                        command,
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                     )
                 )
+            if name == "munged":
+                time.sleep(0.5)  # its socket, before the SLURM daemons authenticate
         _wait_for_idle_node(env, root)
         yield {"SLURM_CONF": str(conf)}
     finally:

@@ -23,7 +23,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from experiment import sweep_context
-from hydra_plugins.experiment_optuna_sweeper.workers import TrialResult, _task_reference
+from hydra_plugins.experiment_optuna_sweeper.workers import (
+    InFlight,
+    TrialResult,
+    _task_reference,
+)
 
 RANK_ENTRY = "hydra_plugins.experiment_optuna_sweeper.trial_rank"
 
@@ -60,7 +64,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class GroupExecutor:
+class GroupExecutor(InFlight):
     """n_jobs process groups of devices_per_trial ranks each, one trial per group."""
 
     def __init__(
@@ -82,31 +86,13 @@ class GroupExecutor:
         self.threads = max(1, (os.cpu_count() or 1) // (n_jobs * devices_per_trial))
         self.running: list[_Group] = []
 
-    @property
-    def free(self) -> int:
-        return self.n_jobs - len(self.running)
-
-    @property
-    def busy(self) -> int:
-        return len(self.running)
-
     def submit(self, trial, job_config: DictConfig, context) -> None:
         slot = min(set(range(self.n_jobs)) - {g.slot for g in self.running})
         stem = self.work_dir / f"trial_{trial.number}"
         payload_file, result_file = stem.with_suffix(".pkl"), stem.with_suffix(".result")
         log_file = stem.with_suffix(".log")
         result_file.unlink(missing_ok=True)
-        context.trial = None  # each rank rebuilds it from the shared storage
-        payload = TrialPayload(
-            self.task,
-            job_config,
-            context,
-            trial._trial_id,
-            self.storage,
-            self.study_name,
-            self.pruner,
-            str(result_file),
-        )
+        payload = self.payload(trial, job_config, context, str(result_file))
         payload_file.write_bytes(pickle.dumps(payload))
         command = [
             sys.executable,

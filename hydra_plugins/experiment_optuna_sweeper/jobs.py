@@ -32,6 +32,7 @@ from hydra_plugins.experiment_optuna_sweeper import slurm
 from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.groups import TrialPayload
 from hydra_plugins.experiment_optuna_sweeper.workers import (
+    InFlight,
     TrialResult,
     _resolve_task,
     _task_reference,
@@ -116,7 +117,7 @@ class _Job:
     start: float = field(default_factory=time.perf_counter)
 
 
-class JobExecutor:
+class JobExecutor(InFlight):
     """n_jobs trials at a time, each a submitit job (SLURM, or local processes)."""
 
     def __init__(
@@ -152,26 +153,8 @@ class JobExecutor:
         self.storage, self.study_name, self.pruner = storage, study_name, pruner
         self.running: list[_Job] = []
 
-    @property
-    def free(self) -> int:
-        return self.n_jobs - len(self.running)
-
-    @property
-    def busy(self) -> int:
-        return len(self.running)
-
     def submit(self, trial, job_config: DictConfig, context) -> None:
-        context.trial = None  # rebuilt in the job from the shared storage
-        payload = TrialPayload(
-            self.task,
-            job_config,
-            context,
-            trial._trial_id,
-            self.storage,
-            self.study_name,
-            self.pruner,
-        )
-        job = self.executor.submit(run_trial_job, payload)
+        job = self.executor.submit(run_trial_job, self.payload(trial, job_config, context))
         record = {
             "job_id": str(job.job_id),
             "folder": str(job.paths.folder),

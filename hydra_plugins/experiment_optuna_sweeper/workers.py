@@ -122,6 +122,41 @@ def _release_memory() -> None:
         pass
 
 
+class InFlight:
+    """`free` and `busy` for an executor that keeps its trials in flight in `running` and
+    hands each to another process as a payload (see groups.TrialPayload)."""
+
+    n_jobs: int
+    running: list
+    task: tuple
+    storage: tuple
+    study_name: str
+    pruner: object
+
+    def payload(self, trial, job_config: DictConfig, context, result_file: str = ""):
+        from hydra_plugins.experiment_optuna_sweeper.groups import TrialPayload
+
+        context.trial = None  # the other process rebuilds it from the shared storage
+        return TrialPayload(
+            self.task,
+            job_config,
+            context,
+            trial._trial_id,
+            self.storage,
+            self.study_name,
+            self.pruner,
+            result_file,
+        )
+
+    @property
+    def free(self) -> int:
+        return self.n_jobs - len(self.running)
+
+    @property
+    def busy(self) -> int:
+        return len(self.running)
+
+
 class InProcessExecutor:
     """n_jobs=1: trials run one after another in the sweep's own process."""
 
