@@ -34,7 +34,7 @@ sweep: $(STAMP)  ## an Optuna sweep over lr, batch size, dropout, weight decay
 	$(PY) -m experiment.train -m hparams_search=optuna $(ARGS)
 
 test: $(STAMP)  ## the whole suite (slow tests included), two tests at a time
-	$(PY) -m pytest -q -n 2 $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist worksteal $(ARGS)
 
 test-fast: $(STAMP)  ## the fast tier: no slow tests
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
