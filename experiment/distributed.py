@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from experiment.errors import ConfigValueError, DistributedError
+from experiment.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,8 @@ def start(device_option: str, timeout_s: float) -> tuple[Ranks, torch.device | N
     if not launched_by_torchrun():
         return SINGLE, None
     local_rank = int(os.environ["LOCAL_RANK"])
-    use_cuda = device_option in ("auto", "cuda") and torch.cuda.is_available()
-    if device_option == "cuda" and not use_cuda:
-        raise ConfigValueError("trainer.device", "cuda", "'auto' or 'cpu': CUDA is not available")
+    device = resolve_device(device_option)  # the single run's rule, and its message
+    use_cuda = device.type == "cuda"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise DistributedError(
@@ -84,8 +84,6 @@ def start(device_option: str, timeout_s: float) -> tuple[Ranks, torch.device | N
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     backend = "nccl" if use_cuda else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     try:

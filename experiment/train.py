@@ -79,7 +79,8 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
     trial = sweep_context.current() or sweep_context.STANDALONE
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    fingerprints = distributed.same_config_on_all_ranks(resume.fingerprint(resolved))
+    fingerprint = resume.fingerprint(resolved)
+    fingerprints = distributed.same_config_on_all_ranks(fingerprint)
     point = distributed.from_main(
         resume.find_for(cfg.trainer, resolved) if trial.resumable and ranks.main else None
     )
@@ -101,7 +102,7 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
         trial.record_run(tracker.run_id)
         log_trainable = trainable_logger(tracker)
         log_trainable(pretrained.trainable_parameters(parts.model), state.epoch + 1 if state else 0)
-        extra = {"fingerprint": resume.fingerprint(resolved), "mlflow_run_id": tracker.run_id}
+        extra = {"fingerprint": fingerprint, "mlflow_run_id": tracker.run_id}
         callbacks = [
             Checkpointer(
                 checkpoint_dir, parts.model, parts.optimizer, parts.scheduler, resolved, extra
