@@ -63,6 +63,22 @@ def test_augmented_images_stay_with_their_labels_on_every_rank():
             assert torch.equal(images[:, 0, 0, 0].long(), labels)
 
 
+def dataset_node(**extra):
+    """A `dataset` config node for grey 2x2 images, batches of 8 (evaluation: 4)."""
+    return OmegaConf.create(
+        dict(
+            mean=[0.0],
+            std=[1.0],
+            augment=False,
+            crop_padding=0,
+            hflip=False,
+            batch_size=8,
+            eval_batch_size=4,
+            **extra,
+        )
+    )
+
+
 def test_evaluation_splits_are_shared_out_without_repeats():
     source = ImageTensors(
         train_images=torch.zeros(60, 1, 2, 2, dtype=torch.uint8),
@@ -71,19 +87,7 @@ def test_evaluation_splits_are_shared_out_without_repeats():
         test_labels=torch.arange(25) % 3,
         classes=["a", "b", "c"],
     )
-    cfg = OmegaConf.create(
-        dict(
-            mean=[0.0],
-            std=[1.0],
-            augment=False,
-            crop_padding=0,
-            hflip=False,
-            val_fraction=0.2,
-            split_seed=0,
-            batch_size=8,
-            eval_batch_size=4,
-        )
-    )
+    cfg = dataset_node(val_fraction=0.2, split_seed=0)
     counts = {"val": 0, "test": 0}
     for rank in range(3):
         data = build_loaders(cfg, source, CPU, ranks=Ranks(rank, 3, 3, "gloo"))
@@ -105,18 +109,7 @@ def test_image_folders_without_the_cache_use_a_distributed_sampler(tmp_path):
         classes=["a", "b"],
         input_shape=(1, 2, 2),
     )
-    cfg = OmegaConf.create(
-        dict(
-            mean=[0.0],
-            std=[1.0],
-            augment=False,
-            crop_padding=0,
-            hflip=False,
-            num_workers=0,
-            batch_size=8,
-            eval_batch_size=4,
-        )
-    )
+    cfg = dataset_node(num_workers=0)
     seen = {"train": [], "test": []}
     for rank in range(2):
         data = build_loaders(cfg, source, CPU, ranks=Ranks(rank, 2, 2, "gloo"))

@@ -33,20 +33,6 @@ RANK_ENTRY = "hydra_plugins.experiment_optuna_sweeper.trial_rank"
 
 
 @dataclass
-class TrialPayload:
-    """Everything a rank needs to run its trial, written once by the sweeper."""
-
-    task: tuple
-    job_config: DictConfig
-    context: object  # a TrialContext whose trial each rank rebuilds from the storage
-    trial_id: int
-    storage: tuple  # (URL, heartbeat settings)
-    study_name: str
-    pruner: object
-    result_file: str = ""
-
-
-@dataclass
 class _Group:
     number: int
     process: subprocess.Popen

@@ -15,29 +15,23 @@ state, and the configuration is queued once more, as for a killed process.
 # outside sys.modules, where dataclasses cannot resolve string annotations.
 import datetime
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from hydra._internal.callbacks import Callbacks
-from hydra.core.utils import setup_globals
-from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from experiment import sweep_context
 from experiment.errors import SweepError
 from hydra_plugins.experiment_optuna_sweeper import slurm
 from hydra_plugins.experiment_optuna_sweeper import study as studies
-from hydra_plugins.experiment_optuna_sweeper.groups import TrialPayload
 from hydra_plugins.experiment_optuna_sweeper.workers import (
     InFlight,
+    TrialPayload,
     TrialResult,
-    _resolve_task,
     _task_reference,
-    execute,
-    load_study,
+    run_payload,
 )
 
 log = logging.getLogger(__name__)
@@ -59,37 +53,16 @@ _NOT_PARAMETERS = {"_target_", "submitit_folder", "max_num_timeout", "array_para
 
 
 def run_trial_job(payload: TrialPayload) -> TrialResult:
-    """What a job runs: the trial's Hydra job, reporting to the study's storage."""
+    """What a job runs: the trial, its MLflow run tagged with the job and its logs."""
     import submitit
 
-    setup_globals()
-    task_function = _resolve_task(*payload.task)
-    study = load_study(payload.storage, payload.study_name, payload.pruner)
-    context = payload.context
-    context.trial = optuna.Trial(study, payload.trial_id)
     environment = submitit.JobEnvironment()
-    paths = environment.paths
-    context.extra_tags = {
+    tags = {
         "submitit.job_id": str(environment.job_id),
-        "submitit.stdout": str(paths.stdout),
-        "submitit.stderr": str(paths.stderr),
+        "submitit.stdout": str(environment.paths.stdout),
+        "submitit.stderr": str(environment.paths.stderr),
     }
-    hydra_context = HydraContext(config_loader=None, callbacks=Callbacks(payload.job_config))
-    state, value, error = execute(hydra_context, task_function, payload.job_config, context)
-    return TrialResult(context.trial.number, state, value, error)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return (
-        not Path(f"/proc/{pid}/stat").is_file()
-        or " Z " not in Path(f"/proc/{pid}/stat").read_text()
-    )
+    return run_payload(payload, extra_tags=tags)
 
 
 def check_storage(url: str, study_name: str) -> str | None:
@@ -230,7 +203,7 @@ class JobExecutor(InFlight):
             if process is not None:
                 done = process.poll() is not None
             else:
-                done = not _alive(int(entry.job.job_id))
+                done = not studies.pid_exists(int(entry.job.job_id))
             if done or entry.job.paths.result_pickle.exists():
                 ended.append(entry)
         return ended

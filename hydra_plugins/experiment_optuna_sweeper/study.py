@@ -15,6 +15,7 @@ import random
 import socket
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -212,13 +213,22 @@ def _process_is_dead(worker: str | None) -> bool:
     host, pid = worker.rsplit(":", 1)
     if host != socket.gethostname():
         return False  # another machine's worker: its own sweep resolves it
+    return pid.isdigit() and not pid_exists(int(pid))
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (an unreaped zombie does not)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
         return False
-    return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: kill(0) is all there is to ask
+    return state != "Z"
 
 
 def _silent_trial_ids(study: optuna.Study) -> set[int]:

@@ -122,9 +122,46 @@ def _release_memory() -> None:
         pass
 
 
+@dataclass
+class TrialPayload:
+    """Everything another process needs to run a trial (a rank of the trial's torchrun
+    group, or its submitit job), made by the sweeper once the trial's config is composed."""
+
+    task: tuple
+    job_config: DictConfig
+    context: object  # a TrialContext whose trial the other process rebuilds from the storage
+    trial_id: int
+    storage: tuple  # (URL, heartbeat settings)
+    study_name: str
+    pruner: object
+    result_file: str = ""  # where a torchrun group's rank 0 leaves the result
+
+
+def run_payload(
+    payload: TrialPayload, *, heartbeat: bool = True, extra_tags: dict | None = None
+) -> TrialResult:
+    """Run a handed-over trial in this process: its Hydra job, reporting to the shared
+    storage (heartbeats only where `heartbeat`; `extra_tags` on its MLflow run)."""
+    import optuna
+    from hydra._internal.callbacks import Callbacks
+
+    setup_globals()  # Hydra's resolvers for the job's config
+    task_function = _resolve_task(*payload.task)
+    study = load_study(payload.storage, payload.study_name, payload.pruner)
+    context = payload.context
+    context.trial = optuna.Trial(study, payload.trial_id)
+    if extra_tags:
+        context.extra_tags = extra_tags
+    hydra_context = HydraContext(config_loader=None, callbacks=Callbacks(payload.job_config))
+    state, value, error = execute(
+        hydra_context, task_function, payload.job_config, context, heartbeat=heartbeat
+    )
+    return TrialResult(context.trial.number, state, value, error)
+
+
 class InFlight:
     """`free` and `busy` for an executor that keeps its trials in flight in `running` and
-    hands each to another process as a payload (see groups.TrialPayload)."""
+    hands each to another process as a TrialPayload."""
 
     n_jobs: int
     running: list
@@ -134,8 +171,6 @@ class InFlight:
     pruner: object
 
     def payload(self, trial, job_config: DictConfig, context, result_file: str = ""):
-        from hydra_plugins.experiment_optuna_sweeper.groups import TrialPayload
-
         context.trial = None  # the other process rebuilds it from the shared storage
         return TrialPayload(
             self.task,
