@@ -241,19 +241,19 @@ class ExperimentOptunaSweeper(Sweeper):
                     continue
                 return results
             result = executor.next_result()
-            self._record(plan, result)
+            trial = self._record(plan, result)
             results.append(result)
-            params = params_of.get(result.number) or plan.study.trials[result.number].params
-            log.info(reporting.trial_line(result, params))
+            log.info(reporting.trial_line(result, params_of.get(result.number, trial.params)))
 
     @staticmethod
-    def _record(plan: _Plan, result: TrialResult) -> None:
+    def _record(plan: _Plan, result: TrialResult):
         """Tell the study how a trial ended (once: a trial a lost heartbeat already failed
-        is left as it is)."""
-        study = plan.study
-        trial = study.trials[result.number]
+        is left as it is); the trial as it was before."""
+        study, storage = plan.study, plan.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, result.number)
+        trial = storage.get_trial(trial_id)  # this one trial, not the whole study
         if trial.state.is_finished():
-            return
+            return trial
         if result.lost:  # its job ended without a result: FAIL, and queued once more
             with plan.lock:
                 studies.fail_and_retry(study, trial, f"{studies.JOB_LOST}: {result.error}")
@@ -263,6 +263,7 @@ class ExperimentOptunaSweeper(Sweeper):
             study.tell(result.number, result.value)
         else:
             study.tell(result.number, state=studies.TrialState[result.state])
+        return trial
 
     def _others_may_need_retries(self, plan: _Plan) -> bool:
         """With heartbeats, a process whose own budget is spent waits while trials of other
