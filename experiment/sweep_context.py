@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
+MEASURES_ATTR = "measures"  # the trial's user attribute holding what its run measured
 
 
 class Standalone:
@@ -23,6 +24,10 @@ class Standalone:
     quiet = False
     resumable = True
     tags: dict[str, str] = {}
+    wanted_measures: tuple[str, ...] = ()  # measures a run computes only when asked
+
+    def record_measures(self, measures: dict[str, float]) -> None:
+        pass
 
     def run_name(self, base: str) -> str:
         return base
@@ -48,6 +53,9 @@ class TrialContext(Standalone):
     quiet: bool = False  # parallel workers keep the console for the sweep's own lines
     resumable = False  # the sweeper retries a killed trial's configuration itself
     extra_tags: dict[str, str] = field(default_factory=dict)  # e.g. the trial's job id
+    # What the sweep's constraints name: a run computes these even if it would not.
+    wanted_measures: tuple[str, ...] = ()
+    _measures: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -71,6 +79,12 @@ class TrialContext(Standalone):
     def record_run(self, run_id: str | None) -> None:
         if run_id is not None:
             self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def record_measures(self, measures: dict[str, float]) -> None:
+        """Keep `measures` (name -> number) on the trial, for the sweep's constraints; a
+        later call adds to and replaces the earlier ones."""
+        self._measures.update({name: float(value) for name, value in measures.items()})
+        self.trial.set_user_attr(MEASURES_ATTR, dict(self._measures))
 
     def outcome(self, error: BaseException | None) -> tuple[str, dict[str, str]]:
         if error is None:
@@ -104,6 +118,16 @@ def report(value: float, step: int, name: str = "value") -> None:
     context.trial.report(value, step)
     if context.trial.should_prune():
         raise optuna.TrialPruned(f"pruned at step {step + 1} ({name}={value:.4f})")
+
+
+def record_measures(measures: dict[str, float]) -> None:
+    """Record what this run measured (e.g. {"model/params": 12345}) on the current trial,
+    where the sweep's `constraints` read it. The project's own app records its measures
+    itself; a user's task function calls this before it returns. Outside a sweep it does
+    nothing."""
+    context = current()
+    if context is not None:
+        context.record_measures(measures)
 
 
 STANDALONE = Standalone()

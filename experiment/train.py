@@ -23,6 +23,7 @@ from experiment import distributed, pretrained, resume, sweep_context
 from experiment.builders import Parts, build_parts
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
+from experiment.console import split_streams
 from experiment.distributed import Ranks
 from experiment.engine import (
     FitSettings,
@@ -101,7 +102,10 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
         tracker.start(**run_record(cfg, resolved, device, trial, point, ranks.tags(fingerprints)))
         trial.record_run(tracker.run_id)
         log_trainable = trainable_logger(tracker)
-        log_trainable(pretrained.trainable_parameters(parts.model), state.epoch + 1 if state else 0)
+        trainable = pretrained.trainable_parameters(parts.model)
+        log_trainable(trainable, state.epoch + 1 if state else 0)
+        if ranks.main:  # known before any epoch, so a pruned trial has it too
+            trial.record_measures({"model/params": trainable})
         extra = {"fingerprint": fingerprint, "mlflow_run_id": tracker.run_id}
         callbacks = [
             Checkpointer(
@@ -125,7 +129,9 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
         )
         summary = {"train_time_s": time.perf_counter() - start}
         test = evaluate_best(parts, checkpoint_dir, settings, ranks)
-        summary.update(final_metrics(result, test, parts, settings, cfg))
+        summary.update(final_metrics(result, test, parts, settings, cfg, trial.wanted_measures))
+        if ranks.main:
+            trial.record_measures(run_measures(result, summary))
         with store_failure_keeps(checkpoint_dir, "after training"):
             confusion, example = test["confusion"], example_batch(parts.data.val)
             tracker.log_final(
@@ -223,8 +229,15 @@ def evaluate_best(parts: Parts, checkpoint_dir: Path, settings: FitSettings, ran
 
 
 def final_metrics(
-    result: FitState, test: dict, parts: Parts, settings: FitSettings, cfg: DictConfig
+    result: FitState,
+    test: dict,
+    parts: Parts,
+    settings: FitSettings,
+    cfg: DictConfig,
+    wanted: tuple[str, ...] = (),
 ) -> dict[str, float]:
+    """The run's summary metrics; `wanted`: measures a sweep's constraints name, computed
+    even where no objective needs them (the latency)."""
     metrics = {
         "test/loss": test["loss"],
         "test/acc": test["acc"],
@@ -234,12 +247,24 @@ def final_metrics(
         "model/params": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
         **peak_memory_mb(settings.device),
     }
-    if any(metric == "model/latency_ms" for metric, _ in objectives(cfg)):
+    if "model/latency_ms" in wanted or any(m == "model/latency_ms" for m, _ in objectives(cfg)):
         images = example_batch(parts.data.val, size=64).to(settings.device)
         metrics["model/latency_ms"] = latency_per_image_ms(
             parts.model, images, device=settings.device, amp_dtype=settings.amp_dtype
         )
     return metrics
+
+
+def run_measures(result: FitState, summary: dict) -> dict[str, float]:
+    """What a sweep's constraints may bound: the run's own measures and the best epoch's
+    metrics; never a test metric (the test split is not used for selection)."""
+    best_epoch = result.history[result.best_epoch] if result.history else {}
+    measures = {**best_epoch, **summary}
+    return {
+        name: float(value)
+        for name, value in measures.items()
+        if not name.startswith("test/") and isinstance(value, int | float)
+    }
 
 
 def objective(cfg: DictConfig, result: FitState, summary: dict) -> float | list[float]:
@@ -292,6 +317,7 @@ def run_reporting_errors(cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
+    split_streams()  # warnings and errors to stderr, progress to stdout
     stop_on_sigterm()
     return run_reporting_errors(cfg)
 

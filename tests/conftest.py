@@ -128,16 +128,18 @@ def start_cli(
     env: dict | None = None,
     stdout=subprocess.PIPE,
     program: list[str] = TRAIN,
+    stderr=subprocess.STDOUT,
 ) -> subprocess.Popen:
     """`python -m experiment.train ARGS` (or another `program`: a script, say) in the
     background, in its own process group, with
-    stdout+stderr going to `stdout` (a pipe readable line by line, a file, a terminal).
-    Whatever the test does, the process group is stopped when the test ends."""
+    stdout+stderr going to `stdout` (a pipe readable line by line, a file, a terminal;
+    `stderr=subprocess.PIPE` keeps stderr apart). Whatever the test does, the process
+    group is stopped when the test ends."""
     proc = subprocess.Popen(
         [sys.executable, *program, *args],
         cwd=cwd,
         stdout=stdout,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
         env=cli_env(env),
         start_new_session=True,
@@ -162,15 +164,18 @@ def run_cli(
     timeout: float = 300,
     env: dict | None = None,
     program: list[str] = TRAIN,
+    split_stderr: bool = False,
 ):
-    """`start_cli` to its end; `.stdout` holds stdout+stderr. A run past `timeout` is
-    killed with its process group (workers included)."""
-    proc = start_cli(args, cwd, env, program=program)
+    """`start_cli` to its end; `.stdout` holds stdout+stderr (with `split_stderr`, stdout
+    alone, and `.stderr` stderr). A run past `timeout` is killed with its process group
+    (workers included)."""
+    stderr = subprocess.PIPE if split_stderr else subprocess.STDOUT
+    proc = start_cli(args, cwd, env, program=program, stderr=stderr)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         stop_group(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err or "")
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -245,6 +245,40 @@ CLI = {
 }
 
 
+# The sweeper's own settings, refused before any trial: through main() in this process.
+TWO = ["optimized_metric=[val/acc,val/loss]", "hydra.sweeper.direction=[maximize,minimize]"]
+SWEEP_SETTINGS = {
+    "sweep direction against optimized_direction": case(
+        [*SWEEP, *TWO, "optimized_direction=minimize"],
+        2,
+        ["hydra.sweeper.direction=['maximize', 'minimize']", "optimized_direction=minimize"],
+    ),
+    "sweep directions for one metric": case(
+        [*SWEEP, "hydra.sweeper.direction=[maximize,minimize]"],
+        2,
+        ["2 direction(s) for optimized_metric=val/acc", "one direction per optimized metric"],
+    ),
+    "sweep timeout": case([*SWEEP, "hydra.sweeper.timeout=-5"], 2, ["timeout=-5", "> 0"]),
+    "sweep patience": case([*SWEEP, "hydra.sweeper.patience=0"], 2, ["patience=0", ">= 1"]),
+    "sweep target per objective": case(
+        [*SWEEP, *TWO, "hydra.sweeper.target=0.9"], 2, ["target=0.9", "needs 2 numbers"]
+    ),
+    "sweep constraint malformed": case(
+        [*SWEEP, "hydra.sweeper.constraints=[params]"],
+        2,
+        ["'params' is not a constraint", "'MEASURE <= NUMBER'"],
+    ),
+    "sweep constraint sampler": case(
+        [*SWEEP, "hydra.sweeper.sampler=random", "hydra.sweeper.constraints=['model/params<=9']"],
+        2,
+        ["sampler RandomSampler does not take constraints", "tpe, nsgaii, nsgaiii or gp"],
+    ),
+    "sweep failure rate": case(
+        [*SWEEP, "hydra.sweeper.max_failure_rate=2"], 2, ["max_failure_rate=2", "[0, 1]"]
+    ),
+}
+
+
 class _Payload:
     def __reduce__(self):  # what a booby-trapped checkpoint would run when unpickled
         return (print, ("unpickled code ran",))
@@ -313,6 +347,26 @@ def test_bad_command_line_is_rejected_by_hydra_with_exit_code_1(
     captured = capsys.readouterr()
     _check_message(captured.out + captured.err, bad.says, tmp_path)
     assert not all_runs(sqlite_uri(tmp_path))  # nothing started
+
+
+@pytest.mark.parametrize("name", list(SWEEP_SETTINGS))
+def test_bad_sweep_settings_stop_before_any_trial_with_one_line_on_stderr(
+    tmp_path, monkeypatch, capsys, name
+):
+    bad = SWEEP_SETTINGS[name]
+    storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    argv = [*_with_defaults(tmp_path, bad.args), storage]
+    monkeypatch.setattr(sys, "argv", ["experiment.train", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == bad.exit_code
+    captured = capsys.readouterr()
+    (line,) = [line for line in captured.err.splitlines() if line.startswith("SweepError")]
+    _check_message(line, bad.says, tmp_path)
+    assert not list(tmp_path.rglob("optimization_results.yaml"))  # no trial ran
+    assert not all_runs(sqlite_uri(tmp_path))
 
 
 @pytest.mark.slow

@@ -13,8 +13,11 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from experiment.builders import build_model
 from tests.conftest import (
+    FAST,
     all_runs,
+    compose_config,
     output,
     run_cli,
     sqlite_uri,
@@ -23,6 +26,7 @@ from tests.conftest import (
     tracking_overrides,
     wait_for_line,
 )
+from tests.test_transfer import photo_folder
 
 pytestmark = pytest.mark.slow
 STUDY = "test-study"
@@ -219,6 +223,32 @@ def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
     assert "best first:" in output(proc)
 
 
+def test_parallel_sweep_over_an_image_folder_on_the_dataloader_path(tmp_path):
+    # No cache: the folder is read by DataLoader worker processes inside each sweep worker.
+    folder = photo_folder(tmp_path / "photos", per_class=8, size=24)
+    data = [
+        "dataset=image_folder",
+        f"dataset.source.path={folder}",
+        "dataset.cache_dir=null",
+        "dataset.num_workers=2",
+        "dataset.source.image_size=16",
+        "dataset.batch_size=8",
+        "trainer.epochs=1",
+    ]
+    args = sweep_args(
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        ["tracking=none"],
+        "hydra.sweeper.n_jobs=2",
+        n_trials=2,
+        study=STUDY,
+        data=data,
+    )
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, output(proc)
+    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.COMPLETE] * 2
+    assert "daemonic" not in output(proc)
+
+
 def test_sigterm_stops_the_sweep_and_records_it_as_killed(tmp_path):
     args = sweep(
         tmp_path, "trainer.epochs=8", "regularization.early_stopping.patience=null", n_trials=3
@@ -250,15 +280,21 @@ def test_trials_whose_config_cannot_be_composed_count_as_failed(tmp_path):
     assert [t.state for t in load_study(tmp_path).trials] == [TrialState.FAIL] * 2
 
 
-def test_multi_objective_sweep_records_the_pareto_front(tmp_path):
+def test_multi_objective_constrained_sweep_records_the_feasible_pareto_front(tmp_path):
+    # Two objectives through the sweeper's direction alone: every run follows it. The
+    # bound on the parameter count lets only the small model through; the latency bound
+    # makes each run measure its latency, which it does only when asked.
+    small = build_model(compose_config([*FAST, "model.hidden_size=8"]).model, (1, 12, 12), 4)
+    bound = sum(p.numel() for p in small.parameters())
     proc = run_cli(
         sweep(
             tmp_path,
             "optimized_metric=[val/acc,model/params]",
-            "optimized_direction=[maximize,minimize]",
+            "hydra.sweeper.direction=[maximize,minimize]",
             "model.hidden_size=choice(8,64)",
             "hydra/sweeper/sampler=nsgaii",
             "hydra.sweeper.sampler.population_size=4",
+            f"hydra.sweeper.constraints=['model/params <= {bound}','model/latency_ms <= 1e6']",
         ),
         tmp_path,
     )
@@ -269,11 +305,18 @@ def test_multi_objective_sweep_records_the_pareto_front(tmp_path):
     (results,) = (tmp_path / "multirun").rglob("optimization_results.yaml")
     front = yaml.safe_load(results.read_text())["solutions"]
     assert sorted(s["trial"] for s in front) == sorted(t.number for t in study.best_trials)
+    feasible = {t.number for t in study.trials if t.params["model.hidden_size"] == 8}
+    assert front and {s["trial"] for s in front} <= feasible
+    for trial in study.trials:
+        assert trial.user_attrs["feasible"] == (trial.number in feasible)
+        assert trial.user_attrs["measures"]["model/latency_ms"] > 0
 
     (parent,), children = split_runs(tmp_path)
     for child in children:  # the second objective is the run's own parameter count
         trial = study.trials[int(child.data.tags["optuna.trial"])]
         assert trial.values[1] == child.data.metrics["model/params"]
+        assert child.data.params["optimized_direction"] == "['maximize', 'minimize']"
+        assert child.data.tags["optuna.feasible"] == str(trial.number in feasible).lower()
     assert parent.data.metrics["pareto_front_size"] == len(front)
     assert parent.data.tags["pareto.trials"] == ",".join(str(s["trial"]) for s in front)
     client = MlflowClient(sqlite_uri(tmp_path))
@@ -281,4 +324,4 @@ def test_multi_objective_sweep_records_the_pareto_front(tmp_path):
     assert "pareto_front.md" in artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/pareto_front.png"}
-    assert "trial  state     rank" in output(proc)  # the table is ordered by Pareto rank
+    assert "trial  state     feasible  rank" in output(proc)  # ordered by Pareto rank

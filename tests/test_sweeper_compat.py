@@ -21,13 +21,14 @@ CONDITIONAL = [str(ROOT / "examples" / "conditional" / "conditional.py")]
 TASKS = [str(ROOT / "tests" / "apps" / "tasks.py")]
 
 
-def sweep(program, tmp_path, *args, study="study", storage="optuna.db", check=True):
+def sweep(program, tmp_path, *args, study="study", storage="optuna.db", check=True, split=False):
     url = f"sqlite:///{tmp_path / storage}"
     proc = run_cli(
         ["-m", f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study}", *args],
         tmp_path,
         program=program,
         timeout=240,
+        split_stderr=split,
     )
     if check:
         assert proc.returncode == 0, output(proc)
@@ -35,8 +36,9 @@ def sweep(program, tmp_path, *args, study="study", storage="optuna.db", check=Tr
 
 
 def results(tmp_path) -> dict:
-    (found,) = (tmp_path / "multirun").rglob("optimization_results.yaml")
-    return yaml.safe_load(found.read_text())
+    """The results file of the latest sweep under tmp_path."""
+    found = sorted((tmp_path / "multirun").rglob("optimization_results.yaml"))
+    return yaml.safe_load(max(found, key=lambda p: p.stat().st_mtime).read_text())
 
 
 def test_sphere_example_with_a_seeded_tpe_sampler(tmp_path):
@@ -124,14 +126,68 @@ def test_max_failure_rate_stops_the_sweep_with_its_records_complete(tmp_path):
         "hydra.sweeper.n_trials=12",
         "hydra.sweeper.max_failure_rate=0.3",
         check=False,
+        split=True,
     )
     assert proc.returncode == 2, output(proc)
-    assert "more than hydra.sweeper.max_failure_rate=0.3" in output(proc)
+    # The error on stderr, with the last failed trial's own error; progress on stdout.
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("SweepError")]
+    assert "more than hydra.sweeper.max_failure_rate=0.3" in line
+    last = max((t for t in study.trials if t.state == TrialState.FAIL), key=lambda t: t.number)
+    assert f"The last failed trial, {last.number}: {last.system_attrs['error']}" in line
+    assert "SweepError" not in proc.stdout and "Trials of study" in proc.stdout
     assert "Traceback" not in output(proc)
     assert all(t.state.is_finished() for t in study.trials) and len(study.trials) < 12
     failed = sum(t.state == TrialState.FAIL for t in study.trials)
     assert failed / len(study.trials) > 0.3
     assert results(tmp_path)["trials"]["FAIL"] == failed
+    assert results(tmp_path)["stopped_by"] == "max_failure_rate"
+
+
+NUMBERS = ["mode=number", "~hydra.sweeper.params.mode", "hydra.sweeper.n_trials=30"]
+
+
+def test_stop_conditions_end_a_sweep_early_and_a_rerun_resumes_it(tmp_path):
+    # target: the first trial at or below 0.2 ends the sweep (it minimizes x).
+    proc, study = sweep(TASKS, tmp_path, *NUMBERS, "hydra.sweeper.target=0.2", study="target")
+    values = [t.value for t in study.trials]
+    assert values[-1] <= 0.2 and all(v > 0.2 for v in values[:-1]) and len(values) < 30
+    assert results(tmp_path)["stopped_by"] == "target"
+    assert f"stopped by target: trial {len(values) - 1} reached" in proc.stdout
+    higher = [*NUMBERS[:2], "hydra.sweeper.n_trials=8", "hydra.sweeper.target=1e-5"]
+    _, study = sweep(TASKS, tmp_path, *higher, study="target")
+    assert len(study.trials) == 8  # a higher bar: the same study goes on
+
+    # patience: 3 finished trials in a row without a new best.
+    _, study = sweep(TASKS, tmp_path, *NUMBERS, "hydra.sweeper.patience=3", study="patience")
+    values = [t.value for t in study.trials]
+    best_at = values.index(min(values))
+    assert len(values) == best_at + 4 and results(tmp_path)["stopped_by"] == "patience"
+    _, study = sweep(TASKS, tmp_path, *NUMBERS, "hydra.sweeper.patience=5", study="patience")
+    assert len(study.trials) > len(values)  # resumed: the same trials, then more
+
+    # timeout: no trial starts after 1 s; each run has its own clock.
+    slow = [*NUMBERS, "hydra.sweeper.timeout=1", "seconds=0.6"]
+    proc, study = sweep(TASKS, tmp_path, *slow, study="timeout")
+    first = len(study.trials)
+    assert 1 <= first <= 2 and results(tmp_path)["stopped_by"] == "timeout"
+    assert "stopped by timeout" in proc.stdout
+    _, study = sweep(TASKS, tmp_path, *slow, study="timeout")
+    assert first < len(study.trials) <= 2 * first + 1
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE}  # running ones finished
+
+
+def test_a_constrained_sweep_picks_the_best_feasible_trial(tmp_path):
+    # The task records x; the constraint x >= 0.5 rules out the low values it prefers.
+    args = [*NUMBERS[:2], "hydra.sweeper.n_trials=12", "hydra.sweeper.sampler=tpe", "record_x=true"]
+    _, study = sweep(TASKS, tmp_path, *args, 'hydra.sweeper.constraints=["x >= 0.5"]')
+    values = [t.value for t in study.trials]
+    best = results(tmp_path)
+    assert best["best_value"] == min(v for v in values if v >= 0.5) == study.best_value
+    assert min(values) < 0.5  # the unconstrained best breaks the constraint
+    assert best["infeasible"] == sum(v < 0.5 for v in values) > 0
+    for trial in study.trials:
+        assert trial.user_attrs["feasible"] == (trial.value >= 0.5)
+        assert trial.constraints == {"x >= 0.5": pytest.approx(0.5 - trial.value)}
 
 
 def test_warm_start_and_enqueued_trials_seed_a_new_study(tmp_path):

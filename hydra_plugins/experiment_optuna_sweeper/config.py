@@ -114,7 +114,8 @@ class ExperimentOptunaSweeperConf:
     # round, the null would replace the option's node).
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}])
     # maximize | minimize, or a list of them (one per objective). null: the task's
-    # `optimized_direction` where it has one, else minimize (as the official plugin).
+    # `optimized_direction` where it has one, else minimize (as the official plugin). Set,
+    # it is the one source: the task's `optimized_direction` follows it in every trial.
     direction: Any = None
     # Finished trials (complete, pruned or failed) the study should hold, across all runs.
     n_trials: int = 20
@@ -136,6 +137,18 @@ class ExperimentOptunaSweeperConf:
     pruner: Any = None
     # Once more than this share of the finished trials failed, the sweep stops (exit 2).
     max_failure_rate: float = 1.0
+    # Stop conditions (a sweep ended by one exits 0; running trials finish). timeout:
+    # seconds from the start of this invocation after which no trial starts (a rerun has its
+    # own clock). target: stop once a finished (feasible) trial reaches this objective value
+    # (a list: one per objective, all reached). patience: stop after this many finished
+    # trials in a row without a new best (several objectives: a new Pareto-front trial).
+    timeout: float | None = None
+    target: Any = None
+    patience: int | None = None
+    # "MEASURE <= NUMBER" or "MEASURE >= NUMBER" on measures the trials record (the
+    # project's runs: model/params, model/latency_ms, peak_rss_mb, train_time_s, val/...),
+    # for the samplers that use constraints (tpe, nsgaii, nsgaiii, gp); others are refused.
+    constraints: list[str] = field(default_factory=list)
     # Search space in the official Optuna sweeper's syntax: key: interval(a, b) etc.
     params: dict[str, Any] = field(default_factory=dict)
     # Dotted path of a function (cfg, trial) -> None that suggests more parameters, e.g.

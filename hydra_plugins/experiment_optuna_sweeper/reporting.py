@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from experiment.secrets import redact
+from hydra_plugins.experiment_optuna_sweeper.constraints import is_feasible
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class ParentRun:
                 },
             )
             self.run_id = run.info.run_id
+
+    def tag_trial_run(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
 
     def close_orphans(self, study: optuna.Study) -> None:
         """Trial runs left RUNNING by a killed process: KILLED, not RUNNING forever.
@@ -97,6 +101,8 @@ class ParentRun:
             self.client.set_tag(self.run_id, f"best.{key}", str(value))
         if summary.get("best_trial") is not None:
             self.client.set_tag(self.run_id, "best.trial", str(summary["best_trial"]))
+        if summary.get("stopped_by"):
+            self.client.set_tag(self.run_id, "sweep.stopped_by", summary["stopped_by"])
         if results_file is not None and results_file.exists():
             self.client.log_artifact(self.run_id, str(results_file))
         for path in study_plots(study):
@@ -146,22 +152,31 @@ def study_plots(study: optuna.Study) -> list[Path]:
     return written
 
 
-def summarize(study: optuna.Study) -> dict:
+def summarize(study: optuna.Study, stopped=None) -> dict:
     """Trial counts and the best trial; for several objectives the Pareto front
-    (`solutions`) instead of one best."""
+    (`solutions`) instead of one best. With constraints, both hold feasible trials only
+    (Optuna's own rule) and the infeasible complete trials are counted. `stopped`: the
+    Stop that ended the sweep, if known."""
     counts = {state.name: 0 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    for trial in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
         if trial.state.name in counts:
             counts[trial.state.name] += 1
     summary = {"counts": counts, "best_value": None, "best_params": None, "best_trial": None}
+    if any(t.constraints for t in trials):
+        summary["infeasible"] = sum(
+            t.state == TrialState.COMPLETE and not is_feasible(t) for t in trials
+        )
     if len(study.directions) > 1:
         front = sorted(study.best_trials, key=lambda t: t.number) if counts["COMPLETE"] else []
         summary["solutions"] = [
             {"number": t.number, "params": t.params, "values": t.values} for t in front
         ]
-    elif counts["COMPLETE"]:
+    elif counts["COMPLETE"] and summary.get("infeasible", 0) < counts["COMPLETE"]:
         best = study.best_trial
         summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
+    if stopped is not None:
+        summary.update(stopped_by=stopped.by, stop_reason=stopped.reason)
     return summary
 
 
@@ -178,6 +193,9 @@ def write_results(path: Path, study_name: str, summary: dict) -> None:
     else:
         results.update(best_params=summary["best_params"], best_value=summary["best_value"])
     results["trials"] = summary["counts"]
+    for key in ("infeasible", "stopped_by", "stop_reason"):
+        if key in summary:
+            results[key] = summary[key]
     OmegaConf.save(OmegaConf.create(results), path)
 
 
@@ -240,21 +258,31 @@ def summary_table(study: optuna.Study, limit: int = 20) -> str:
     several = len(study.directions) > 1
     ranks = pareto_ranks(study) if several else {}
     sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
+    constrained = any(t.constraints for t in trials)
 
     def order(t):
+        infeasible = constrained and not is_feasible(t)
         if several:
-            return (t.number not in ranks, ranks.get(t.number, 0), t.number)
-        return (t.value is None, sign * t.value if t.value is not None else 0.0, t.number)
+            return (infeasible, t.number not in ranks, ranks.get(t.number, 0), t.number)
+        value = sign * t.value if t.value is not None else 0.0
+        return (t.value is None, infeasible, value, t.number)
 
     names = sorted({k for t in trials for k in t.params})
     header = ["trial", "state", *(["rank"] if several else []), "value", "seconds", *names]
+    if constrained:
+        header.insert(2, "feasible")
     rows = []
     for t in sorted(trials, key=order)[:limit]:
         seconds = t.duration.total_seconds() if t.duration else float("nan")
         value = "" if t.values is None else _values(t.values if several else t.value)
         rank = [str(ranks.get(t.number, ""))] if several else []
         params = [_short(t.params[k]) if k in t.params else "" for k in names]
-        rows.append([str(t.number), t.state.name, *rank, value, f"{seconds:.1f}", *params])
+        row = [str(t.number), t.state.name, *rank, value, f"{seconds:.1f}", *params]
+        if constrained:
+            row.insert(
+                2, "" if t.state != TrialState.COMPLETE else "yes" if is_feasible(t) else "no"
+            )
+        rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
@@ -33,6 +33,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 WORKER_ATTR = "worker"  # host:pid of the process running a trial
 RETRY_OF_ATTR = "retry_of"  # set on the queued re-run of a trial killed mid-run
 FAIL_REASON_ATTR, KILLED = "fail_reason", "process killed"
+ERROR_ATTR = "error"  # what a failed trial's task raised or returned
 COORDINATORS_ATTR = "coordinators"  # how many sweep processes have joined the study
 
 WARM_START_ATTR = "warm_start_from"  # on trials copied from another study
@@ -84,7 +85,11 @@ def _pruner_from(value: Any) -> optuna.pruners.BasePruner:
 
 
 def make_sampler(
-    value: Any, seed: int | None, join_index: int = 0, space: dict | None = None
+    value: Any,
+    seed: int | None,
+    join_index: int = 0,
+    space: dict | None = None,
+    constrained: bool = False,
 ) -> optuna.samplers.BaseSampler:
     """The sampler of the `join_index`-th process to join the study (0 for the first), from
     a short name, a `hydra/sweeper/sampler` node or any `_target_` node.
@@ -92,11 +97,16 @@ def make_sampler(
     Each process gets its own seed (the node's seed, else `seed`, plus join_index):
     processes that share a study, or a rerun that resumes one, would otherwise draw the same
     random start-up trials again. A grid sampler's grid comes from the search space.
+    `constrained`: the sweep has constraints, which only samplers that use them may serve
+    (see constraints.py).
     """
     from hydra_plugins.experiment_optuna_sweeper.config import SAMPLER_OPTIONS
+    from hydra_plugins.experiment_optuna_sweeper.constraints import check_sampler
     from hydra_plugins.experiment_optuna_sweeper.search_space import grid
 
     if isinstance(value, optuna.samplers.BaseSampler):
+        if constrained:
+            check_sampler(type(value), type(value).__name__)
         return value
     if isinstance(value, DictConfig | dict) and "_target_" in value:
         node = OmegaConf.to_container(OmegaConf.create(value), resolve=True)
@@ -108,6 +118,8 @@ def make_sampler(
             "or a node with _target_."
         )
     base_seed = node.get("seed") if node.get("seed") is not None else seed
+    if constrained:
+        check_sampler(get_class(node["_target_"]), node["_target_"].rsplit(".", 1)[-1])
     if node["_target_"] == GRID_SAMPLER:
         node["_target_"] = f"{__name__}.ExhaustibleGridSampler"
         node["search_space"] = node.get("search_space") or grid(space or {})

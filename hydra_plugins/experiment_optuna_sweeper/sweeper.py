@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,14 +26,17 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from experiment.console import split_streams
 from experiment.errors import ExperimentError, SweepError
 from experiment.signals import stop_on_sigterm
-from experiment.sweep_context import COMPLETE, FAIL, TrialContext
+from experiment.sweep_context import COMPLETE, FAIL, MEASURES_ATTR, TrialContext
+from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.groups import GroupExecutor
 from hydra_plugins.experiment_optuna_sweeper.jobs import LAUNCHERS, JobExecutor
 from hydra_plugins.experiment_optuna_sweeper.locking import StudyLock
+from hydra_plugins.experiment_optuna_sweeper.stopping import Stop, StopConditions
 from hydra_plugins.experiment_optuna_sweeper.workers import (
     InProcessExecutor,
     TrialResult,
@@ -62,6 +66,10 @@ class ExperimentOptunaSweeper(Sweeper):
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
         devices_per_trial: int = 1,
+        timeout: float | None = None,
+        target: Any = None,
+        patience: int | None = None,
+        constraints: list | None = None,
     ):
         self.direction, self.n_trials, self.n_jobs = _plain(direction), n_trials, n_jobs
         self.devices_per_trial = devices_per_trial
@@ -71,6 +79,8 @@ class ExperimentOptunaSweeper(Sweeper):
         self.max_failure_rate, self.custom_search_space = max_failure_rate, custom_search_space
         self.enqueue_trials, self.warm_start = _plain(enqueue_trials) or [], _plain(warm_start)
         self.heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
+        self.stop_settings = (timeout, _plain(target), patience)
+        self.constraint_specs = _plain(constraints) or []
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -79,25 +89,38 @@ class ExperimentOptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------ the sweep
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> None:
+        """Run the sweep; None, as the official plugin's (the results are in the study,
+        the results file and MLflow)."""
         try:
-            return self._sweep(arguments)
-        except ExperimentError as err:  # one clear line, as for a single run
+            self._sweep(arguments)
+        except ExperimentError as err:  # one clear line on stderr, as for a single run
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error(f"{type(err).__name__}: {err}")
+            log.debug("sweep stopped", exc_info=err)  # the log file keeps the details
+            print(f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
             raise SystemExit(err.exit_code) from None
 
-    def _sweep(self, arguments: list[str]) -> Any:
+    def _sweep(self, arguments: list[str]) -> None:
         stop_on_sigterm()
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        split_streams()
+        # Optuna's own lines through the same handlers: its warnings to stderr, into the log.
+        studies.optuna.logging.disable_default_handler()
+        studies.optuna.logging.enable_propagation()
         directions = self._directions()
         self._check_settings()
+        stop = StopConditions.from_settings(*self.stop_settings, n_objectives=len(directions))
+        constraints = constraining.parse(self.constraint_specs)
+        judge = constraining.Judge(constraints) if constraints else None
         self._warn_about_launcher()
         space, fixed = search_space.build(self.params, arguments)
         extend_space = self._custom_search_space()
         name = self.study_name or default_study_name(space, fixed)
+        fixed = [*fixed, *self._direction_overrides(directions)]
+        if judge is not None:  # a sampler that ignores constraints: refused before any study
+            studies.make_sampler(self.sampler_spec, self.seed, 0, space, constrained=True)
         storage = studies.make_storage(self.storage_url, **self.heartbeat)
         pruner = studies.make_pruner(self.pruner_spec, len(directions))
         # Every sweep process joining the study takes this lock for the steps that must not
@@ -106,7 +129,11 @@ class ExperimentOptunaSweeper(Sweeper):
         with lock:
             study = studies.load_or_create(name, storage, directions, pruner)
             study.sampler = studies.make_sampler(
-                self.sampler_spec, self.seed, studies.join(study) if storage else 0, space
+                self.sampler_spec,
+                self.seed,
+                studies.join(study) if storage else 0,
+                space,
+                constrained=judge is not None,
             )
             self._seed_study(study, space)
             studies.recover_stale_trials(study)
@@ -131,30 +158,46 @@ class ExperimentOptunaSweeper(Sweeper):
             executor.check_storage(self.storage_url, name)
             with lock:  # jobs a killed earlier run of this command left queued or running
                 executor.attach(study)
-        results, interrupted = [], False
         plan = _Plan(study, lock, space, fixed, extend_space, name, parent, n_trials)
+        plan.stop, plan.judge = stop, judge
+        interrupted = errored = False
         try:
-            results = self._run_trials(plan, executor)
+            self._run_trials(plan, executor)
         except KeyboardInterrupt:
             # The trial in flight stays RUNNING: the next run of the sweep fails it and
             # retries its configuration once, like a trial of a killed sweep.
             interrupted = True
+            plan.stopped = Stop("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+            raise
+        except Exception:
+            errored = True
             raise
         finally:
             executor.close()
-            summary = reporting.summarize(study)
-            results_file = sweep_dir / "optimization_results.yaml"
-            reporting.write_results(results_file, name, summary)
+            results = plan.results
             all_failed = bool(results) and all(r.state == FAIL for r in results)
             too_many_failed = self._failure_rate_exceeded(study)
+            if too_many_failed:
+                failed, finished = _failure_counts(study)
+                plan.stopped = Stop("max_failure_rate", f"{failed} of {finished} trials failed")
+            summary = reporting.summarize(study, plan.stopped)
+            results_file = sweep_dir / "optimization_results.yaml"
+            reporting.write_results(results_file, name, summary)
             if parent is not None:
-                failed = all_failed or too_many_failed
+                failed = all_failed or too_many_failed or errored
                 status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
                 with lock:  # the last process of a shared study to finish closes the run
                     others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
                     parent.finish(study, summary, results_file, status, close=not others_running)
         log.info("Trials of study '%s', best first:\n%s", name, reporting.summary_table(study))
-        log.info("Sweep done: %s. %s Results: %s", summary["counts"], _best(summary), results_file)
+        log.info(
+            "Sweep done (stopped by %s: %s): %s. %s Results: %s",
+            plan.stopped.by,
+            plan.stopped.reason,
+            summary["counts"],
+            _best(summary),
+            results_file,
+        )
         if too_many_failed:
             raise SweepError(self._failure_message(study, sweep_dir))
         if all_failed:
@@ -162,7 +205,6 @@ class ExperimentOptunaSweeper(Sweeper):
                 f"All {len(results)} trials of this sweep failed; the first: "
                 f"{results[0].error}. See the trial logs under {sweep_dir}."
             )
-        return [[r] for r in results]
 
     def _executor(self, name: str, pruner, sweep_dir: Path):
         """Where trials run: this process (n_jobs=1), n_jobs worker processes, n_jobs
@@ -209,14 +251,10 @@ class ExperimentOptunaSweeper(Sweeper):
             )
             return trial
 
-    def _run_trials(self, plan: _Plan, executor) -> list:
-        results, params_of = [], {}
+    def _run_trials(self, plan: _Plan, executor) -> None:
+        params_of = {}
         while True:
-            while (
-                executor.free
-                and not self._failure_rate_exceeded(plan.study)
-                and (trial := self._ask(plan)) is not None
-            ):
+            while executor.free and self._may_start(plan) and (trial := self._ask(plan)):
                 try:
                     if plan.extend_space is not None:  # dependent and conditional parameters
                         plan.extend_space(self.config, trial)
@@ -228,22 +266,42 @@ class ExperimentOptunaSweeper(Sweeper):
                     job_config = self._job_config(overrides, trial.number)
                 except Exception as err:  # e.g. a sampled value the config rejects
                     result = TrialResult(trial.number, FAIL, error=f"{type(err).__name__}: {err}")
+                    plan.study._storage.set_trial_system_attr(
+                        trial._trial_id, studies.ERROR_ATTR, result.error
+                    )
                     plan.study.tell(trial, state=studies.TrialState.FAIL)
-                    results.append(result)
+                    plan.results.append(result)
                     log.info(reporting.trial_line(result, trial.params))
                     continue
                 context = TrialContext(
-                    trial, plan.name, plan.parent.run_id if plan.parent else None, self.n_jobs > 1
+                    trial,
+                    plan.name,
+                    plan.parent.run_id if plan.parent else None,
+                    self.n_jobs > 1,
+                    wanted_measures=plan.wanted_measures,
                 )
                 executor.submit(trial, job_config, context)
             if not executor.busy:
-                if self._others_may_need_retries(plan):
+                if plan.stopped is None and self._others_may_need_retries(plan):
                     continue
-                return results
+                if plan.stopped is None:
+                    plan.stopped = Stop("n_trials", f"the study holds {plan.n_trials} trials")
+                return
             result = executor.next_result()
             trial = self._record(plan, result)
-            results.append(result)
+            plan.results.append(result)
             log.info(reporting.trial_line(result, params_of.get(result.number, trial.params)))
+
+    def _may_start(self, plan: _Plan) -> bool:
+        """Whether a new trial may start: no stop condition met, the failure rate not
+        exceeded (running trials finish either way)."""
+        if self._failure_rate_exceeded(plan.study):
+            return False
+        if plan.stopped is None:
+            plan.stopped = plan.stop.check(plan.study)
+            if plan.stopped is not None:
+                log.info("Stopping: %s. Running trials finish.", plan.stopped.reason)
+        return plan.stopped is None
 
     @staticmethod
     def _record(plan: _Plan, result: TrialResult):
@@ -260,10 +318,49 @@ class ExperimentOptunaSweeper(Sweeper):
                 if plan.parent is not None:  # the run its job left RUNNING: KILLED
                     plan.parent.close_orphans(study)
         elif result.state == COMPLETE:
+            judge = plan.judge
+            missing = judge.missing(trial) if judge else []
+            if missing:  # a task that does not record what the constraints bound
+                message = constraining.missing_measures_message(
+                    result.number, missing, trial.user_attrs.get(MEASURES_ATTR) or {}
+                )
+                storage.set_trial_system_attr(trial_id, studies.ERROR_ATTR, message)
+                study.tell(result.number, state=studies.TrialState.FAIL)
+                raise SweepError(message)
+            if judge:  # before the tell: a finished trial cannot be changed
+                feasible = judge.set_on(storage, trial)
+                if plan.parent is not None and "mlflow_run_id" in trial.user_attrs:
+                    plan.parent.tag_trial_run(
+                        trial.user_attrs["mlflow_run_id"], "optuna.feasible", str(feasible).lower()
+                    )
             study.tell(result.number, result.value)
         else:
+            if result.error:  # the failure-rate stop names the last failed trial's error
+                storage.set_trial_system_attr(trial_id, studies.ERROR_ATTR, result.error)
+            if plan.judge and result.state == "PRUNED":  # Optuna's samplers read them too
+                plan.judge.set_on(storage, trial)
             study.tell(result.number, state=studies.TrialState[result.state])
         return trial
+
+    def _direction_overrides(self, directions: list[str]) -> list[str]:
+        """The override that makes every trial's `optimized_direction` follow
+        `hydra.sweeper.direction` (none where the task has no such key, the direction was
+        not set on the sweeper, or the command line gave the same already)."""
+        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
+        if self.direction is None or "optimized_direction" not in task:
+            return []
+        if self._overridden("optimized_direction") is not None:
+            return []  # checked equal in _directions
+        value = directions[0] if len(directions) == 1 else "[" + ",".join(directions) + "]"
+        return [f"optimized_direction={value}"]
+
+    def _overridden(self, key: str) -> str | None:
+        """The value given to `key` on the command line, if any."""
+        for override in self.config.hydra.overrides.task:
+            name, _, value = str(override).lstrip("+~").partition("=")
+            if name == key:
+                return value
+        return None
 
     def _others_may_need_retries(self, plan: _Plan) -> bool:
         """With heartbeats, a process whose own budget is spent waits while trials of other
@@ -291,20 +388,37 @@ class ExperimentOptunaSweeper(Sweeper):
     # ------------------------------------------------------------------ settings
 
     def _directions(self) -> list[str]:
-        given = self.direction if self.direction is not None else self._task_direction()
-        directions = [given] if isinstance(given, str) else list(given)
+        """One source for the study's directions: `hydra.sweeper.direction` when set (the
+        trials' `optimized_direction` then follows it), else the app's
+        `optimized_direction`, else minimize (as the official plugin)."""
+        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
+        given = self.direction if self.direction is not None else task.get("optimized_direction")
+        given = given or "minimize"
+        directions = _as_list(given)
         if not directions or any(d not in DIRECTIONS for d in directions):
             raise SweepError(
                 f"hydra.sweeper.direction={given}: use maximize or minimize, or a list of "
                 "them (one per objective)"
             )
+        on_command_line = self._overridden("optimized_direction")
+        disagree = _as_list(task.get("optimized_direction")) != directions
+        if self.direction is not None and on_command_line is not None and disagree:
+            raise SweepError(
+                f"hydra.sweeper.direction={given} and optimized_direction="
+                f"{on_command_line} disagree. Set one of them: the sweeper's direction, "
+                "when set, is what every trial's optimized_direction follows."
+            )
+        metrics = task.get("optimized_metric")
+        if (
+            self.direction is not None
+            and metrics is not None
+            and len(_as_list(metrics)) != len(directions)
+        ):
+            raise SweepError(
+                f"hydra.sweeper.direction={given} gives {len(directions)} direction(s) for "
+                f"optimized_metric={metrics}: give one direction per optimized metric."
+            )
         return directions
-
-    def _task_direction(self) -> Any:
-        """The app's `optimized_direction`; minimize where it states none (as the official
-        plugin does)."""
-        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
-        return task.get("optimized_direction") or "minimize"
 
     def _check_settings(self) -> None:
         if self.n_trials < 1:
@@ -317,7 +431,9 @@ class ExperimentOptunaSweeper(Sweeper):
                 "workers share: set hydra.sweeper.storage=sqlite:///multirun/optuna.db"
             )
         self._check_devices_per_trial()
-        if not 0.0 <= self.max_failure_rate <= 1.0:
+        if not isinstance(self.max_failure_rate, float | int) or not (
+            0.0 <= self.max_failure_rate <= 1.0
+        ):
             raise SweepError(
                 f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: needs a number in "
                 "[0, 1] (the share of finished trials that may fail)"
@@ -329,7 +445,7 @@ class ExperimentOptunaSweeper(Sweeper):
                 "a sweep does not run under torchrun: start it as one command and set "
                 "hydra.sweeper.devices_per_trial=K to train each trial on K devices"
             )
-        k, gpus = self.devices_per_trial, _gpu_count()
+        k = self.devices_per_trial
         if not isinstance(k, int) or k < 1:
             raise SweepError(f"hydra.sweeper.devices_per_trial={k}: needs an integer >= 1")
         if k > 1 and not self.storage_url:
@@ -338,6 +454,7 @@ class ExperimentOptunaSweeper(Sweeper):
                 "group, which reports through a database storage: set "
                 "hydra.sweeper.storage=sqlite:///multirun/optuna.db"
             )
+        gpus = _gpu_count() if k > 1 else 0  # torch is imported only where it is needed
         if k > 1 and gpus and k * self.n_jobs > gpus:
             raise SweepError(
                 f"hydra.sweeper.devices_per_trial={k} x n_jobs={self.n_jobs} needs "
@@ -431,10 +548,18 @@ class ExperimentOptunaSweeper(Sweeper):
 
     def _failure_message(self, study, sweep_dir: Path) -> str:
         failed, finished = _failure_counts(study)
+        last = _last_failed(study)
+        cause = ""
+        if last is not None:
+            error = last.system_attrs.get(studies.ERROR_ATTR) or last.system_attrs.get(
+                studies.FAIL_REASON_ATTR, "no error recorded"
+            )
+            cause = f" The last failed trial, {last.number}: {error}."
         return (
             f"{failed} of {finished} finished trials failed ({failed / finished:.0%}), more "
-            f"than hydra.sweeper.max_failure_rate={self.max_failure_rate}: the sweep stopped. "
-            f"The trials' logs are under {sweep_dir}; the study and its MLflow runs are kept."
+            f"than hydra.sweeper.max_failure_rate={self.max_failure_rate}: the sweep stopped."
+            f"{cause} The trials' logs are under {sweep_dir}; the study and its MLflow runs "
+            "are kept."
         )
 
     def _parent_run(self, name: str):
@@ -445,12 +570,38 @@ class ExperimentOptunaSweeper(Sweeper):
 
 
 class _Plan:
-    """What the trial loop works with."""
+    """What the trial loop works with, and what it found: its results and why it stopped."""
 
     def __init__(self, study, lock, space, fixed, extend_space, name, parent, n_trials):
         self.study, self.lock, self.space, self.fixed = study, lock, space, fixed
         self.extend_space, self.name, self.parent = extend_space, name, parent
         self.n_trials = n_trials
+        self.stop = StopConditions()
+        self.judge: constraining.Judge | None = None
+        self.results: list[TrialResult] = []
+        self.stopped: Stop | None = None
+
+    @property
+    def wanted_measures(self) -> tuple[str, ...]:
+        return tuple(c.measure for c in self.judge.constraints) if self.judge else ()
+
+
+def _last_failed(study):
+    """The counted failed trial that ended last (None if there is none)."""
+    failed = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(studies.TrialState.FAIL,))
+        if studies.is_counted(t)
+    ]
+    return max(
+        failed,
+        key=lambda t: (t.datetime_complete is not None, t.datetime_complete, t.number),
+        default=None,
+    )
+
+
+def _as_list(value) -> list:
+    return [value] if isinstance(value, str) or value is None else list(value)
 
 
 def _failure_counts(study) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
 from experiment import sweep_context
+from experiment.console import split_streams
 from experiment.errors import ExperimentError
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ def execute(
             raise
         except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself
             return sweep_context.FAIL, None, f"{type(err).__name__}: {err}"
+        finally:
+            split_streams()  # the job configured logging anew: stderr for warnings again
     if ret.status == JobStatus.COMPLETED:
         try:
             return (
@@ -311,7 +314,10 @@ def worker_main(conn, task_ref, storage, study_name, pruner, gpu, cpu_threads) -
         context.trial = optuna.Trial(study, trial_id)
         hydra_context = HydraContext(config_loader=None, callbacks=Callbacks(job_config))
         start = time.perf_counter()
-        state, value, error = execute(hydra_context, task_function, job_config, context)
+        try:
+            state, value, error = execute(hydra_context, task_function, job_config, context)
+        except KeyboardInterrupt:  # the sweep ended this worker mid-trial (close())
+            return
         conn.send(
             TrialResult(context.trial.number, state, value, error, time.perf_counter() - start)
         )
@@ -333,10 +339,13 @@ class WorkerPool:
     def _start(self, index: int) -> dict:
         parent_end, child_end = self.mp.Pipe()
         gpu = index % self.gpus if self.gpus else None  # round-robin over the GPUs
+        # Not daemonic: a trial's DataLoader starts worker processes of its own, which a
+        # daemonic process may not have. Stopped all the same: close() ends them, and a
+        # worker whose sweep was killed ends itself (_exit_with_parent).
         process = self.mp.Process(
             target=worker_main,
             name=f"sweep-worker-{index}",
-            daemon=True,
+            daemon=False,
             args=(child_end, *self.args, gpu, self.cpu_threads),
         )
         process.start()
@@ -379,10 +388,18 @@ class WorkerPool:
         return self.next_result()
 
     def close(self) -> None:
+        """End every worker: an idle one when told to, one still in a trial (the sweep
+        stopped on an error or Ctrl-C) at once, by SIGTERM (the project's runs then mark
+        their MLflow run KILLED; the next run of the sweep retries the trial); a worker that
+        does not end is killed."""
         for worker in self.workers:
+            if worker["trial"] is not None and worker["process"].is_alive():
+                worker["process"].terminate()
             with contextlib.suppress(BrokenPipeError, OSError):
                 worker["conn"].send(None)
+        deadline = time.monotonic() + 30
         for worker in self.workers:
-            worker["process"].join(timeout=30)
+            worker["process"].join(timeout=max(0.0, deadline - time.monotonic()))
             if worker["process"].is_alive():
-                worker["process"].terminate()
+                worker["process"].kill()
+                worker["process"].join(timeout=5)

@@ -1,6 +1,7 @@
 """A Hydra app whose task returns what `mode` says: a number, None, NaN, text, a tuple of
 the wrong length, or raises. The task is a callable object, not a function, and can sleep
-(`seconds`) so that a test can catch it mid-trial. For the sweeper's any-task tests."""
+(`seconds`) so that a test can catch it mid-trial, and record `x` as a measure for the
+sweep's constraints (`record_x`). For the sweeper's any-task tests."""
 
 import math
 import time
@@ -8,6 +9,8 @@ import time
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
+
+from experiment import sweep_context
 
 # A launcher the sweeper does not use, to show that it says so.
 ConfigStore.instance().store(
@@ -20,6 +23,8 @@ ConfigStore.instance().store(
 class Task:
     def __call__(self, cfg: DictConfig):
         time.sleep(cfg.seconds)
+        if cfg.record_x:
+            sweep_context.record_measures({"x": cfg.x})
         returns = {
             "number": lambda: float(cfg.x),
             "none": lambda: None,
