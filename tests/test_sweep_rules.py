@@ -130,6 +130,7 @@ def test_samplers_that_use_constraints_are_accepted(name):
 def test_console_lines_split_warnings_and_errors_to_stderr(capsys):
     logger = logging.getLogger("experiment-console-test")
     logger.propagate = False
+    logger.setLevel(logging.WARNING)
     handler = logging.StreamHandler(sys.stdout)
     logger.addHandler(handler)
     try:
@@ -137,7 +138,7 @@ def test_console_lines_split_warnings_and_errors_to_stderr(capsys):
         split_streams(logger)  # idempotent: one twin
         logger.warning("careful")
         logger.error("broken")
-        logging.getLogger("experiment-console-test").info("ignored below the level")
+        logger.info("ignored below the level")
         logger.setLevel(logging.INFO)
         logger.info("progress")
         out, err = capsys.readouterr()

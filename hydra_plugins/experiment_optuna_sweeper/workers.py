@@ -288,6 +288,10 @@ def load_study(storage: tuple, study_name: str, pruner):
 
 
 def worker_main(conn, task_ref, storage, study_name, pruner, gpu, cpu_threads) -> None:
+    # A spawned process makes spawn its default start method, so a trial's DataLoader would
+    # spawn its workers too, each importing torch again (seconds per loader and epoch):
+    # back to the platform's default, as in a run of its own.
+    mp.set_start_method(None, force=True)
     if gpu is not None:  # pin before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     with contextlib.suppress(ImportError):  # apps without torch need no thread setting
