@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from experiment.errors import SweepError
@@ -128,3 +129,41 @@ def missing_measures_message(trial_number: int, missing: list[str], measures: di
         "function of your own records its measures with "
         "experiment.sweep_context.record_measures({...})."
     )
+
+
+class FeasibleTrialsPruner(optuna.pruners.BasePruner):
+    """Prunes as `base` does, but compared with feasible trials only.
+
+    Without it, a large infeasible model's good learning curve would set the bar for the
+    feasible ones: a median pruner would stop most feasible trials early and the sweep
+    would end with few of them trained. (Hyperband keeps its own brackets of the whole
+    study and is not filtered.)
+    """
+
+    def __init__(self, base: optuna.pruners.BasePruner):
+        self.base = base
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return self.base.prune(_FeasibleView(study), trial)
+
+
+class _FeasibleView:
+    """A study whose finished infeasible trials are hidden from what reads its trials."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if not _is_infeasible(t)]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+def _is_infeasible(trial: FrozenTrial) -> bool:
+    return trial.state.is_finished() and any(v > 0 for v in trial.constraints.values())

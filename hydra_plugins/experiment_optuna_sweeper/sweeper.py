@@ -104,25 +104,17 @@ class ExperimentOptunaSweeper(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         stop_on_sigterm()
         setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        split_streams()
-        # Optuna's own lines through the same handlers: its warnings to stderr, into the log.
-        studies.optuna.logging.disable_default_handler()
-        studies.optuna.logging.enable_propagation()
+        self._set_up_logging()
         directions = self._directions()
         self._check_settings()
         stop = StopConditions.from_settings(*self.stop_settings, n_objectives=len(directions))
-        constraints = constraining.parse(self.constraint_specs)
-        judge = constraining.Judge(constraints) if constraints else None
         self._warn_about_launcher()
         space, fixed = search_space.build(self.params, arguments)
         extend_space = self._custom_search_space()
         name = self.study_name or default_study_name(space, fixed)
         fixed = [*fixed, *self._direction_overrides(directions)]
-        if judge is not None:  # a sampler that ignores constraints: refused before any study
-            studies.make_sampler(self.sampler_spec, self.seed, 0, space, constrained=True)
+        judge, pruner = self._judge_and_pruner(space, len(directions))
         storage = studies.make_storage(self.storage_url, **self.heartbeat)
-        pruner = studies.make_pruner(self.pruner_spec, len(directions))
         # Every sweep process joining the study takes this lock for the steps that must not
         # interleave with another's: joining, recovery, the parent run, counting + asking.
         lock = StudyLock(self.storage_url, name, getattr(storage, "engine", None))
@@ -205,6 +197,24 @@ class ExperimentOptunaSweeper(Sweeper):
                 f"All {len(results)} trials of this sweep failed; the first: "
                 f"{results[0].error}. See the trial logs under {sweep_dir}."
             )
+
+    def _set_up_logging(self) -> None:
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        split_streams()  # warnings and errors to stderr
+        # Optuna's own lines through the same handlers: its warnings to stderr, into the log.
+        studies.optuna.logging.disable_default_handler()
+        studies.optuna.logging.enable_propagation()
+
+    def _judge_and_pruner(self, space: dict, n_objectives: int):
+        """The constraints' judge (None without constraints) and the pruner: with
+        constraints, one that compares a trial with feasible trials alone, and a sampler
+        that ignores constraints refused before any study is touched."""
+        pruner = studies.make_pruner(self.pruner_spec, n_objectives)
+        constraints = constraining.parse(self.constraint_specs)
+        if not constraints:
+            return None, pruner
+        studies.make_sampler(self.sampler_spec, self.seed, 0, space, constrained=True)
+        return constraining.Judge(constraints), constraining.FeasibleTrialsPruner(pruner)
 
     def _executor(self, name: str, pruner, sweep_dir: Path):
         """Where trials run: this process (n_jobs=1), n_jobs worker processes, n_jobs
