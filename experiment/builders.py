@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiment import pretrained
 from experiment.data import DataBundle, build_loaders
 from experiment.distributed import SINGLE, Ranks
-from experiment.errors import ConfigValueError, ExperimentError
+from experiment.errors import ConfigValueError, DataError, ExperimentError
+from experiment.sources import as_splits, task_targets
 
 
 @dataclass
@@ -29,9 +30,10 @@ class Parts:
     scheduler: object | None
 
 
-def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) -> Parts:
+def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE, task=None) -> Parts:
     """Data, model, optimizer and scheduler for a (plain, validated) run config; with
-    several ranks, the model wrapped in DistributedDataParallel."""
+    several ranks, the model wrapped in DistributedDataParallel. `task` (default: the
+    config's) decides the targets' form and checks them and the model's outputs."""
     if ranks.distributed and cfg.model.get("unfreeze_at_epoch") is not None:
         raise ConfigValueError(
             "model.unfreeze_at_epoch",
@@ -39,8 +41,11 @@ def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) ->
             "null under torchrun (DDP fixes the set of trained parameters when it starts): "
             "train with the backbone frozen, or train the whole model",
         )
-    source = load_source(cfg.dataset)
-    model = build_model(cfg.model, source.input_shape, source.num_classes).to(device)
+    task = task if task is not None else build_task(cfg)
+    source = as_splits(load_source(cfg.dataset), cfg.dataset, task, cfg.dataset.source._target_)
+    model = build_model(
+        cfg.model, source.input_shape, source.num_outputs, cfg.regularization.dropout
+    ).to(device)
     if use_sync_batchnorm(cfg.trainer.sync_batchnorm, ranks, device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # channels_last suits cuDNN's conv kernels; batches then come in the same layout.
@@ -54,7 +59,9 @@ def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE) ->
         seed=cfg.trainer.seed,
         channels_last=channels_last,
         ranks=ranks,
+        targets=lambda y: task_targets(y, task),
     )
+    check_model_and_data(model, data, task)  # and materializes lazy layers
     optimizer = build_optimizer(cfg.optimizer, model, device)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
     forward = model
@@ -98,8 +105,89 @@ def load_source(cfg: DictConfig):
     return _instantiate(cfg.source)
 
 
-def build_model(cfg: DictConfig, input_shape, num_classes: int) -> nn.Module:
-    return _instantiate(cfg, input_shape=tuple(input_shape), num_classes=num_classes)
+def build_task(cfg: DictConfig):
+    """The run's task (tasks.py) from the `task` node."""
+    return _instantiate(cfg.task, _recursive_=False)
+
+
+# What the run knows about the data that a model may take, by name.
+_MODEL_ARGUMENTS = ("num_classes", "in_channels", "in_chans", "input_shape", "dropout")
+
+
+def build_model(
+    cfg: DictConfig, input_shape, num_classes: int, dropout: float | None = None
+) -> nn.Module:
+    """Any `nn.Module` class or factory of `model._target_`, given by name only those of
+    `num_classes` (the number of outputs: classes, or target columns), `in_channels` / `in_chans`,
+    `input_shape` and `dropout` (`regularization.dropout`) that its signature takes and
+    the node does not set (a factory that takes **kwargs gets `num_classes`)."""
+    known = {
+        "num_classes": num_classes,
+        "in_channels": input_shape[0] if input_shape else None,
+        "in_chans": input_shape[0] if input_shape else None,
+        "input_shape": tuple(input_shape),
+        "dropout": dropout,
+    }
+    accepted, open_kwargs = _parameters(cfg._target_)
+    given = {
+        name: value
+        for name, value in known.items()
+        if name in accepted and name not in cfg and value is not None
+    }
+    if open_kwargs and "num_classes" not in accepted and "num_classes" not in cfg:
+        given["num_classes"] = num_classes
+    model = _instantiate(cfg, **given)
+    if not isinstance(model, nn.Module):
+        raise ConfigValueError(
+            "model._target_",
+            cfg._target_,
+            f"an nn.Module class or factory (it returned a {type(model).__name__})",
+        )
+    return model
+
+
+def _parameters(target: str) -> tuple[set[str], bool]:
+    """The named parameters of `target` and whether it takes **kwargs."""
+    try:
+        factory = get_object(target)
+    except Exception as err:
+        raise ConfigValueError(
+            "model._target_",
+            target,
+            f"an importable class or function ({type(err).__name__}: "
+            f"{err}); a module of your own must be importable from where the command runs",
+        ) from None
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: give it nothing
+        return set(), False
+    kinds = {p.kind for p in signature.parameters.values()}
+    return set(signature.parameters), inspect.Parameter.VAR_KEYWORD in kinds
+
+
+def check_model_and_data(model: nn.Module, data: DataBundle, task) -> None:
+    """One batch through the model before anything trains: lazy layers take their shapes
+    (before the optimizer sees the parameters and DDP wraps them), and outputs or targets
+    that do not fit the task stop the run with one line."""
+    inputs, targets = next(iter(data.train))
+    task.check_targets(targets, data.num_outputs)
+    was_training = model.training
+    model.eval()  # batch norm statistics stay untouched by this batch
+    with torch.no_grad():
+        outputs = model(inputs[:2])
+    model.train(was_training)
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
+        raise ConfigValueError(
+            "model", shape, f"a model whose output is a tensor of N x {data.num_outputs}"
+        )
+    if outputs.shape[1] != data.num_outputs:
+        what = "classes" if data.classes is not None else "target columns"
+        raise DataError(
+            f"The model outputs {outputs.shape[1]} values per sample, but the data has "
+            f"{data.num_outputs} {what}: give the model num_classes={data.num_outputs} "
+            "(the run passes it to a model that takes `num_classes`)."
+        )
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, device=None) -> torch.optim.Optimizer:

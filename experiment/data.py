@@ -1,10 +1,11 @@
 """Batches for the training loop: splits, device-side normalization and augmentation.
 
-Every path ends in the same place: uint8 images reach the training device, where
-`BatchTransform` augments (for training) and normalizes them, batched. In-memory datasets
+Every path ends in the same place: inputs reach the training device, where
+`BatchTransform` augments (for training) and normalizes images, batched. In-memory datasets
 live on the device whole and batches are slices of a shuffled copy (no per-sample Python,
-no host-to-device copy per batch); image folders come through a DataLoader whose workers
-only decode and resize.
+no host-to-device copy per batch); image folders and a user's own Datasets come through a
+DataLoader. Image steps apply to image batches (N x C x H x W) only, and only as
+configured: other inputs (tabular features, sequences) pass through as they are.
 """
 
 from __future__ import annotations
@@ -52,10 +53,15 @@ class BatchTransform:
         channels_last: bool = False,
         generator: torch.Generator | None = None,
     ):
-        # Folding /255 into the affine map makes normalization one multiply-add.
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # Folding /255 into the affine map makes normalization one multiply-add. Without
+        # mean and std (a user's data), uint8 pixels are scaled to [0, 1] and float images
+        # are left as they are.
+        std_t = torch.tensor(std if std else [1.0], dtype=torch.float32, device=device)
+        mean_t = torch.tensor(mean if mean else [0.0], dtype=torch.float32, device=device)
+        std_t, mean_t = std_t.view(1, -1, 1, 1), mean_t.view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        self.float_scale = 1.0 / std_t  # for float images: (x - mean) / std
+        self.normalizes_floats = bool(mean) and bool(std)
         self.augmentation = augment or Augmentation()
         self.augment = augment is not None
         self.channels_last, self.generator = channels_last, generator
@@ -69,8 +75,15 @@ class BatchTransform:
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """One batch as normalized float32 (random-resized crops, when augmenting photos,
-        need float pixels: they come here, per batch)."""
-        x = images.float().mul_(self.scale).add_(self.shift)  # in place: one float copy
+        need float pixels: they come here, per batch). Non-image inputs pass through."""
+        if images.ndim != 4:
+            return images
+        if images.dtype == torch.uint8:
+            x = images.float().mul_(self.scale).add_(self.shift)  # in place: one float copy
+        elif self.normalizes_floats:
+            x = images.float().mul(self.float_scale).add_(self.shift)
+        else:
+            x = images.float()
         if self.augment and self.augmentation.resized_crop_scale:
             x = random_resized_crop(x, self.augmentation.resized_crop_scale, self.generator)
         if self.channels_last:
@@ -78,7 +91,8 @@ class BatchTransform:
         return x
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalized(self.augmented(images) if self.augment else images)
+        augment = self.augment and images.ndim == 4
+        return self.normalized(self.augmented(images) if augment else images)
 
 
 def random_crop(x: torch.Tensor, padding: int, generator=None) -> torch.Tensor:
@@ -179,7 +193,7 @@ class DeviceLoader:
         if self.shuffle:
             order = torch.randperm(len(labels), device=labels.device, generator=self.generator)
             images, labels = images[order], labels[order]
-        if self.transform.augment:
+        if self.transform.augment and images.ndim == 4:
             images = self.transform.augmented(images)
         world, batches = self.ranks.world_size, len(self)
         if world > 1:  # this rank's share: positions rank, rank + world, ...
@@ -192,10 +206,14 @@ class DeviceLoader:
 
 
 class HostLoader:
-    """A DataLoader of uint8 batches, copied to the device and transformed there."""
+    """A DataLoader's batches, copied to the device and transformed there; `targets`
+    puts a batch's targets in the form the task takes (e.g. a regression's N x 1)."""
 
-    def __init__(self, loader: DataLoader, transform: BatchTransform, device: torch.device):
+    def __init__(
+        self, loader: DataLoader, transform: BatchTransform, device: torch.device, targets=None
+    ):
         self.loader, self.transform, self.device = loader, transform, device
+        self.targets = targets or (lambda y: y)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -210,7 +228,10 @@ class HostLoader:
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:
             images = images.to(self.device, non_blocking=True)
-            yield self.transform(images), labels.to(self.device, non_blocking=True)
+            if images.dtype == torch.float64:  # NumPy features: the model's float32
+                images = images.float()
+            labels = self.targets(labels.to(self.device, non_blocking=True))
+            yield self.transform(images), labels
 
 
 @dataclass
@@ -218,12 +239,9 @@ class DataBundle:
     train: DeviceLoader | HostLoader
     val: DeviceLoader | HostLoader
     test: DeviceLoader | HostLoader
-    input_shape: tuple[int, int, int]
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    input_shape: tuple[int, ...]
+    classes: list[str] | None  # None where the outputs are target columns (regression)
+    num_outputs: int  # a score per class, or one output per target column
 
     def seed_epoch(self, seed: int) -> None:
         """Reseed the training loader's shuffling and augmentation for one epoch."""
@@ -238,19 +256,21 @@ def build_loaders(
     seed: int = 0,
     channels_last: bool = False,
     ranks: Ranks = SINGLE,
+    targets=None,
 ) -> DataBundle:
     """Wrap a loaded dataset's splits in loaders for `device` (`cfg`: a `dataset` node);
     `channels_last`: batches in the memory layout of a channels_last conv net; `ranks`:
     this process's share of a distributed run (validation and test are split between
-    the ranks without padding, so reduced sums count every sample once)."""
+    the ranks without padding, so reduced sums count every sample once); `targets`: the
+    task's form for a DataLoader batch's targets."""
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
         scale = cfg.get("resized_crop_scale")
         augmentation = Augmentation(cfg.crop_padding, cfg.hflip, tuple(scale) if scale else None)
         return BatchTransform(
-            cfg.mean,
-            cfg.std,
+            cfg.get("mean"),
+            cfg.get("std"),
             device,
             augment=augmentation if train and cfg.augment else None,
             channels_last=channels_last,
@@ -260,7 +280,7 @@ def build_loaders(
     if isinstance(source, ImageTensors):
         return _device_bundle(cfg, source, device, transform, generator, ranks)
     assert isinstance(source, FolderSplits), f"unexpected dataset source {type(source)}"
-    return _host_bundle(cfg, source, device, transform, seed, ranks)
+    return _host_bundle(cfg, source, device, transform, seed, ranks, targets)
 
 
 def _device_bundle(cfg, source: ImageTensors, device, transform, generator, ranks) -> DataBundle:
@@ -291,10 +311,13 @@ def _device_bundle(cfg, source: ImageTensors, device, transform, generator, rank
         test=DeviceLoader(*on_device["test"], cfg.eval_batch_size, transform(False), shuffle=False),
         input_shape=tuple(source.train_images.shape[1:]),
         classes=source.classes,
+        num_outputs=source.num_outputs,
     )
 
 
-def _host_bundle(cfg, source: FolderSplits, device, transform, seed: int, ranks) -> DataBundle:
+def _host_bundle(
+    cfg, source: FolderSplits, device, transform, seed: int, ranks, targets
+) -> DataBundle:
     train, val = source.train, source.val
     if val is None:
         keep, held = seeded_split(len(train), cfg.val_fraction, cfg.split_seed)
@@ -312,13 +335,13 @@ def _host_bundle(cfg, source: FolderSplits, device, transform, seed: int, ranks)
         else:  # equal batch counts on every rank (it pads with a few repeats, as DDP needs)
             sampler = DistributedSampler(ds, ranks.world_size, ranks.rank, seed=seed)
             dl = DataLoader(ds, batch_size=per_rank, sampler=sampler, **common)
-        return HostLoader(dl, transform(True), device)
+        return HostLoader(dl, transform(True), device, targets)
 
     def eval_loader(ds) -> HostLoader:
         if ranks.world_size > 1:
             ds = Subset(ds, range(ranks.rank, len(ds), ranks.world_size))
         dl = DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **common)
-        return HostLoader(dl, transform(False), device)
+        return HostLoader(dl, transform(False), device, targets)
 
     return DataBundle(
         train=train_loader(train),
@@ -326,4 +349,5 @@ def _host_bundle(cfg, source: FolderSplits, device, transform, seed: int, ranks)
         test=eval_loader(source.test),
         input_shape=source.input_shape,
         classes=source.classes,
+        num_outputs=source.num_outputs,
     )

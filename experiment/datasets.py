@@ -25,24 +25,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageTensors:
-    """A dataset small enough to hold in memory: uint8 images and int64 labels. Without
-    val tensors, validation is split from train by `dataset.val_fraction`."""
+    """A dataset small enough to hold in memory: inputs (uint8 images N x C x H x W, or any
+    tensor of N samples) and targets (int64 labels, or float columns with `classes` None).
+    Without val tensors, validation is split from train by `dataset.val_fraction`."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    classes: list[str]
+    classes: list[str] | None
     val_images: torch.Tensor | None = None
     val_labels: torch.Tensor | None = None
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_images.shape[1:])
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def num_outputs(self) -> int:
+        """What the model outputs per sample: a score per class, or one per target column."""
+        if self.classes is not None:
+            return len(self.classes)
+        return 1 if self.train_labels.ndim == 1 else int(self.train_labels.shape[1])
 
 
 @dataclass
@@ -52,12 +56,13 @@ class FolderSplits:
     train: Dataset
     val: Dataset | None
     test: Dataset
-    classes: list[str]
-    input_shape: tuple[int, int, int]
+    classes: list[str] | None
+    input_shape: tuple[int, ...]
+    target_width: int | None = None  # targets' columns, where there are no classes
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def num_outputs(self) -> int:
+        return len(self.classes) if self.classes is not None else int(self.target_width or 1)
 
 
 def seeded_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

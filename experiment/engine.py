@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from experiment.distributed import sum_across_ranks
 from experiment.errors import NonFiniteLossError
 from experiment.runtime import autocast, synchronize
+from experiment.tasks import Classification, add_sums
 
 
 @dataclass
@@ -34,7 +34,7 @@ class FitSettings:
     maximize: bool = True
     min_delta: float = 0.0  # a smaller change of `monitor` is no improvement
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: plain fp32
-    label_smoothing: float = 0.0
+    task: object = field(default_factory=Classification)  # loss and metrics (tasks.py)
     grad_clip: float | None = None  # max global gradient norm
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
     scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
@@ -81,77 +81,76 @@ def train_one_epoch(
     model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None
 ) -> dict[str, float]:
     model.train()
-    loss_sum = torch.zeros((), device=settings.device)
-    correct = torch.zeros((), device=settings.device, dtype=torch.long)
-    seen = 0
-    for images, labels in loader:
+    task, sums = settings.task, None
+    for inputs, targets in loader:
         optimizer.zero_grad(set_to_none=True)
         with autocast(settings.device, settings.amp_dtype):
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
+            outputs = model(inputs)
+            loss = task.loss(outputs, targets)
         loss.backward()
         if settings.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         if step_scheduler is not None:  # per-batch schedules (one-cycle)
             step_scheduler.step()
-        loss_sum += loss.detach().float() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-    count = torch.tensor(seen, device=settings.device)
-    loss_sum, correct, seen = (t.item() for t in epoch_totals(loss_sum, correct, count))
-    return {"loss": loss_sum / seen, "acc": correct / seen, "samples": int(seen)}
+        sums = add_sums(sums, task.batch_sums(outputs.detach(), targets, loss.detach()))
+    totals = epoch_totals(sums)
+    return {**task.metrics(totals), "samples": int(totals["count"])}
 
 
-def epoch_totals(*sums: torch.Tensor) -> list[torch.Tensor]:
+def epoch_totals(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An epoch's running sums, added across the ranks of a distributed run (one
     collective) and read to the host as float64 (one device read)."""
-    flat = torch.cat([t.to(torch.float64).flatten() for t in sums])
+    names = list(sums)
+    flat = torch.cat([sums[k].to(torch.float64).flatten() for k in names])
     totals = sum_across_ranks(flat).cpu()
-    parts = totals.split([t.numel() for t in sums])
-    return [part.view(t.shape) for part, t in zip(parts, sums, strict=True)]
+    parts = totals.split([sums[k].numel() for k in names])
+    return {k: part.view(sums[k].shape) for k, part in zip(names, parts, strict=True)}
+
+
+def evaluate(model: nn.Module, loader, *, device, amp_dtype=None, task=None) -> dict:
+    """The task's metrics over `loader` (default task: classification)."""
+    metrics, _ = evaluate_with_totals(model, loader, device=device, amp_dtype=amp_dtype, task=task)
+    return metrics
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader, *, device, amp_dtype=None, num_classes: int | None = None
-) -> dict:
-    """Loss and accuracy; with `num_classes`, also the confusion matrix (rows: true)."""
+def evaluate_with_totals(
+    model: nn.Module, loader, *, device, amp_dtype=None, task=None, points: int = 0
+) -> tuple[dict, dict]:
+    """The task's metrics over `loader` and the sums they came from (a classification's
+    confusion matrix, say); with `points`, the sums' "points" hold up to that many
+    (predicted, true) pairs of the first output, for a regression's plot."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    pairs = torch.zeros((num_classes or 0) ** 2, device=device, dtype=torch.long)
-    seen = 0
-    for images, labels in loader:
+    task = task or Classification()
+    sums, kept = None, []
+    for inputs, targets in loader:
         with autocast(device, amp_dtype):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        predicted = logits.argmax(1)
-        correct += (predicted == labels).sum()
-        if num_classes:
-            pairs += torch.bincount(labels * num_classes + predicted, minlength=len(pairs))
-        seen += len(labels)
-    count = torch.tensor(seen, device=device)
-    loss_sum, correct, count, pairs = epoch_totals(loss_sum, correct, count, pairs)
-    result = {"loss": loss_sum.item() / count.item(), "acc": correct.item() / count.item()}
-    if num_classes:
-        result["confusion"] = pairs.long().view(num_classes, num_classes).numpy()
-    return result
+            outputs = model(inputs)
+        outputs = outputs.float()
+        loss = task.eval_loss(outputs, targets)
+        sums = add_sums(sums, task.batch_sums(outputs, targets, loss))
+        if points and sum(len(p) for p in kept) < points:
+            kept.append(torch.stack([outputs[:, 0], targets[:, 0].float()], 1))
+    totals = epoch_totals(sums)
+    if kept:
+        totals["points"] = torch.cat(kept)[:points].cpu().numpy()
+    return task.metrics(totals), totals
 
 
 def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtype=None) -> float:
     """Run one train and one eval step so a compiled model compiles before the timed
     epochs; return the seconds it took. The model's weights and buffers are restored."""
     state = copy.deepcopy(model.state_dict())
-    images, labels = batch
+    inputs, _ = batch
     start = time.perf_counter()
     train_model.train()
     with autocast(device, amp_dtype):
-        loss = F.cross_entropy(train_model(images), labels)
+        loss = train_model(inputs).float().square().mean()  # any loss compiles the backward
     loss.backward()
     with torch.no_grad(), autocast(device, amp_dtype):
         train_model.eval()
-        train_model(images)
+        train_model(inputs)
     synchronize(device)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
@@ -216,12 +215,11 @@ def fit(
                 f"Training loss became {train['loss']} in epoch {epoch}: the run diverged. "
                 f"Lower optimizer.lr (now {lr:g}) or set regularization.grad_clip."
             )
-        val = evaluate(model, data.val, device=settings.device, amp_dtype=settings.amp_dtype)
+        device, amp_dtype, task = settings.device, settings.amp_dtype, settings.task
+        val = evaluate(model, data.val, device=device, amp_dtype=amp_dtype, task=task)
         metrics = {
-            "train/loss": train["loss"],
-            "train/acc": train["acc"],
-            "val/loss": val["loss"],
-            "val/acc": val["acc"],
+            **{f"train/{k}": v for k, v in train.items() if k != "samples"},
+            **{f"val/{k}": v for k, v in val.items()},
             "lr": lr,
             "epoch_time_s": time.perf_counter() - start,
             "samples_per_s": train["samples"] / train_time,

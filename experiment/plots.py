@@ -1,4 +1,5 @@
-"""Per-run figures logged to MLflow as PNG: learning curves and the test confusion matrix.
+"""Per-run figures logged to MLflow as PNG: learning curves, and the task's test figure
+(a classification's confusion matrix, a regression's predicted-against-true values).
 
 Drawn on matplotlib's Agg canvas, so they render without a display and show in the
 MLflow UI without a network.
@@ -26,15 +27,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def learning_curves(history: list[dict[str, float]], path: Path) -> Path:
-    """Loss and accuracy per epoch, train and validation, side by side."""
+def learning_curves(history: list[dict[str, float]], path: Path, metric: str = "acc") -> Path:
+    """Loss and the task's `metric` per epoch, train and validation, side by side."""
     epochs = np.arange(1, len(history) + 1)
     fig = _figure(10, 4)
     axes = fig.subplots(1, 2)
-    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+    for ax, name in zip(axes, ("loss", metric), strict=True):
         for split, style in (("train", "-"), ("val", "--")):
-            ax.plot(epochs, [h[f"{split}/{metric}"] for h in history], style, label=split)
-        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+            ax.plot(epochs, [h[f"{split}/{name}"] for h in history], style, label=split)
+        ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
@@ -58,4 +59,18 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path
             for j in range(n):
                 color = "white" if matrix[i, j] > threshold else "black"
                 ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
+    return _save(fig, path)
+
+
+def predicted_vs_true(points: np.ndarray, path: Path) -> Path:
+    """A regression's test predictions against the true values (`points`: rows of
+    (predicted, true)), with the line where they agree."""
+    predicted, true = points[:, 0], points[:, 1]
+    fig = _figure(5, 5)
+    ax = fig.add_subplot()
+    ax.scatter(true, predicted, s=8, alpha=0.5)
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    ax.plot([low, high], [low, high], "k--", linewidth=1)
+    ax.set(xlabel="true", ylabel="predicted", title=f"test predictions ({len(true)} samples)")
+    ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -9,22 +9,31 @@ import sys
 log = logging.getLogger("experiment")
 
 
-def epoch_line(epoch: int, epochs: int, m: dict[str, float]) -> str:
-    return (
-        f"epoch {epoch + 1}/{epochs}  train/loss {m['train/loss']:.4f}  "
-        f"train/acc {m['train/acc']:.4f}  val/loss {m['val/loss']:.4f}  "
-        f"val/acc {m['val/acc']:.4f}  lr {m['lr']:.2e}  {m['epoch_time_s']:.2f}s"
+def epoch_line(epoch: int, epochs: int, m: dict[str, float], metric: str = "acc") -> str:
+    """One epoch: loss and the task's `metric` (acc, r2, ...) of train and validation."""
+    shown = "  ".join(
+        f"{key} {m[key]:.4f}"
+        for key in ("train/loss", f"train/{metric}", "val/loss", f"val/{metric}")
+        if key in m
     )
+    return f"epoch {epoch + 1}/{epochs}  {shown}  lr {m['lr']:.2e}  {m['epoch_time_s']:.2f}s"
 
 
 class EpochProgress:
     """An epoch callback, closed when the run ends. `mode`: 'bar' (tqdm), 'lines' (log
     lines) or 'quiet'; 'auto' picks the bar when stdout is a terminal, lines otherwise."""
 
-    def __init__(self, epochs: int, monitor: str, mode: str = "auto", first_epoch: int = 0):
+    def __init__(
+        self,
+        epochs: int,
+        monitor: str,
+        mode: str = "auto",
+        first_epoch: int = 0,
+        metric: str = "acc",
+    ):
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "lines"
-        self.epochs, self.monitor, self.mode = epochs, monitor, mode
+        self.epochs, self.monitor, self.mode, self.metric = epochs, monitor, mode, metric
         self.bar = None
         if mode == "bar":
             from tqdm.auto import tqdm
@@ -44,7 +53,7 @@ class EpochProgress:
             )
             self.bar.update(1)
         elif self.mode == "lines":
-            log.info(epoch_line(epoch, self.epochs, metrics))
+            log.info(epoch_line(epoch, self.epochs, metrics, self.metric))
 
     def close(self) -> None:
         if self.bar is not None:

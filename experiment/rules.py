@@ -14,12 +14,18 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiment.errors import ConfigError, ConfigValueError
+from experiment.schema import dataset_defaults
 
 
 def plain_config(cfg: DictConfig) -> DictConfig:
     """The same config with enum values as their strings and no schema attached, so code
-    past this point sees 'cuda', never Device.cuda. Interpolations stay unresolved."""
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+    past this point sees 'cuda', never Device.cuda. Interpolations stay unresolved. A
+    dataset option of a user's own (no schema of ours) gets the dataset keys it leaves
+    out from their defaults."""
+    container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+    if isinstance(container.get("dataset"), dict):
+        container["dataset"] = {**dataset_defaults(), **container["dataset"]}
+    return OmegaConf.create(container)
 
 
 def _positive(v) -> bool:
@@ -55,6 +61,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("dataset.batch_size", _at_least_one, "an integer >= 1"),
     ("dataset.eval_batch_size", _at_least_one, "an integer >= 1"),
     ("dataset.val_fraction", _unit_open, "a number strictly between 0 and 1"),
+    ("dataset.test_fraction", _unit_open, "a number strictly between 0 and 1"),
     ("dataset.crop_padding", lambda v: v >= 0, "an integer >= 0"),
     ("dataset.num_workers", lambda v: v >= 0, "an integer >= 0"),
     ("dataset.std", lambda v: len(v) > 0 and all(x > 0 for x in v), "a list of numbers > 0"),

@@ -114,13 +114,15 @@ class Config:
     scheduler: Any = MISSING
     regularization: RegularizationConf = field(default_factory=RegularizationConf)
     tracking: Any = MISSING
+    task: Any = MISSING
     trainer: TrainerConf = field(default_factory=TrainerConf)
-    # The objective the sweeper optimizes and early stopping / best checkpoint follow.
-    # Always a validation metric: the test split is only evaluated once, at the end.
-    # A list makes a multi-objective sweep, e.g. [val/acc, model/params] with
+    # The objective the sweeper optimizes and early stopping / best checkpoint follow;
+    # by default the task's (classification: val/acc, maximize; regression: val/mse,
+    # minimize). Always a validation metric: the test split is only evaluated once, at the
+    # end. A list makes a multi-objective sweep, e.g. [val/acc, model/params] with
     # optimized_direction [maximize, minimize]; the first entry picks the best epoch.
-    optimized_metric: Any = "val/acc"
-    optimized_direction: Any = "maximize"  # maximize | minimize, or a list of them
+    optimized_metric: Any = II("task.metric")
+    optimized_direction: Any = II("task.direction")  # maximize | minimize, or a list
     run_name: str | None = None  # MLflow run name; null: <model>-<optimizer>-lr<lr>
 
 
@@ -172,7 +174,10 @@ class DatasetConf:
     batch_size: int = 128
     eval_batch_size: int = 1024
     val_fraction: float = 0.1  # share of the training split held out for validation
-    split_seed: int = 0
+    # Share held out for testing from a source that returns no test split (a user's
+    # source; the project's own sources have their own `source.test_fraction`).
+    test_fraction: float = 0.2
+    split_seed: int = 0  # the same splits for every trainer.seed: runs compare on one set
     mean: list[float] = MISSING
     std: list[float] = MISSING
     augment: bool = II("regularization.augmentation")
@@ -373,6 +378,28 @@ class OneCycleSchedulerConf(SchedulerConf):
     schedule: OneCycleScheduleConf = field(default_factory=OneCycleScheduleConf)
 
 
+# --------------------------------------------------------------------------- task
+
+
+@dataclass
+class ClassificationTaskConf:
+    _target_: str = "experiment.tasks.Classification"
+    # cross_entropy | nll (a model ending in log-softmax) | bce_with_logits (multi-label
+    # 0/1 targets), or a node with _target_ (any loss of (outputs, targets)).
+    loss: Any = "cross_entropy"
+    label_smoothing: float = II("regularization.label_smoothing")
+    metric: str = "val/acc"  # the default objective (optimized_metric)
+    direction: str = "maximize"
+
+
+@dataclass
+class RegressionTaskConf:
+    _target_: str = "experiment.tasks.Regression"
+    loss: Any = "mse"  # mse | l1 | smooth_l1, or a node with _target_
+    metric: str = "val/mse"
+    direction: str = "minimize"
+
+
 # --------------------------------------------------------------------------- tracking
 
 
@@ -413,7 +440,20 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "onecycle": OneCycleSchedulerConf,
     },
     "tracking": {"tracking": TrackingConf},
+    "task": {"classification": ClassificationTaskConf, "regression": RegressionTaskConf},
 }
+
+
+def dataset_defaults() -> dict:
+    """What a dataset option of a user's own folder leaves out, it gets from here: an
+    option states its `source` (and, say, `batch_size`) and nothing else. No mean and
+    std: inputs are normalized only where configured."""
+    defaults = {
+        name: f.default.value if isinstance(f.default, Enum) else f.default
+        for name, f in DatasetConf.__dataclass_fields__.items()
+        if f.default is not MISSING
+    }
+    return {**defaults, "name": "custom", "mean": None, "std": None}
 
 
 def register_configs() -> None:

@@ -105,7 +105,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         pass
 
-    def log_final(self, summary, history, confusion, classes, model, example) -> None:
+    def log_final(self, summary, history, figure, model, example) -> None:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -218,7 +218,7 @@ class Tracker:
     def backfill(self, history: list[dict[str, float]]) -> None:
         """Log the epochs a killed run checkpointed but did not get to log."""
         client = self.mlflow.MlflowClient(self.uri)
-        logged = {m.step for m in client.get_metric_history(self.run_id, "val/acc")}
+        logged = {m.step for m in client.get_metric_history(self.run_id, "val/loss")}
         for epoch, metrics in enumerate(history):
             if epoch not in logged:
                 self.log_epoch(epoch, metrics)
@@ -227,22 +227,24 @@ class Tracker:
         if self.run_id is not None:  # the fluent API would start a new run otherwise
             self.mlflow.set_tags(tags)
 
-    def log_plots(self, history: list[dict], confusion, classes: list[str]) -> None:
-        """Learning curves and the test confusion matrix, as PNG under `plots/`."""
+    def log_plots(self, history: list[dict], figure) -> None:
+        """Learning curves and the task's test figure, as PNG under `plots/`; `figure`:
+        (metric the curves show, a function that draws the test figure into a folder)."""
         import tempfile
 
         from experiment import plots
 
+        metric, draw_test = figure
         with tempfile.TemporaryDirectory() as folder:
-            plots.learning_curves(history, Path(folder) / "learning_curves.png")
-            plots.confusion_matrix(confusion, classes, Path(folder) / "confusion_matrix.png")
+            plots.learning_curves(history, Path(folder) / "learning_curves.png", metric)
+            draw_test(Path(folder))
             self.mlflow.log_artifacts(folder, "plots")
 
-    def log_final(self, summary, history, confusion, classes, model, example) -> None:
+    def log_final(self, summary, history, figure, model, example) -> None:
         """What a finished run adds: summary metrics, plots and the model, as configured."""
         self.log_metrics(summary)
         if self.plots_wanted:
-            self.log_plots(history, confusion, classes)
+            self.log_plots(history, figure)
         if self.model_wanted:
             self.log_model(model, example)
 
@@ -256,7 +258,8 @@ class Tracker:
 
         torch_version = torch.__version__.split("+")[0]  # no local tag such as +cu130
         cpu_model = copy.deepcopy(model).float().cpu().eval()
-        example_np = example.detach().float().cpu().contiguous().numpy()
+        example = example.detach().cpu().contiguous()
+        example_np = (example.float() if example.is_floating_point() else example).numpy()
         with torch.no_grad():
             output = cpu_model(torch.from_numpy(example_np)).numpy()
         self.mlflow.pytorch.log_model(
@@ -342,5 +345,6 @@ def final_status(tracker: Tracker | NullTracker, outcome):
 
 def example_batch(loader, size: int = 4) -> torch.Tensor:
     """A few real, normalized inputs for the model signature and input example."""
-    images, _ = next(iter(loader))
-    return images[:size].float().contiguous(memory_format=torch.contiguous_format)
+    inputs, _ = next(iter(loader))
+    inputs = inputs[:size].contiguous(memory_format=torch.contiguous_format)
+    return inputs.float() if inputs.is_floating_point() else inputs

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiment
 from experiment import distributed, pretrained, resume, sweep_context
-from experiment.builders import Parts, build_parts
+from experiment.builders import Parts, build_parts, build_task
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
 from experiment.console import split_streams
@@ -28,12 +28,12 @@ from experiment.distributed import Ranks
 from experiment.engine import (
     FitSettings,
     FitState,
-    evaluate,
+    evaluate_with_totals,
     fit,
     latency_per_image_ms,
     warm_up,
 )
-from experiment.errors import ExperimentError
+from experiment.errors import ConfigValueError, ExperimentError
 from experiment.progress import EpochProgress
 from experiment.rules import objectives, plain_config, validate
 from experiment.runtime import (
@@ -88,14 +88,17 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
     checkpoint_dir = point.checkpoint.parent if point else Path(cfg.trainer.checkpoint_dir)
     # An unreachable store fails here, before training; other ranks track nothing.
     tracker = build_tracker(cfg.tracking) if ranks.main else NullTracker()
-    parts = build_parts(cfg, device, ranks)
+    task = build_task(cfg)
+    parts = build_parts(cfg, device, ranks, task)
+    check_objectives_exist(cfg, task, parts.data.num_outputs)
     state = resume.restore(point, parts.model, parts.optimizer, parts.scheduler) if point else None
-    settings = fit_settings(cfg, device)
+    settings = fit_settings(cfg, device, task)
     progress = EpochProgress(
         cfg.trainer.epochs,
         settings.monitor,
         "quiet" if trial.quiet or not ranks.main else cfg.trainer.progress,
         first_epoch=point.next_epoch if point else 0,
+        metric=task.curve_metric,
     )
 
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
@@ -128,21 +131,26 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
             parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
         )
         summary = {"train_time_s": time.perf_counter() - start}
-        test = evaluate_best(parts, checkpoint_dir, settings, ranks)
+        test, test_totals = evaluate_best(parts, checkpoint_dir, settings, ranks)
         summary.update(final_metrics(result, test, parts, settings, cfg, trial.wanted_measures))
         if ranks.main:
             trial.record_measures(run_measures(result, summary))
         with store_failure_keeps(checkpoint_dir, "after training"):
-            confusion, example = test["confusion"], example_batch(parts.data.val)
-            tracker.log_final(
-                summary, result.history, confusion, parts.data.classes, parts.model, example
-            )
+
+            def draw_test(folder):
+                return task.plot(test_totals, parts.data.classes, folder)
+
+            figure = (task.curve_metric, draw_test)
+            example = example_batch(parts.data.val)
+            tracker.log_final(summary, result.history, figure, parts.model, example)
         if ranks.main:
             resume.mark_complete(checkpoint_dir)
 
+    shown = settings.monitor.removeprefix("val/")
+    shown = shown if shown in test else task.curve_metric
     log.info(
         f"best {settings.monitor} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
-        f"test/acc {test['acc']:.4f}; trained {summary['train_time_s']:.1f}s over "
+        f"test/{shown} {test[shown]:.4f}; trained {summary['train_time_s']:.1f}s over "
         f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}. "
         f"Checkpoints: {checkpoint_dir}"
     )
@@ -183,7 +191,20 @@ def thaw(cfg: DictConfig, parts: Parts, state: FitState | None, on_unfreeze) -> 
     return [callback]
 
 
-def fit_settings(cfg: DictConfig, device: torch.device) -> FitSettings:
+def check_objectives_exist(cfg: DictConfig, task, num_outputs: int) -> None:
+    """Every validation metric among the objectives is one the task computes (known once
+    the data is: top5_acc needs more than 5 classes); refused before training."""
+    names = [f"val/{name}" for name in task.metric_names(num_outputs)]
+    for metric, _ in objectives(cfg):
+        if str(metric).startswith("val/") and metric not in names:
+            raise ConfigValueError(
+                "optimized_metric",
+                metric,
+                f"a metric of task={task.name}: {', '.join(names)} (or a run measure)",
+            )
+
+
+def fit_settings(cfg: DictConfig, device: torch.device, task) -> FitSettings:
     regularization = cfg.regularization
     (monitor, direction), *_ = objectives(cfg)  # the first objective picks the best epoch
     return FitSettings(
@@ -193,7 +214,7 @@ def fit_settings(cfg: DictConfig, device: torch.device) -> FitSettings:
         maximize=direction == "maximize",
         min_delta=regularization.early_stopping.min_delta,
         amp_dtype=autocast_dtype(cfg.trainer.precision, device),
-        label_smoothing=regularization.label_smoothing,
+        task=task,
         grad_clip=regularization.grad_clip,
         scheduler_interval=cfg.scheduler.interval,
         scheduler_monitor=cfg.scheduler.get("monitor"),
@@ -213,18 +234,21 @@ def compile_now(parts: Parts, settings: FitSettings) -> float:
     return seconds
 
 
-def evaluate_best(parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks) -> dict:
+def evaluate_best(
+    parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks
+) -> tuple[dict, dict]:
     """The test split, evaluated once, with the weights that were best on validation
     (read by rank 0, which wrote them, and copied to the other ranks)."""
     if ranks.main:
         parts.model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
     distributed.copy_weights_from_main(parts.model)
-    return evaluate(
+    return evaluate_with_totals(
         parts.model,
         parts.data.test,
         device=settings.device,
         amp_dtype=settings.amp_dtype,
-        num_classes=parts.data.num_classes,
+        task=settings.task,
+        points=getattr(settings.task, "plot_points", 0),
     )
 
 
@@ -239,8 +263,7 @@ def final_metrics(
     """The run's summary metrics; `wanted`: measures a sweep's constraints name, computed
     even where no objective needs them (the latency)."""
     metrics = {
-        "test/loss": test["loss"],
-        "test/acc": test["acc"],
+        **{f"test/{k}": v for k, v in test.items()},
         "best/epoch": result.best_epoch,
         "best/value": result.best_value,
         "epochs_run": result.epochs_run,

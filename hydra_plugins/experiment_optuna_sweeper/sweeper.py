@@ -356,13 +356,20 @@ class ExperimentOptunaSweeper(Sweeper):
         """The override that makes every trial's `optimized_direction` follow
         `hydra.sweeper.direction` (none where the task has no such key, the direction was
         not set on the sweeper, or the command line gave the same already)."""
-        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
-        if self.direction is None or "optimized_direction" not in task:
+        if self.direction is None or "optimized_direction" not in self.config:
             return []
         if self._overridden("optimized_direction") is not None:
             return []  # checked equal in _directions
         value = directions[0] if len(directions) == 1 else "[" + ",".join(directions) + "]"
         return [f"optimized_direction={value}"]
+
+    def _task_value(self, key: str):
+        """A top-level key of the app's config, resolved (the project's app takes its
+        objective from the task: `${task.metric}`), as plain values; None if absent."""
+        value = OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+        return value.value if hasattr(value, "value") and not isinstance(value, str) else value
 
     def _overridden(self, key: str) -> str | None:
         """The value given to `key` on the command line, if any."""
@@ -401,7 +408,7 @@ class ExperimentOptunaSweeper(Sweeper):
         """One source for the study's directions: `hydra.sweeper.direction` when set (the
         trials' `optimized_direction` then follows it), else the app's
         `optimized_direction`, else minimize (as the official plugin)."""
-        task = OmegaConf.to_container(self.config, resolve=False, enum_to_str=True)
+        task = {key: self._task_value(key) for key in ("optimized_direction", "optimized_metric")}
         given = self.direction if self.direction is not None else task.get("optimized_direction")
         given = given or "minimize"
         directions = _as_list(given)
