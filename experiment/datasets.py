@@ -124,6 +124,30 @@ def synthetic(
     return ImageTensors(train_images, train_labels, test_images, test_labels, classes)
 
 
+def synthetic_regression(
+    num_train: int,
+    num_test: int,
+    features: int,
+    targets: int = 1,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Tabular regression: float features N x features and targets N x targets, a fixed
+    random smooth function (tanh of a linear map, then linear) plus noise. Returns the
+    splits as (inputs, targets) pairs, as a user's source would; validation is split off
+    by the run."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(features, 2 * features, generator=gen) / features**0.5
+    readout = torch.randn(2 * features, targets, generator=gen) / (2 * features) ** 0.5
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, features, generator=gen)
+        y = torch.tanh(x @ hidden) @ readout
+        return x, y + noise * torch.randn(n, targets, generator=gen)
+
+    return {"train": draw(num_train), "test": draw(num_test)}
+
+
 # --------------------------------------------------------------------------- torchvision
 
 

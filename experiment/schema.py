@@ -157,6 +157,17 @@ class SyntheticSource:
 
 
 @dataclass
+class SyntheticRegressionSource:
+    _target_: str = "experiment.datasets.synthetic_regression"
+    num_train: int = 2000
+    num_test: int = 500
+    features: int = 16
+    targets: int = 1
+    noise: float = 0.1
+    seed: int = 0
+
+
+@dataclass
 class ImageFolderSource:
     _target_: str = "experiment.datasets.image_folder"
     path: str = MISSING
@@ -178,8 +189,8 @@ class DatasetConf:
     # source; the project's own sources have their own `source.test_fraction`).
     test_fraction: float = 0.2
     split_seed: int = 0  # the same splits for every trainer.seed: runs compare on one set
-    mean: list[float] = MISSING
-    std: list[float] = MISSING
+    mean: list[float] | None = MISSING  # null: no per-channel normalization
+    std: list[float] | None = MISSING
     augment: bool = II("regularization.augmentation")
     crop_padding: int = 2  # random-crop padding in pixels when augmenting
     hflip: bool = False  # random horizontal flips when augmenting
@@ -203,6 +214,11 @@ class TorchvisionDatasetConf(DatasetConf):
 @dataclass
 class SyntheticDatasetConf(DatasetConf):
     source: SyntheticSource = field(default_factory=SyntheticSource)
+
+
+@dataclass
+class SyntheticRegressionDatasetConf(DatasetConf):
+    source: SyntheticRegressionSource = field(default_factory=SyntheticRegressionSource)
 
 
 @dataclass
@@ -423,6 +439,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "digits": DigitsDatasetConf,
         "torchvision": TorchvisionDatasetConf,
         "synthetic": SyntheticDatasetConf,
+        "synthetic_regression": SyntheticRegressionDatasetConf,
         "image_folder": ImageFolderDatasetConf,
     },
     "model": {"mlp": MLPConf, "cnn": CNNConf, "resnet18": ResNet18Conf, "timm": TimmConf},

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiment
 from experiment import distributed, pretrained, resume, sweep_context
+from experiment.api import config_dir_of_project
 from experiment.builders import Parts, build_parts, build_task
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
@@ -322,8 +324,17 @@ def _overrides() -> str:
     return OmegaConf.to_yaml(overrides)
 
 
-# An absolute path, so the console script finds conf/ as `python -m` does.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# An absolute path, so the console script finds conf/ as `python -m` does: the installed
+# package's own, or the checkout's.
+CONFIG_DIR = str(config_dir_of_project())
+
+
+def importable_from_here() -> None:
+    """Modules in the folder the command runs from are importable by `_target_` (a user's
+    own models and datasets), for the console script as for `python -m`."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
 
 
 def run_reporting_errors(cfg: DictConfig) -> float:
@@ -341,6 +352,7 @@ def run_reporting_errors(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     split_streams()  # warnings and errors to stderr, progress to stdout
+    importable_from_here()
     stop_on_sigterm()
     return run_reporting_errors(cfg)
 

@@ -118,6 +118,7 @@ def test_image_folder_splits_and_batches(tmp_path):
         [
             "dataset=image_folder",
             f"dataset.source.path={tmp_path}",
+            f"dataset.cache_dir={tmp_path / 'cache'}",
             "dataset.source.image_size=16",
             "dataset.num_workers=0",
             "dataset.batch_size=4",

@@ -1,0 +1,116 @@
+"""Use it from your own project: the built wheel, installed into a folder of its own, run
+from a copy of examples/own_project (its own conf/, model and datasets), with nothing of
+the checkout importable."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT, all_runs, output, run_cli, sqlite_uri
+
+pytestmark = pytest.mark.slow
+OWN = ROOT / "examples" / "own_project"
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".cache",
+    "mlruns",
+    "multirun",
+    "outputs",
+    ".pytest_cache",
+    ".ruff_cache",
+)
+
+
+@pytest.fixture(scope="module")
+def wheel_install(tmp_path_factory) -> tuple[Path, Path]:
+    """(the wheel, the folder it is installed into), built from a copy of the sources so
+    the build leaves nothing in the checkout."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root), str(source)]
+    subprocess.run(build, check=True, timeout=600, capture_output=True)
+    (wheel,) = root.glob("experiment-*.whl")
+    target = root / "site"
+    install = [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)]
+    subprocess.run(install, check=True, timeout=600, capture_output=True)
+    return wheel, target
+
+
+def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folder(
+    wheel_install, tmp_path
+):
+    wheel, target = wheel_install
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for config in (ROOT / "conf").rglob("*.yaml"):
+        assert f"experiment/conf/{config.relative_to(ROOT / 'conf')}" in names, config
+    assert "hydra_plugins/experiment_optuna_sweeper/sweeper.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "examples/", "benchmarks/"))]
+
+    project = tmp_path / "project"
+    shutil.copytree(OWN, project)
+    env = {"PYTHONPATH": str(target)}  # the installed package, not the checkout
+    where = run_cli(
+        [
+            "-c",
+            "import experiment, hydra_plugins.experiment_optuna_sweeper.sweeper as s;"
+            "print(experiment.__file__); print(s.__file__)",
+        ],
+        project,
+        env=env,
+        program=[],
+    )
+    assert where.returncode == 0, output(where)
+    assert all(line.startswith(str(target)) for line in where.stdout.split()), where.stdout
+
+    # Regression through `python -m`, tracked in the project's own MLflow store.
+    regression = ["--config-dir", "conf", "task=regression", "dataset=diabetes", "model=tiny"]
+    proc = run_cli([*regression, "trainer.epochs=40"], project, env=env)
+    assert proc.returncode == 0, output(proc)
+    (run,) = all_runs(sqlite_uri(project))
+    assert run.data.params["model._target_"] == "mynets.TinyNet"
+    assert run.data.params["optimized_metric"] == "val/mse"
+    assert run.data.metrics["test/r2"] > 0.3  # the regression learned something
+    assert {"test/mse", "test/mae", "val/r2"} <= set(run.data.metrics)
+
+    # Classification through the console script, on the DataLoader path (a Dataset).
+    script = [str(target / "bin" / "experiment-train")]  # run by this Python, as pip wrote it
+    wine = ["--config-dir", "conf", "dataset=wine_dataset", "model=tiny", "trainer.epochs=40"]
+    proc = run_cli(wine, project, env=env, program=script)
+    assert proc.returncode == 0, output(proc)
+    classified = next(r for r in all_runs(sqlite_uri(project)) if r.info.run_id != run.info.run_id)
+    assert classified.data.metrics["test/acc"] > 0.8
+    assert {"test/f1", "val/f1"} <= set(classified.data.metrics)
+
+    # A sweep of the project's own model key on the regression task, minimizing val/mse.
+    storage = f"sqlite:///{project / 'optuna.db'}"
+    sweep = [
+        "--config-dir",
+        "conf",
+        "-m",
+        "hparams_search=tiny",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=tiny",
+        "trainer.epochs=5",
+        "tracking.log_model=false",
+        "tracking.log_plots=false",
+    ]
+    proc = run_cli(sweep, project, env=env)
+    assert proc.returncode == 0, output(proc)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert study.direction.name == "MINIMIZE" and len(study.trials) == 3
+    assert {t.params["model.width"] for t in study.trials} <= {8, 32, 128}
