@@ -42,7 +42,8 @@ def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE, ta
             "train with the backbone frozen, or train the whole model",
         )
     task = task if task is not None else build_task(cfg)
-    source = as_splits(load_source(cfg.dataset), cfg.dataset, task, cfg.dataset.source._target_)
+    where = f"dataset.source ({cfg.dataset.source._target_})"
+    source = as_splits(load_source(cfg.dataset), cfg.dataset, task, where)
     model = build_model(
         cfg.model, source.input_shape, source.num_outputs, cfg.regularization.dropout
     ).to(device)

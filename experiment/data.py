@@ -179,10 +179,12 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         """Global batches per epoch. A last batch too small to give every rank a sample
-        joins the one before it (no rank may sit out a step: DDP steps together)."""
+        joins the one before it (no rank may sit out a step: DDP steps together), and so
+        does a last training batch of one sample (batch norm cannot train on one)."""
         batches = math.ceil(len(self.labels) / self.batch_size)
         tail = len(self.labels) % self.batch_size
-        return batches - 1 if batches > 1 and 0 < tail < self.ranks.world_size else batches
+        smallest = max(self.ranks.world_size, 2 if self.shuffle else 1)
+        return batches - 1 if batches > 1 and 0 < tail < smallest else batches
 
     def seed(self, value: int) -> None:
         if self.generator is not None:  # shared with the augmenting transform

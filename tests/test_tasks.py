@@ -1,0 +1,189 @@
+"""Your own model, data, loss and metrics: the example project's modules (examples/
+own_project) composed through the Python API with its config folder, trained in this
+process; metrics against scikit-learn's; bad input refused with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, r2_score
+
+import experiment
+from experiment.builders import build_parts
+from experiment.engine import evaluate
+from experiment.tasks import Classification, Regression
+from experiment.train import run_reporting_errors
+from tests.conftest import ROOT, all_runs, sqlite_uri, tracking_overrides
+from tests.test_transfer import photo_folder
+
+OWN = ROOT / "examples" / "own_project"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _own_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(OWN))  # mynets, mydata: as from the project's folder
+
+
+def own(*overrides: str, tmp_path=None, tracked: bool = False):
+    """The example project's config; checkpoints (and, `tracked`, an MLflow store) under
+    tmp_path."""
+    extra = [f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}"] if tmp_path else []
+    extra += tracking_overrides(tmp_path) if tracked else ["tracking=none"]
+    return experiment.compose(
+        ["trainer.progress=quiet", *extra, *overrides], config_dir=str(OWN / "conf")
+    )
+
+
+class _Batches:
+    def __init__(self, *batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_classification_metrics_equal_scikit_learns():
+    torch.manual_seed(0)
+    outputs, labels = torch.randn(300, 7), torch.randint(0, 7, (300,))
+    model = torch.nn.Identity()
+    loader = _Batches((outputs[:128], labels[:128]), (outputs[128:], labels[128:]))
+    metrics = evaluate(model, loader, device=CPU, task=Classification())
+    predicted = outputs.argmax(1).numpy()
+    assert metrics["acc"] == pytest.approx((predicted == labels.numpy()).mean())
+    assert metrics["f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    top5 = (outputs.topk(5, 1).indices == labels[:, None]).any(1).float().mean()
+    assert metrics["top5_acc"] == pytest.approx(float(top5))
+    assert metrics["loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(outputs, labels))
+    )
+
+
+def test_multi_label_and_regression_metrics_equal_scikit_learns():
+    torch.manual_seed(0)
+    logits, truth = torch.randn(200, 4), (torch.rand(200, 4) > 0.5).float()
+    multi = evaluate(
+        torch.nn.Identity(),
+        _Batches((logits, truth)),
+        device=CPU,
+        task=Classification(loss="bce_with_logits"),
+    )
+    assert multi["f1"] == pytest.approx(f1_score(truth, logits > 0, average="macro"))
+    assert multi["acc"] == pytest.approx(((logits > 0).float() == truth).float().mean().item())
+    predicted, target = torch.randn(150, 3), torch.randn(150, 3)
+    loader = _Batches((predicted[:100], target[:100]), (predicted[100:], target[100:]))
+    metrics = evaluate(torch.nn.Identity(), loader, device=CPU, task=Regression())
+    assert metrics["r2"] == pytest.approx(r2_score(target, predicted), rel=1e-5)
+    assert metrics["mse"] == pytest.approx(float(((predicted - target) ** 2).mean()), rel=1e-5)
+    assert metrics["mae"] == pytest.approx(float((predicted - target).abs().mean()), rel=1e-5)
+
+
+def test_a_users_lazy_model_taking_only_num_classes_is_built_before_its_optimizer():
+    cfg = own("task=regression", "dataset=diabetes", "model=tiny")
+    parts = build_parts(cfg, CPU)
+    first = parts.model.net[1]
+    assert first.in_features == 10 and not isinstance(first.weight, torch.nn.UninitializedParameter)
+    optimized = {id(p) for group in parts.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in parts.model.parameters()}
+    assert parts.model.net[-1].out_features == 1  # one target column
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1", "smooth_l1"])
+def test_regression_learns_with_each_named_loss(loss, tmp_path):
+    cfg = own(
+        "task=regression",
+        f"task.loss={loss}",
+        "dataset=diabetes",
+        "model=tiny",
+        "trainer.epochs=15",
+        tmp_path=tmp_path,
+    )
+    best_mse = experiment.run(cfg)
+    assert best_mse < 0.8  # standardized targets: predicting their mean scores 1.0
+
+
+@pytest.mark.parametrize("dataset", ["wine", "wine_dataset"])
+def test_a_source_of_tensors_and_a_source_dataset_both_train(dataset, tmp_path):
+    """wine: arrays held on the device; wine_dataset: a torch Dataset and a DataLoader."""
+    cfg = own(f"dataset={dataset}", "model=tiny", "trainer.epochs=15", tmp_path=tmp_path)
+    parts = build_parts(cfg, CPU)
+    loader = type(parts.data.train).__name__
+    assert loader == ("DeviceLoader" if dataset == "wine" else "HostLoader")
+    assert parts.data.classes is not None and len(parts.data.classes) == 3
+    assert experiment.run(cfg) > 0.8  # val/acc
+
+
+@pytest.mark.slow
+def test_torchvisions_resnet18_through_its_own_constructor_on_an_image_folder(tmp_path):
+    folder = photo_folder(tmp_path / "photos", per_class=6, size=40)
+    cfg = own(
+        "model=torchvision_resnet18",
+        "dataset=image_folder",
+        f"dataset.source.path={folder}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "dataset.source.image_size=32",
+        "dataset.batch_size=4",
+        "trainer.epochs=1",
+        tmp_path=tmp_path,
+    )
+    parts = build_parts(cfg, CPU)
+    assert type(parts.model).__module__ == "torchvision.models.resnet"
+    assert parts.model.fc.out_features == 2  # num_classes, passed by name
+    assert 0.0 <= experiment.run(cfg) <= 1.0
+
+
+BAD = {
+    "output width": (
+        ["task=regression", "dataset=diabetes", "model=tiny", "+model.num_classes=3"],
+        ["outputs 3 values per sample", "1 target columns"],
+    ),
+    "integer targets for a regression": (
+        ["task=regression", "dataset=wine", "model=tiny"],
+        ["task=regression takes real-valued targets", "int64"],
+    ),
+    "float targets for a classification": (
+        ["dataset=diabetes", "model=tiny"],
+        ["integer class indices", "float32", "task=regression"],
+    ),
+    "a source returning something else": (
+        ["dataset=diabetes", "model=tiny", "dataset.source._target_=os.getcwd"],
+        ["dataset.source", "returned str", "a pair (inputs, targets)"],
+    ),
+    "unknown loss": (
+        ["task=regression", "task.loss=hinge", "dataset=diabetes", "model=tiny"],
+        ["task.loss", "'hinge'", "mse, l1, smooth_l1"],
+    ),
+    "unknown metric": (
+        ["dataset=wine", "model=tiny", "optimized_metric=val/auc"],
+        ["optimized_metric", "val/auc", "val/acc, val/f1"],
+    ),
+    "a model that is no module": (
+        ["dataset=wine", "model=tiny", "model._target_=builtins.dict"],
+        ["model._target_", "an nn.Module class or factory"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_data_model_or_loss_stops_with_one_line(name, tmp_path, caplog):
+    overrides, says = BAD[name]
+    cfg = own(*overrides, tmp_path=tmp_path, tracked=True)
+    with pytest.raises(SystemExit) as stopped:
+        run_reporting_errors(cfg)
+    assert stopped.value.code == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    for fragment in says:
+        assert fragment in line, (fragment, line)
+    assert not [r for r in all_runs(sqlite_uri(tmp_path)) if r.info.status == "RUNNING"]
+
+
+def test_each_task_sets_its_default_objective_and_direction():
+    regression = own("task=regression", "dataset=diabetes", "model=tiny")
+    assert (regression.optimized_metric, regression.optimized_direction) == ("val/mse", "minimize")
+    classification = own("dataset=wine", "model=tiny")
+    assert (classification.optimized_metric, classification.optimized_direction) == (
+        "val/acc",
+        "maximize",
+    )
+    assert np.isclose(own("dataset=wine", "model=tiny").dataset.val_fraction, 0.2)
