@@ -126,11 +126,27 @@ def _two_nodes(args: list[str], workdir: Path) -> list[str]:
     return texts
 
 
-def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path):
+REGRESSION = [
+    "task=regression",
+    "dataset=synthetic_regression",
+    "dataset.source.num_train=400",
+    "dataset.source.num_test=100",
+    "model=mlp",
+    "model.hidden_sizes=[32]",
+]
+TASKS = {
+    "classification": (FAST, "val/acc", "test/acc"),
+    "regression": (REGRESSION, "val/r2", "test/r2"),
+}
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path, task):
     """Same global batch, same (seed, epoch) order: 2 gloo ranks on two "nodes" reproduce
     the single process. Tolerance 1e-4: the only differences are float32 summation order
     (gradients averaged across ranks, metric sums reduced across ranks), ~1e-7 per step."""
-    args = [*FAST, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
+    data, metric, test_metric = TASKS[task]
+    args = [*data, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
     results = {}
     for name in ("single", "ranks"):
         workdir = tmp_path / name
@@ -146,9 +162,9 @@ def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path):
         assert run.info.status == "FINISHED"
         client = MlflowClient(uri)
         results[name] = {
-            key: _metric_history(client, run.info.run_id, key) for key in ("val/acc", "val/loss")
+            key: _metric_history(client, run.info.run_id, key) for key in (metric, "val/loss")
         }
-        results[name]["test/acc"] = run.data.metrics["test/acc"]
+        results[name][test_metric] = run.data.metrics[test_metric]
         results[name]["tags"] = run.data.tags
     # Rank 0 alone speaks: one start line, naming the layout and the batch split.
     assert sum("world size 2 (1 ranks per node)" in text for text in texts) == 1
@@ -157,9 +173,9 @@ def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path):
     assert tags["distributed.world_size"] == "2" and tags["distributed.backend"] == "gloo"
     assert tags["distributed.ranks_per_node"] == "1"
     assert "distributed.world_size" not in results["single"]["tags"]
-    for key in ("val/acc", "val/loss", "test/acc"):
+    for key in (metric, "val/loss", test_metric):
         assert results["ranks"][key] == pytest.approx(results["single"][key], abs=1e-4), key
-    assert len(results["ranks"]["val/acc"]) == 3
+    assert len(results["ranks"][metric]) == 3
 
 
 def _rank_pid(torchrun_pid: int, rank: int, timeout: float = 60) -> int:
