@@ -10,7 +10,7 @@ from experiment.builders import build_model, build_optimizer, build_scheduler
 from experiment.rules import validate
 from tests.conftest import CONF, compose_config
 
-GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking"]
+GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking", "task"]
 
 
 def options(group: str) -> list[str]:
@@ -19,13 +19,22 @@ def options(group: str) -> list[str]:
 
 def test_groups_have_the_documented_options():
     assert options("dataset") == sorted(
-        ["digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "synthetic"]
+        [
+            "digits",
+            "mnist",
+            "fashion_mnist",
+            "cifar10",
+            "image_folder",
+            "synthetic",
+            "synthetic_regression",
+        ]
     )
     assert options("model") == ["cnn", "mlp", "resnet18", "timm"]
     assert options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
     assert options("regularization") == ["default", "none", "strong"]
     assert options("tracking") == ["mlflow", "none"]
+    assert options("task") == ["classification", "regression"]
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
+import torch
+from mlflow import MlflowClient
 
 from tests.conftest import ROOT, all_runs, output, run_cli, sqlite_uri
 
@@ -78,17 +81,23 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
 
     # Regression through `python -m`, tracked in the project's own MLflow store.
     regression = ["--config-dir", "conf", "task=regression", "dataset=diabetes", "model=tiny"]
-    proc = run_cli([*regression, "trainer.epochs=40"], project, env=env)
+    proc = run_cli([*regression, "trainer.epochs=30"], project, env=env)
     assert proc.returncode == 0, output(proc)
     (run,) = all_runs(sqlite_uri(project))
     assert run.data.params["model._target_"] == "mynets.TinyNet"
     assert run.data.params["optimized_metric"] == "val/mse"
     assert run.data.metrics["test/r2"] > 0.3  # the regression learned something
     assert {"test/mse", "test/mae", "val/r2"} <= set(run.data.metrics)
+    client = MlflowClient(sqlite_uri(project))
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/learning_curves.png", "plots/predicted_vs_true.png"}
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    model = mlflow.pytorch.load_model(logged.artifact_location)  # 10 features in, 1 out
+    assert tuple(model(torch.zeros(4, 10)).shape) == (4, 1)
 
     # Classification through the console script, on the DataLoader path (a Dataset).
     script = [str(target / "bin" / "experiment-train")]  # run by this Python, as pip wrote it
-    wine = ["--config-dir", "conf", "dataset=wine_dataset", "model=tiny", "trainer.epochs=40"]
+    wine = ["--config-dir", "conf", "dataset=wine_dataset", "model=tiny", "trainer.epochs=30"]
     proc = run_cli(wine, project, env=env, program=script)
     assert proc.returncode == 0, output(proc)
     classified = next(r for r in all_runs(sqlite_uri(project)) if r.info.run_id != run.info.run_id)
