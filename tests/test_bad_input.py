@@ -349,6 +349,7 @@ def test_bad_command_line_is_rejected_by_hydra_with_exit_code_1(
     assert not all_runs(sqlite_uri(tmp_path))  # nothing started
 
 
+@pytest.mark.slow  # a Hydra multirun each, in this process
 @pytest.mark.parametrize("name", list(SWEEP_SETTINGS))
 def test_bad_sweep_settings_stop_before_any_trial_with_one_line_on_stderr(
     tmp_path, monkeypatch, capsys, name

@@ -111,7 +111,7 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
         "conf",
         "-m",
         "hparams_search=tiny",
-        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_trials=2",
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=tiny",
         "trainer.epochs=5",
@@ -121,5 +121,5 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     proc = run_cli(sweep, project, env=env)
     assert proc.returncode == 0, output(proc)
     study = optuna.load_study(study_name="tiny", storage=storage)
-    assert study.direction.name == "MINIMIZE" and len(study.trials) == 3
+    assert study.direction.name == "MINIMIZE" and len(study.trials) == 2
     assert {t.params["model.width"] for t in study.trials} <= {8, 32, 128}

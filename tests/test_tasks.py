@@ -187,3 +187,41 @@ def test_each_task_sets_its_default_objective_and_direction():
         "maximize",
     )
     assert np.isclose(own("dataset=wine", "model=tiny").dataset.val_fraction, 0.2)
+
+
+class _TakesChannels(torch.nn.Module):
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.args = (in_channels, num_classes)
+
+
+def _open_factory(**kwargs):
+    model = torch.nn.Identity()
+    model.kwargs = kwargs
+    return model
+
+
+def test_models_get_by_name_only_what_their_signature_takes():
+    from omegaconf import OmegaConf
+
+    from experiment.builders import build_model
+
+    taking = build_model(
+        OmegaConf.create({"_target_": f"{__name__}._TakesChannels"}), (3, 8, 8), 5, 0.1
+    )
+    assert taking.args == (3, 5)  # no input_shape, no dropout: it takes neither
+    node = OmegaConf.create({"_target_": f"{__name__}._open_factory", "depth": 2})
+    assert build_model(node, (3, 8, 8), 5, 0.1).kwargs == {"depth": 2, "num_classes": 5}
+
+
+def test_image_steps_apply_to_image_batches_only_and_as_configured():
+    from experiment.data import BatchTransform
+
+    features = torch.randn(4, 10)
+    assert BatchTransform(None, None, CPU)(features) is features  # tabular: as it is
+    floats = torch.rand(2, 3, 4, 4)
+    assert torch.equal(BatchTransform(None, None, CPU)(floats), floats)  # no mean/std: as is
+    normalized = BatchTransform([0.5] * 3, [0.25] * 3, CPU)(floats)
+    assert torch.allclose(normalized, (floats - 0.5) / 0.25, atol=1e-6)
+    pixels = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    assert torch.equal(BatchTransform(None, None, CPU)(pixels), torch.ones(1, 1, 2, 2))
