@@ -79,6 +79,12 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     assert where.returncode == 0, output(where)
     assert all(line.startswith(str(target)) for line in where.stdout.split()), where.stdout
 
+    # The embedded default (digits), from an empty folder, offline.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(["trainer.epochs=1", "tracking=none"], empty, env=env)
+    assert proc.returncode == 0 and "best val/acc" in proc.stdout, output(proc)
+
     # Regression through `python -m`, tracked in the project's own MLflow store.
     regression = ["--config-dir", "conf", "task=regression", "dataset=diabetes", "model=tiny"]
     proc = run_cli([*regression, "trainer.epochs=30"], project, env=env)
