@@ -20,8 +20,9 @@ from optuna.trial import TrialState
 
 from experiment import distributed
 from experiment.checkpoint import load_checkpoint
-from experiment.engine import FitState
+from experiment.engine import FitState, evaluate
 from experiment.errors import DistributedError
+from experiment.tasks import Classification, Regression
 from tests.conftest import (
     FAST,
     all_runs,
@@ -74,8 +75,30 @@ def _rank_sees(rank: int, init_file: str, out_dir: str) -> None:
         distributed.same_config_on_all_ranks("config-a" if rank == 0 else "config-b")
     except DistributedError as err:
         seen.append(str(err).split(":")[0])
+    seen.append(_task_metrics(rank, world=2))  # each rank evaluates its half
     Path(out_dir, f"rank{rank}.txt").write_text(repr((calls, seen)))
     dist.destroy_process_group()
+
+
+def _task_metrics(rank: int, world: int) -> dict:
+    """Each task's metrics over this rank's share (every world-th sample) of fixed outputs
+    and targets, reduced across the ranks as evaluation does."""
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(90, 7, generator=gen), torch.randint(0, 7, (90,), generator=gen)
+    predicted, values = torch.randn(90, 2, generator=gen), torch.randn(90, 2, generator=gen)
+    cases = {
+        "classification": (Classification(), logits, labels),
+        "regression": (Regression(), predicted, values),
+    }
+    return {
+        name: evaluate(
+            torch.nn.Identity(),
+            [(x[rank::world], y[rank::world])],
+            device=torch.device("cpu"),
+            task=task,
+        )
+        for name, (task, x, y) in cases.items()
+    }
 
 
 def test_rank_zero_decides_and_every_rank_follows(tmp_path):
@@ -84,9 +107,15 @@ def test_rank_zero_decides_and_every_rank_follows(tmp_path):
     )
     decided = ["early stop", "pruned: pruned at step 2", 3.0]
     refused = "ranks [1] were given a different configuration from rank 0"
-    assert ast.literal_eval((tmp_path / "rank0.txt").read_text()) == ([0, 1], [*decided, refused])
+    rank0, rank1 = (ast.literal_eval((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1))
+    assert (rank0[0], rank0[1][:4]) == ([0, 1], [*decided, refused])
     # Rank 1 ran no callback, yet stopped and was pruned with rank 0.
-    assert ast.literal_eval((tmp_path / "rank1.txt").read_text()) == ([], [*decided, refused])
+    assert (rank1[0], rank1[1][:4]) == ([], [*decided, refused])
+    # Metrics summed across the ranks: those of one process over all the samples.
+    single = _task_metrics(0, world=1)
+    for metrics in (rank0[1][4], rank1[1][4]):
+        for task, values in single.items():
+            assert metrics[task] == pytest.approx(values, rel=1e-6), task
 
 
 def _metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -134,19 +163,15 @@ REGRESSION = [
     "model=mlp",
     "model.hidden_sizes=[32]",
 ]
-TASKS = {
-    "classification": (FAST, "val/acc", "test/acc"),
-    "regression": (REGRESSION, "val/r2", "test/r2"),
-}
 
 
-@pytest.mark.parametrize("task", list(TASKS))
-def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path, task):
+def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path):
     """Same global batch, same (seed, epoch) order: 2 gloo ranks on two "nodes" reproduce
-    the single process. Tolerance 1e-4: the only differences are float32 summation order
-    (gradients averaged across ranks, metric sums reduced across ranks), ~1e-7 per step."""
-    data, metric, test_metric = TASKS[task]
-    args = [*data, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
+    the single process (a regression; a classification's metrics across ranks: above).
+    Tolerance 1e-4: the only differences are float32 summation order (gradients averaged
+    across ranks, metric sums reduced across ranks), ~1e-7 per step."""
+    metric, test_metric = "val/r2", "test/r2"
+    args = [*REGRESSION, "trainer.epochs=3", "dataset.batch_size=40", *EXACT]
     results = {}
     for name in ("single", "ranks"):
         workdir = tmp_path / name
