@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -138,11 +139,8 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
         if ranks.main:
             trial.record_measures(run_measures(result, summary))
         with store_failure_keeps(checkpoint_dir, "after training"):
-
-            def draw_test(folder):
-                return task.plot(test_totals, parts.data.classes, folder)
-
-            figure = (task.curve_metric, draw_test)
+            # The curves' metric, and what draws the task's test figure into a folder.
+            figure = (task.curve_metric, partial(task.plot, test_totals, parts.data.classes))
             example = example_batch(parts.data.val)
             tracker.log_final(summary, result.history, figure, parts.model, example)
         if ranks.main:

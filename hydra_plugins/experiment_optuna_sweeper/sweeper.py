@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiment.console import split_streams
 from experiment.errors import ExperimentError, SweepError
 from experiment.signals import stop_on_sigterm
-from experiment.sweep_context import COMPLETE, FAIL, MEASURES_ATTR, TrialContext
+from experiment.sweep_context import COMPLETE, FAIL, MEASURES_ATTR, PRUNED, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
@@ -347,7 +347,7 @@ class ExperimentOptunaSweeper(Sweeper):
         else:
             if result.error:  # the failure-rate stop names the last failed trial's error
                 storage.set_trial_system_attr(trial_id, studies.ERROR_ATTR, result.error)
-            if plan.judge and result.state == "PRUNED":  # Optuna's samplers read them too
+            if plan.judge and result.state == PRUNED:  # Optuna's samplers read them too
                 plan.judge.set_on(storage, trial)
             study.tell(result.number, state=studies.TrialState[result.state])
         return trial
@@ -605,11 +605,7 @@ class _Plan:
 
 def _last_failed(study):
     """The counted failed trial that ended last (None if there is none)."""
-    failed = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(studies.TrialState.FAIL,))
-        if studies.is_counted(t)
-    ]
+    failed = [t for t in _counted_finished(study) if t.state == studies.TrialState.FAIL]
     return max(
         failed,
         key=lambda t: (t.datetime_complete is not None, t.datetime_complete, t.number),
@@ -621,9 +617,13 @@ def _as_list(value) -> list:
     return [value] if isinstance(value, str) or value is None else list(value)
 
 
-def _failure_counts(study) -> tuple[int, int]:
+def _counted_finished(study) -> list:
     trials = study.get_trials(deepcopy=False, states=studies.FINISHED)
-    finished = [t for t in trials if studies.is_counted(t)]
+    return [t for t in trials if studies.is_counted(t)]
+
+
+def _failure_counts(study) -> tuple[int, int]:
+    finished = _counted_finished(study)
     return sum(t.state == studies.TrialState.FAIL for t in finished), len(finished)
 
 
