@@ -225,3 +225,28 @@ def test_image_steps_apply_to_image_batches_only_and_as_configured():
     assert torch.allclose(normalized, (floats - 0.5) / 0.25, atol=1e-6)
     pixels = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
     assert torch.equal(BatchTransform(None, None, CPU)(pixels), torch.ones(1, 1, 2, 2))
+
+
+def multi_label_table():
+    """Three 0/1 labels per row, each a threshold of one feature: a learnable multi-label
+    table with its own validation split."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 6, generator=gen)
+    labels = (features[:, :3] > 0).float()
+    return {"train": (features[:300], labels[:300]), "val": (features[300:], labels[300:])}
+
+
+def test_a_dict_of_splits_with_multi_label_targets_trains_with_bce(tmp_path):
+    cfg = own(
+        "dataset=wine",
+        f"dataset.source._target_={__name__}.multi_label_table",
+        "model=tiny",
+        "task.loss=bce_with_logits",
+        "trainer.epochs=20",
+        tmp_path=tmp_path,
+    )
+    parts = build_parts(cfg, CPU)
+    assert len(parts.data.val.labels) == 100  # the source's own val split, kept
+    assert len(parts.data.test.labels) == 60  # test split off train (0.2 of 300)
+    assert parts.data.num_outputs == 3 and parts.data.classes is None
+    assert experiment.run(cfg) > 0.9  # per-label accuracy on validation
