@@ -16,7 +16,7 @@ from experiment import pretrained
 from experiment.data import DataBundle, build_loaders
 from experiment.distributed import SINGLE, Ranks
 from experiment.errors import ConfigValueError, DataError, ExperimentError
-from experiment.sources import as_splits, task_targets
+from experiment.sources import as_splits
 
 
 @dataclass
@@ -60,7 +60,7 @@ def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE, ta
         seed=cfg.trainer.seed,
         channels_last=channels_last,
         ranks=ranks,
-        targets=lambda y: task_targets(y, task),
+        targets=task.prepare_targets,
     )
     check_model_and_data(model, data, task)  # and materializes lazy layers
     optimizer = build_optimizer(cfg.optimizer, model, device)
@@ -109,10 +109,6 @@ def load_source(cfg: DictConfig):
 def build_task(cfg: DictConfig):
     """The run's task (tasks.py) from the `task` node."""
     return _instantiate(cfg.task, _recursive_=False)
-
-
-# What the run knows about the data that a model may take, by name.
-_MODEL_ARGUMENTS = ("num_classes", "in_channels", "in_chans", "input_shape", "dropout")
 
 
 def build_model(

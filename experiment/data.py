@@ -207,6 +207,14 @@ class DeviceLoader:
             yield self.transform.normalized(images[start:end]), labels[start:end]
 
 
+def model_inputs(inputs: torch.Tensor) -> torch.Tensor:
+    """Inputs as a model takes them: floating (and bool) ones as float32; uint8 images
+    stay uint8 until the device normalizes them, integer ids stay as they are."""
+    if inputs.dtype.is_floating_point or inputs.dtype == torch.bool:
+        return inputs if inputs.dtype == torch.float32 else inputs.float()
+    return inputs
+
+
 class HostLoader:
     """A DataLoader's batches, copied to the device and transformed there; `targets`
     puts a batch's targets in the form the task takes (e.g. a regression's N x 1)."""
@@ -229,9 +237,7 @@ class HostLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:
-            images = images.to(self.device, non_blocking=True)
-            if images.dtype == torch.float64:  # NumPy features: the model's float32
-                images = images.float()
+            images = model_inputs(images.to(self.device, non_blocking=True))
             labels = self.targets(labels.to(self.device, non_blocking=True))
             yield self.transform(images), labels
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from experiment.data import model_inputs
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.errors import DataError
 
@@ -74,26 +75,7 @@ def _pair_tensors(pair, split: str, target: str, task) -> tuple[torch.Tensor, to
             f"{target}: the {split} split has {len(inputs)} inputs and {len(targets)} "
             "targets; they must be as many, and more than none."
         )
-    return _inputs(inputs), task_targets(targets, task)
-
-
-def _inputs(inputs: torch.Tensor) -> torch.Tensor:
-    if inputs.dtype.is_floating_point or inputs.dtype == torch.bool:
-        return inputs.float()
-    return inputs  # uint8 images (normalized on the device) or integer ids
-
-
-def task_targets(targets: torch.Tensor, task) -> torch.Tensor:
-    """Targets in the form the task takes: regression and multi-label as float32 columns
-    (a 1-D regression target becomes N x 1), class indices as int64. Targets that do not
-    suit the task are left as they are, for the task's own check to name."""
-    if task.name == "regression" or getattr(task, "multi_label", False):
-        if targets.dtype.is_floating_point or getattr(task, "multi_label", False):
-            targets = targets.float()
-        return targets.unsqueeze(1) if targets.ndim == 1 else targets
-    if not targets.dtype.is_floating_point and targets.dtype != torch.bool:
-        return targets.long()
-    return targets
+    return model_inputs(inputs), task.prepare_targets(targets)
 
 
 def _tensor_splits(tensors: dict, cfg, task) -> ImageTensors:
@@ -113,7 +95,7 @@ def _tensor_splits(tensors: dict, cfg, task) -> ImageTensors:
 def _class_names(task, labels: list[torch.Tensor], named) -> list[str] | None:
     """Class names for single-label classification (the source's own, else 0..C-1);
     None for tasks whose outputs are the targets' columns."""
-    if task.name != "classification" or getattr(task, "multi_label", False):
+    if not task.has_classes:
         return None
     if named is not None:
         return [str(c) for c in named]
@@ -142,7 +124,7 @@ def _dataset_splits(datasets: dict, cfg, task) -> FolderSplits:
     named = getattr(datasets["train"], "classes", None)
     labels = _known_labels(datasets["train"])
     classes = _class_names(task, labels, named) if named or labels else None
-    if classes is None and task.name == "classification" and not task.multi_label:
+    if classes is None and task.has_classes:
         labels = [torch.as_tensor([int(y) for _, y in datasets["train"]])]  # one pass
         classes = _class_names(task, labels, None)
     width = None if classes else _target_width(first_target)

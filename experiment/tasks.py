@@ -84,7 +84,17 @@ class Classification:
         # Validation and test losses without label smoothing: the data's own fit.
         self.eval_loss = _loss_function(loss, CLASSIFICATION_LOSSES, 0.0)
         self.multi_label = loss == "bce_with_logits"
+        self.has_classes = not self.multi_label  # else one output per label column
         self.objective = (metric, direction)
+
+    def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Class indices as int64, multi-label columns as float32; targets that suit
+        neither are left for `check_targets` to name."""
+        if self.multi_label:
+            return targets.float()
+        if not targets.dtype.is_floating_point and targets.dtype != torch.bool:
+            return targets.long()
+        return targets
 
     def metric_names(self, num_outputs: int) -> list[str]:
         if self.multi_label:
@@ -165,6 +175,7 @@ class Regression:
     """Float targets N x D (a 1-D target is one column); the model outputs N x D."""
 
     name = "regression"
+    has_classes = False  # one output per target column
     curve_metric = "r2"
     plot_points = 5000  # the test predictions kept for the plot
 
@@ -175,6 +186,12 @@ class Regression:
 
     def metric_names(self, num_outputs: int) -> list[str]:
         return ["loss", "mse", "mae", "r2"]
+
+    def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Columns N x D (a 1-D target is one column), float32 where they are floats."""
+        if targets.dtype.is_floating_point:
+            targets = targets.float()
+        return targets.unsqueeze(1) if targets.ndim == 1 else targets
 
     def check_targets(self, targets: torch.Tensor, num_outputs: int) -> None:
         if not targets.dtype.is_floating_point or targets.ndim != 2:
