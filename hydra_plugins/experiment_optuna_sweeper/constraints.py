@@ -116,8 +116,13 @@ def check_sampler(factory, name: str) -> None:
         )
 
 
+def violates(trial: FrozenTrial) -> bool:
+    """Whether a constraint value of the trial is above 0 (not satisfied)."""
+    return any(v > 0 for v in trial.constraints.values())
+
+
 def is_feasible(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and all(v <= 0 for v in trial.constraints.values())
+    return trial.state == TrialState.COMPLETE and not violates(trial)
 
 
 def missing_measures_message(trial_number: int, missing: list[str], measures: dict) -> str:
@@ -166,4 +171,4 @@ class _FeasibleView:
 
 
 def _is_infeasible(trial: FrozenTrial) -> bool:
-    return trial.state.is_finished() and any(v > 0 for v in trial.constraints.values())
+    return trial.state.is_finished() and violates(trial)
