@@ -109,7 +109,7 @@ def test_interrupted_run_is_marked_killed(tmp_path, signum):
     proc = start_cli(args, tmp_path)
     wait_for_line(proc, "epoch 2/")  # training is under way
     proc.send_signal(signum)
-    proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
     (killed,) = all_runs(sqlite_uri(tmp_path))
-    assert killed.info.status == "KILLED"
+    assert killed.info.status == "KILLED", out[-4000:]  # what the run said as it ended
