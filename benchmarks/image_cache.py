@@ -26,7 +26,7 @@ from sklearn.datasets import load_sample_images
 from benchmarks._common import ROOT, machine
 from experiment.data import build_loaders
 from experiment.datasets import image_folder
-from experiment.rules import plain_config
+from experiment.run_config import RunConfig
 from experiment.schema import register_configs
 
 SIZE = 224
@@ -65,7 +65,7 @@ def dataset_config(folder: Path, workers: int):
                 "trainer.checkpoint_dir=unused",
             ],
         )
-    return plain_config(cfg).dataset
+    return RunConfig.enter(cfg).dataset
 
 
 def epoch_seconds(loader, epochs: int) -> list[float]:

@@ -28,7 +28,7 @@ def config_dir_of_project() -> Path:
 def compose(
     overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None
 ) -> DictConfig:
-    """The composed, validated config of `overrides` (as on the command line), with the
+    """The composed, checked config of `overrides` (as on the command line), with the
     option files of `config_dir` added to every group. Checkpoints go to
     outputs/<date>/<time>/checkpoints unless `trainer.checkpoint_dir` is given (there is
     no Hydra run folder outside the CLI)."""
@@ -36,7 +36,7 @@ def compose(
     from hydra import initialize_config_dir
 
     import experiment.train  # noqa: F401  the schemas in Hydra's ConfigStore
-    from experiment.rules import plain_config, validate
+    from experiment.run_config import RunConfig
 
     overrides = list(overrides)
     if config_dir is not None:
@@ -51,8 +51,7 @@ def compose(
         overrides.append(f"trainer.checkpoint_dir={Path('outputs', stamp, 'checkpoints')}")
     with initialize_config_dir(config_dir=str(config_dir_of_project()), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides)
-    cfg = plain_config(cfg)
-    validate(cfg)
+    RunConfig.enter(cfg)  # refused here, as on the command line, if it cannot run
     return cfg
 
 

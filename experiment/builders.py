@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiment import pretrained
 from experiment.data import DataBundle, build_loaders
 from experiment.distributed import SINGLE, Ranks
 from experiment.errors import ConfigValueError, DataError, ExperimentError
+from experiment.run_config import RunConfig, as_node
 from experiment.sources import as_splits
 
 
@@ -30,48 +30,48 @@ class Parts:
     scheduler: object | None
 
 
-def build_parts(cfg: DictConfig, device: torch.device, ranks: Ranks = SINGLE, task=None) -> Parts:
-    """Data, model, optimizer and scheduler for a (plain, validated) run config; with
-    several ranks, the model wrapped in DistributedDataParallel. `task` (default: the
-    config's) decides the targets' form and checks them and the model's outputs."""
-    if ranks.distributed and cfg.model.get("unfreeze_at_epoch") is not None:
-        raise ConfigValueError(
-            "model.unfreeze_at_epoch",
-            cfg.model.unfreeze_at_epoch,
-            "null under torchrun (DDP fixes the set of trained parameters when it starts): "
-            "train with the backbone frozen, or train the whole model",
-        )
-    task = task if task is not None else build_task(cfg)
-    where = f"dataset.source ({cfg.dataset.source._target_})"
-    source = as_splits(load_source(cfg.dataset), cfg.dataset, task, where)
+def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, task=None) -> Parts:
+    """Data, model, optimizer and scheduler for an entered run config; with several
+    ranks, the model wrapped in DistributedDataParallel. `task` (default: the config's)
+    decides the targets' form and checks them and the model's outputs."""
+    run = RunConfig.enter(run)
+    pretrained.check_fine_tuning_on(run.model, ranks.distributed)
+    task = task if task is not None else build_task(run.task)
+    where = f"dataset.source ({target_of(run.dataset.source)})"
+    source = as_splits(load_source(run.dataset), run.dataset, task, where)
     model = build_model(
-        cfg.model, source.input_shape, source.num_outputs, cfg.regularization.dropout
+        run.model, source.input_shape, source.num_outputs, run.regularization.dropout
     ).to(device)
-    if use_sync_batchnorm(cfg.trainer.sync_batchnorm, ranks, device):
+    if use_sync_batchnorm(run.trainer.sync_batchnorm, ranks, device):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # channels_last suits cuDNN's conv kernels; batches then come in the same layout.
     channels_last = device.type == "cuda" and is_convnet(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = build_loaders(
-        cfg.dataset,
+        run.dataset,
         source,
         device,
-        seed=cfg.trainer.seed,
+        seed=run.trainer.seed,
         channels_last=channels_last,
         ranks=ranks,
         targets=task.prepare_targets,
     )
     check_model_and_data(model, data, task)  # and materializes lazy layers
-    optimizer = build_optimizer(cfg.optimizer, model, device)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch=len(data.train))
+    optimizer = build_optimizer(run.optimizer, model, device)
+    scheduler = build_scheduler(run.scheduler, optimizer, steps_per_epoch=len(data.train))
     forward = model
     if ranks.distributed:  # gradients are averaged over the ranks inside backward()
         ids = [device.index] if device.type == "cuda" else None
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
-    forward = torch.compile(forward, dynamic=True) if cfg.trainer.compile else forward
+    forward = torch.compile(forward, dynamic=True) if run.trainer.compile else forward
     return Parts(data, model, forward, optimizer, scheduler)
+
+
+def target_of(node) -> str:
+    """The `_target_` of a config node (a schema dataclass or a user's dict)."""
+    return node["_target_"] if isinstance(node, dict) else node._target_
 
 
 def use_sync_batchnorm(option: bool | None, ranks: Ranks, device: torch.device) -> bool:
@@ -90,7 +90,7 @@ def use_sync_batchnorm(option: bool | None, ranks: Ranks, device: torch.device) 
     return True
 
 
-def _instantiate(cfg: DictConfig, **kwargs):
+def _instantiate(cfg, **kwargs):
     """hydra.utils.instantiate, with our own errors (a user's mistake) unwrapped from
     Hydra's InstantiationException so they reach the user as one line."""
     try:
@@ -101,19 +101,17 @@ def _instantiate(cfg: DictConfig, **kwargs):
         raise
 
 
-def load_source(cfg: DictConfig):
-    """The dataset's images and labels (`cfg` is a `dataset` node)."""
-    return _instantiate(cfg.source)
+def load_source(dataset):
+    """The dataset's images and labels (`dataset`: the run's `dataset` node)."""
+    return _instantiate(dataset.source)
 
 
-def build_task(cfg: DictConfig):
+def build_task(node):
     """The run's task (tasks.py) from the `task` node."""
-    return _instantiate(cfg.task, _recursive_=False)
+    return _instantiate(node, _recursive_=False)
 
 
-def build_model(
-    cfg: DictConfig, input_shape, num_classes: int, dropout: float | None = None
-) -> nn.Module:
+def build_model(node, input_shape, num_classes: int, dropout: float | None = None) -> nn.Module:
     """Any `nn.Module` class or factory of `model._target_`, given by name only those of
     `num_classes` (the number of outputs: classes, or target columns), `in_channels` / `in_chans`,
     `input_shape` and `dropout` (`regularization.dropout`) that its signature takes and
@@ -125,19 +123,20 @@ def build_model(
         "input_shape": tuple(input_shape),
         "dropout": dropout,
     }
-    accepted, open_kwargs = _parameters(cfg._target_)
+    target, keys = target_of(node), set(as_node(node))
+    accepted, open_kwargs = _parameters(target)
     given = {
         name: value
         for name, value in known.items()
-        if name in accepted and name not in cfg and value is not None
+        if name in accepted and name not in keys and value is not None
     }
-    if open_kwargs and "num_classes" not in accepted and "num_classes" not in cfg:
+    if open_kwargs and "num_classes" not in accepted and "num_classes" not in keys:
         given["num_classes"] = num_classes
-    model = _instantiate(cfg, **given)
+    model = _instantiate(node, **given)
     if not isinstance(model, nn.Module):
         raise ConfigValueError(
             "model._target_",
-            cfg._target_,
+            target,
             f"an nn.Module class or factory (it returned a {type(model).__name__})",
         )
     return model
@@ -187,19 +186,19 @@ def check_model_and_data(model: nn.Module, data: DataBundle, task) -> None:
         )
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module, device=None) -> torch.optim.Optimizer:
+def build_optimizer(node, model: nn.Module, device=None) -> torch.optim.Optimizer:
     """The configured optimizer over the model's parameters; fused kernels on CUDA.
 
     A fused step updates every parameter in one kernel instead of several per tensor.
     """
-    node = OmegaConf.to_container(cfg, resolve=True)
-    node.pop("backbone_lr_scale", None)  # a key of ours, not the optimizer's
+    node = as_node(node)
+    backbone_lr_scale = node.pop("backbone_lr_scale", None)  # ours, not the optimizer's
     factory = instantiate(node)
     extra = {}
     on_cuda = device is not None and torch.device(device).type == "cuda"
     if on_cuda and "fused" in inspect.signature(factory.func).parameters:
         extra["fused"] = True
-    return factory(parameter_groups(model, cfg.lr, cfg.get("backbone_lr_scale")), **extra)
+    return factory(parameter_groups(model, node["lr"], backbone_lr_scale), **extra)
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float | None):
@@ -214,14 +213,15 @@ def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float | Non
     ]
 
 
-def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int):
+def build_scheduler(scheduler, optimizer, steps_per_epoch: int):
     """The `scheduler.schedule` node over the optimizer; None for a constant rate."""
-    if cfg.schedule is None:
+    if scheduler.schedule is None:
         return None
+    schedule = as_node(scheduler.schedule)
     runtime = {}
-    if "steps_per_epoch" in cfg.schedule and cfg.schedule.steps_per_epoch is None:
+    if "steps_per_epoch" in schedule and schedule["steps_per_epoch"] is None:
         runtime["steps_per_epoch"] = steps_per_epoch  # known only once the data is loaded
-    return instantiate(cfg.schedule)(optimizer, **runtime)
+    return instantiate(schedule)(optimizer, **runtime)
 
 
 def is_convnet(model: nn.Module) -> bool:

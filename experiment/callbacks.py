@@ -10,44 +10,25 @@ from pathlib import Path
 
 from torch import nn
 
-from experiment.checkpoint import BEST, LAST, save_checkpoint
+from experiment.checkpoint import BEST, LAST, Checkpoint
 from experiment.engine import FitState
 
 
 class Checkpointer:
     """Keeps `last.pt` (every epoch) and `best.pt` (the best epoch so far) in `directory`,
-    each with what a resume needs: weights, optimizer and scheduler state, the loop state,
-    the resolved config and `extra` (the run's fingerprint and MLflow run id)."""
+    each a `Checkpoint` of the run; `identity`: its config, fingerprint and MLflow run id."""
 
-    def __init__(
-        self,
-        directory: Path,
-        model: nn.Module,
-        optimizer,
-        scheduler,
-        config: dict,
-        extra: dict,
-    ):
+    def __init__(self, directory: Path, model: nn.Module, optimizer, scheduler, **identity):
         self.directory, self.model = Path(directory), model
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.config, self.extra = config, extra
+        self.optimizer, self.scheduler, self.identity = optimizer, scheduler, identity
 
     def __call__(self, state: FitState) -> None:
-        checkpoint = dict(
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-            epoch=state.epoch,
-            metrics=state.metrics,
-            best_value=state.best_value,
-            best_epoch=state.best_epoch,
-            history=state.history,
-            config=self.config,
-            extra=self.extra,
+        checkpoint = Checkpoint.capture(
+            state, self.model, self.optimizer, self.scheduler, **self.identity
         )
         if state.improved:
-            save_checkpoint(self.directory / BEST, **checkpoint)
-        save_checkpoint(self.directory / LAST, **checkpoint)  # last: a resume finds best.pt whole
+            checkpoint.save(self.directory / BEST)
+        checkpoint.save(self.directory / LAST)  # last: a resume finds best.pt whole
 
 
 class EarlyStopping:

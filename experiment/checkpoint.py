@@ -1,5 +1,9 @@
 """Checkpoints: model, optimizer, scheduler, loop state and config in one file.
 
+`Checkpoint` is the one place that knows what a checkpoint holds: it captures a run's
+state after an epoch, writes it, reads it back and restores a model, optimizer and
+scheduler from it.
+
 Written atomically (temp file + rename), so a run killed mid-save leaves the previous
 checkpoint intact, and read with `weights_only=True`, so loading one runs no pickled code.
 A file that is not such a checkpoint is refused with a `CheckpointError` that names it.
@@ -9,15 +13,104 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from experiment.engine import FitState
 from experiment.errors import CheckpointError
 
 LAST, BEST = "last.pt", "best.pt"
-# What every checkpoint of this project holds (see callbacks.Checkpointer).
+# What every checkpoint of this project holds.
 KEYS = ("model", "optimizer", "scheduler", "epoch", "best_value", "best_epoch", "history")
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after an epoch: weights, optimizer and scheduler state, the loop
+    state, the resolved config, and the run's fingerprint and MLflow run id (what
+    `trainer.resume=auto` matches and continues)."""
+
+    model: dict = field(repr=False)
+    optimizer: dict = field(repr=False)
+    scheduler: dict | None = field(repr=False)
+    loop: FitState
+    config: dict = field(default_factory=dict, repr=False)
+    fingerprint: str | None = None
+    mlflow_run_id: str | None = None
+
+    @classmethod
+    def capture(cls, state: FitState, model, optimizer, scheduler, **identity) -> Checkpoint:
+        """`identity`: config, fingerprint, mlflow_run_id."""
+        return cls(
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            loop=FitState(
+                epoch=state.epoch,
+                metrics=state.metrics,
+                best_value=state.best_value,
+                best_epoch=state.best_epoch,
+                history=state.history,
+            ),
+            **identity,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        state = load_checkpoint(path)
+        extra = state.get("extra") or {}
+        return cls(
+            model=state["model"],
+            optimizer=state["optimizer"],
+            scheduler=state["scheduler"],
+            loop=FitState(
+                epoch=int(state["epoch"]),
+                metrics=dict(state.get("metrics") or {}),
+                best_value=state["best_value"],
+                best_epoch=int(state["best_epoch"]),
+                history=list(state["history"]),
+            ),
+            config=state.get("config") or {},
+            fingerprint=extra.get("fingerprint"),
+            mlflow_run_id=extra.get("mlflow_run_id"),
+        )
+
+    def save(self, path: Path) -> None:
+        loop = self.loop
+        save_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            epoch=loop.epoch,
+            metrics=loop.metrics,
+            best_value=loop.best_value,
+            best_epoch=loop.best_epoch,
+            history=loop.history,
+            config=self.config,
+            extra={"fingerprint": self.fingerprint, "mlflow_run_id": self.mlflow_run_id},
+        )
+
+    def restore(self, model, optimizer, scheduler) -> FitState:
+        """Load the weights and optimizer/scheduler state; the loop state to go on from."""
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        if scheduler is not None and self.scheduler is not None:
+            scheduler.load_state_dict(self.scheduler)
+        loop = self.loop
+        return FitState(
+            epoch=loop.epoch,
+            metrics=dict(loop.metrics),
+            best_value=loop.best_value,
+            best_epoch=loop.best_epoch,
+            history=list(loop.history),
+        )
+
+    @property
+    def next_epoch(self) -> int:
+        return self.loop.epoch + 1
 
 
 def save_checkpoint(path: Path, **state) -> None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.distributed import SINGLE, Ranks
+from experiment.sharding import RankBatchSampler, batch_count, batch_slices, rank_share
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -157,9 +157,8 @@ class DeviceLoader:
     cost per batch stays at a handful of tensor operations.
 
     With several ranks (`ranks`), `batch_size` is the global batch: every rank draws the
-    same shuffled, augmented epoch (same generator seed) and takes every world_size-th
-    sample of it, so global batch i is exactly batch i of a single process, split between
-    the ranks, and each sample is seen once per epoch.
+    same shuffled, augmented epoch (same generator seed) and takes its share of it by the
+    rule of `experiment.sharding`, as the DataLoader path does.
     """
 
     def __init__(
@@ -178,13 +177,7 @@ class DeviceLoader:
         self.ranks = ranks
 
     def __len__(self) -> int:
-        """Global batches per epoch. A last batch too small to give every rank a sample
-        joins the one before it (no rank may sit out a step: DDP steps together), and so
-        does a last training batch of one sample (batch norm cannot train on one)."""
-        batches = math.ceil(len(self.labels) / self.batch_size)
-        tail = len(self.labels) % self.batch_size
-        smallest = max(self.ranks.world_size, 2 if self.shuffle else 1)
-        return batches - 1 if batches > 1 and 0 < tail < smallest else batches
+        return batch_count(len(self.labels), self.batch_size, self.ranks, self.shuffle)
 
     def seed(self, value: int) -> None:
         if self.generator is not None:  # shared with the augmenting transform
@@ -197,14 +190,17 @@ class DeviceLoader:
             images, labels = images[order], labels[order]
         if self.transform.augment and images.ndim == 4:
             images = self.transform.augmented(images)
-        world, batches = self.ranks.world_size, len(self)
-        if world > 1:  # this rank's share: positions rank, rank + world, ...
-            images, labels = images[self.ranks.rank :: world], labels[self.ranks.rank :: world]
-        per_rank = self.batch_size // world
-        for index in range(batches):
-            start = index * per_rank
-            end = start + per_rank if index < batches - 1 else len(labels)
-            yield self.transform.normalized(images[start:end]), labels[start:end]
+        images, labels = rank_share(images, self.ranks), rank_share(labels, self.ranks)
+        per_rank = self.batch_size // self.ranks.world_size
+        for part in batch_slices(len(labels), per_rank, len(self)):
+            yield self.transform.normalized(images[part]), labels[part]
+
+
+def example_batch(loader, size: int = 4) -> torch.Tensor:
+    """A few real, normalized inputs for the model signature and input example."""
+    inputs, _ = next(iter(loader))
+    inputs = inputs[:size].contiguous(memory_format=torch.contiguous_format)
+    return inputs.float() if inputs.is_floating_point() else inputs
 
 
 def model_inputs(inputs: torch.Tensor) -> torch.Tensor:
@@ -217,23 +213,28 @@ def model_inputs(inputs: torch.Tensor) -> torch.Tensor:
 
 class HostLoader:
     """A DataLoader's batches, copied to the device and transformed there; `targets`
-    puts a batch's targets in the form the task takes (e.g. a regression's N x 1)."""
+    puts a batch's targets in the form the task takes (e.g. a regression's N x 1);
+    `generator`: the one that shuffles the loader's samples (reseeded per epoch)."""
 
     def __init__(
-        self, loader: DataLoader, transform: BatchTransform, device: torch.device, targets=None
+        self,
+        loader: DataLoader,
+        transform: BatchTransform,
+        device: torch.device,
+        targets=None,
+        generator: torch.Generator | None = None,
     ):
         self.loader, self.transform, self.device = loader, transform, device
         self.targets = targets or (lambda y: y)
+        self.generator = generator
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def seed(self, value: int) -> None:
-        for generator in (self.loader.generator, self.transform.generator):
+        for generator in (self.generator, self.transform.generator):
             if generator is not None:
                 generator.manual_seed(value)
-        if isinstance(self.loader.sampler, DistributedSampler):
-            self.loader.sampler.set_epoch(value)  # its order depends on (seed, epoch)
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:
@@ -257,7 +258,7 @@ class DataBundle:
 
 
 def build_loaders(
-    cfg: DictConfig,
+    cfg,
     source: ImageTensors | FolderSplits,
     device: torch.device,
     *,
@@ -274,11 +275,11 @@ def build_loaders(
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
-        scale = cfg.get("resized_crop_scale")
+        scale = cfg.resized_crop_scale
         augmentation = Augmentation(cfg.crop_padding, cfg.hflip, tuple(scale) if scale else None)
         return BatchTransform(
-            cfg.get("mean"),
-            cfg.get("std"),
+            cfg.mean,
+            cfg.std,
             device,
             augment=augmentation if train and cfg.augment else None,
             channels_last=channels_last,
@@ -299,11 +300,10 @@ def _device_bundle(cfg, source: ImageTensors, device, transform, generator, rank
         keep, held = seeded_split(len(source.train_labels), cfg.val_fraction, cfg.split_seed)
         train = (source.train_images[keep], source.train_labels[keep])
         val = (source.train_images[held], source.train_labels[held])
-    shard = slice(ranks.rank, None, ranks.world_size)  # this rank's evaluation samples
-    on_device = {
+    on_device = {  # each rank evaluates its share
         "train": train,
-        "val": (val[0][shard], val[1][shard]),
-        "test": (source.test_images[shard], source.test_labels[shard]),
+        "val": (rank_share(val[0], ranks), rank_share(val[1], ranks)),
+        "test": (rank_share(source.test_images, ranks), rank_share(source.test_labels, ranks)),
     }
     on_device = {k: (x.to(device), y.to(device)) for k, (x, y) in on_device.items()}
     return DataBundle(
@@ -336,18 +336,18 @@ def _host_bundle(
     )
 
     def train_loader(ds) -> HostLoader:
-        per_rank = cfg.batch_size // ranks.world_size
-        if ranks.world_size == 1:
-            gen = torch.Generator().manual_seed(seed)
-            dl = DataLoader(ds, batch_size=per_rank, shuffle=True, generator=gen, **common)
-        else:  # equal batch counts on every rank (it pads with a few repeats, as DDP needs)
-            sampler = DistributedSampler(ds, ranks.world_size, ranks.rank, seed=seed)
-            dl = DataLoader(ds, batch_size=per_rank, sampler=sampler, **common)
-        return HostLoader(dl, transform(True), device, targets)
+        # The loader draws its workers' seed from the same generator before each epoch's
+        # order, as a DataLoader that shuffles by itself does.
+        gen = torch.Generator().manual_seed(seed)
+        batches = RankBatchSampler(
+            len(ds), cfg.batch_size, shuffle=True, generator=gen, ranks=ranks
+        )
+        dl = DataLoader(ds, batch_sampler=batches, generator=gen, **common)
+        return HostLoader(dl, transform(True), device, targets, generator=gen)
 
     def eval_loader(ds) -> HostLoader:
         if ranks.world_size > 1:
-            ds = Subset(ds, range(ranks.rank, len(ds), ranks.world_size))
+            ds = Subset(ds, rank_share(range(len(ds)), ranks))
         dl = DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **common)
         return HostLoader(dl, transform(False), device, targets)
 

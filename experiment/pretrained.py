@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from experiment.errors import ConfigError, ConfigValueError
+from experiment.schema import TimmConf
 
 log = logging.getLogger(__name__)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -189,29 +190,68 @@ class UnfreezeBackbone:
                 self.on_unfreeze(trainable_parameters(self.model), state.epoch + 1)
 
 
-def match_data_to_model(cfg) -> None:
+def fine_tuned(model_conf) -> bool:
+    """Whether the model node is a timm model (the one with fine-tuning controls)."""
+    return isinstance(model_conf, TimmConf)
+
+
+def check_fine_tuning(model_conf) -> None:
+    """`model.unfreeze_at_epoch` says when a frozen backbone thaws: it needs one."""
+    thaws = fine_tuned(model_conf) and model_conf.unfreeze_at_epoch is not None
+    if thaws and not model_conf.freeze_backbone:
+        raise ConfigValueError(
+            "model.unfreeze_at_epoch",
+            model_conf.unfreeze_at_epoch,
+            "null unless model.freeze_backbone=true (it says when a frozen backbone thaws)",
+        )
+
+
+def check_fine_tuning_on(model_conf, distributed: bool) -> None:
+    """DDP fixes the set of trained parameters when it starts: no thawing under torchrun."""
+    if distributed and fine_tuned(model_conf) and model_conf.unfreeze_at_epoch is not None:
+        raise ConfigValueError(
+            "model.unfreeze_at_epoch",
+            model_conf.unfreeze_at_epoch,
+            "null under torchrun (DDP fixes the set of trained parameters when it starts): "
+            "train with the backbone frozen, or train the whole model",
+        )
+
+
+def thaw_callbacks(model_conf, model: nn.Module, state, on_unfreeze) -> list:
+    """The callback of `model.unfreeze_at_epoch` (on every rank), if set; a run resumed
+    past that epoch has its backbone unfrozen before it goes on."""
+    if not fine_tuned(model_conf) or model_conf.unfreeze_at_epoch is None:
+        return []
+    callback = UnfreezeBackbone(model, model_conf.unfreeze_at_epoch, on_unfreeze)
+    if state is not None:
+        callback(state)
+    return [callback]
+
+
+def match_data_to_model(dataset, model_conf) -> None:
     """`dataset.normalization=model`: the dataset's mean and std, and an image folder's
     size, become those the model's pretrained weights expect (timm's data config)."""
-    if cfg.dataset.get("normalization") != "model":
+    if dataset.normalization != "model":
         return
-    name = cfg.model.get("name")
-    if not name or "timm" not in cfg.model._target_:
+    if not fine_tuned(model_conf):
         raise ConfigValueError(
             "dataset.normalization",
             "model",
             "'dataset' unless model=timm (only timm models "
             "carry the data config of their pretrained weights)",
         )
+    name = model_conf.name
     data = data_config(name)
-    channels = len(cfg.dataset.mean)  # one entry per channel of the data
+    channels = len(dataset.mean or data["mean"])  # one entry per channel of the data
     if channels != len(data["mean"]):  # e.g. grey images for an RGB model: the average
         data["mean"] = [sum(data["mean"]) / len(data["mean"])] * channels
         data["std"] = [sum(data["std"]) / len(data["std"])] * channels
-    cfg.dataset.mean, cfg.dataset.std = data["mean"], data["std"]
+    dataset.mean, dataset.std = data["mean"], data["std"]
     size = data["input_size"][-1]
-    if "image_size" in cfg.dataset.source:
-        cfg.dataset.source.image_size = size
+    sized = hasattr(dataset.source, "image_size")
+    if sized:
+        dataset.source.image_size = size
     log.info(
         f"dataset.normalization=model: {name} expects mean {data['mean']}, std {data['std']}"
-        + (f", {size}px images" if "image_size" in cfg.dataset.source else "")
+        + (f", {size}px images" if sized else "")
     )

@@ -9,46 +9,32 @@ A finished run leaves a `COMPLETE` marker next to its checkpoints: auto skips it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from experiment import distributed
-from experiment.checkpoint import LAST, load_checkpoint
-from experiment.engine import FitState
+from experiment.checkpoint import LAST, Checkpoint
 from experiment.errors import CheckpointError, ConfigValueError
+from experiment.run_config import fingerprint
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
-# Keys that may differ between a run and its resumption: where things go, how to resume.
-_NOT_IDENTITY = ("checkpoint_dir", "resume", "resume_dir")
 
 
 @dataclass
 class ResumePoint:
-    checkpoint: Path
-    state: dict = field(repr=False)
+    path: Path  # the checkpoint file it continues from
+    checkpoint: Checkpoint
 
     @property
     def next_epoch(self) -> int:
-        return int(self.state["epoch"]) + 1
+        return self.checkpoint.next_epoch
 
     @property
     def mlflow_run_id(self) -> str | None:
-        return self.state.get("extra", {}).get("mlflow_run_id")
-
-
-def fingerprint(resolved: dict) -> str:
-    """What makes two runs the same run: the resolved config minus paths and resume keys."""
-    identity = {k: v for k, v in resolved.items() if k not in ("hydra", "run_name")}
-    identity["trainer"] = {
-        k: v for k, v in identity.get("trainer", {}).items() if k not in _NOT_IDENTITY
-    }
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()
+        return self.checkpoint.mlflow_run_id
 
 
 def _candidates(checkpoint_dir: Path, resume_dir: Path | None) -> list[Path]:
@@ -69,7 +55,7 @@ def find_for(trainer, resolved: dict) -> ResumePoint | None:
         option = "auto"
     point = find(option, resolved, Path(trainer.checkpoint_dir), search)
     if point is not None:
-        log.info(f"Resuming from {point.checkpoint} at epoch {point.next_epoch + 1}")
+        log.info(f"Resuming from {point.path} at epoch {point.next_epoch + 1}")
     return point
 
 
@@ -84,34 +70,18 @@ def find(option: str | None, resolved: dict, checkpoint_dir: Path, resume_dir: P
             raise ConfigValueError(
                 "trainer.resume", option, "'auto', null, or an existing checkpoint file/folder"
             )
-        return ResumePoint(path, load_checkpoint(path))
+        return ResumePoint(path, Checkpoint.load(path))
     wanted = fingerprint(resolved)
     for path in _candidates(checkpoint_dir, resume_dir):
         try:
-            state = load_checkpoint(path)
+            checkpoint = Checkpoint.load(path)
         except CheckpointError as err:  # a damaged file: say so, look further
             log.warning(f"Skipping it: {err}")
             continue
-        if state.get("extra", {}).get("fingerprint") == wanted:
-            return ResumePoint(path, state)
+        if checkpoint.fingerprint == wanted:
+            return ResumePoint(path, checkpoint)
     log.info("trainer.resume=auto: no unfinished run with this configuration; starting anew.")
     return None
-
-
-def restore(point: ResumePoint, model, optimizer, scheduler) -> FitState:
-    """Load the checkpoint's weights and optimizer/scheduler state; the loop state to go on from."""
-    state = point.state
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    return FitState(
-        epoch=int(state["epoch"]),
-        metrics=dict(state.get("metrics", {})),
-        best_value=state["best_value"],
-        best_epoch=int(state["best_epoch"]),
-        history=list(state["history"]),
-    )
 
 
 def mark_complete(checkpoint_dir: Path) -> None:

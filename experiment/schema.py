@@ -3,7 +3,9 @@
 One rule for defaults: each value is written once, here. The option files under conf/
 name their schema first in their defaults list and state only what that option changes,
 so a key the schema does not know or a value of the wrong type is rejected by Hydra
-before the run starts. Value ranges a type cannot express are in `experiment.rules`.
+before the run starts. Each field declares the values it allows beside its default
+(`experiment.allowed`): they are checked from there, before any data is loaded. Enums
+are `str` enums: code past the config's entry compares them with plain strings.
 `python -m experiment.train --cfg job` prints the composed result.
 """
 
@@ -16,47 +18,77 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from experiment.allowed import (
+    AREA_SHARE,
+    AT_LEAST_ONE,
+    AT_LEAST_TWO,
+    FINITE_LIST,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_FINITE,
+    POSITIVE_LIST,
+    SECONDS,
+    SIZES,
+    UNIT_OPEN,
+    UNIT_OPEN_LEFT,
+    UNIT_OPEN_RIGHT,
+    Rule,
+    allowed,
+    number,
+)
 
-class Progress(Enum):
+
+class Choice(str, Enum):
+    """An enum whose members are their strings: `Device.cuda == "cuda"`, f"{x}" is "cuda"."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Progress(Choice):
     auto = "auto"  # a bar on a terminal, plain lines otherwise
     bar = "bar"
     lines = "lines"
     quiet = "quiet"
 
 
-class Device(Enum):
+class Device(Choice):
     auto = "auto"  # CUDA when present, else CPU
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Precision(Enum):
+class Precision(Choice):
     auto = "auto"  # bf16 autocast on CUDA, fp32 on CPU
     fp32 = "fp32"
     bf16 = "bf16"
 
 
-class Direction(Enum):
+class Direction(Choice):
     maximize = "maximize"
     minimize = "minimize"
 
 
-class Interval(Enum):
+class Interval(Choice):
     epoch = "epoch"
     step = "step"
 
 
-class ModelFormat(Enum):
+class ModelFormat(Choice):
     pt2 = "pt2"
     pickle = "pickle"
 
 
-class Normalization(Enum):
+class Normalization(Choice):
     dataset = "dataset"  # dataset.mean / dataset.std as configured
     model = "model"  # the input size, mean and std the model's pretrained weights expect
 
 
-class InitScheme(Enum):
+class InitScheme(Choice):
     default = "default"  # PyTorch's own per-layer initialisation
     kaiming = "kaiming"
     xavier = "xavier"
@@ -65,11 +97,15 @@ class InitScheme(Enum):
 
 # --------------------------------------------------------------------------- top level
 
+THAW_EPOCH = Rule(number(2), "an integer >= 2 (the first epoch that trains the whole model)")
+
 
 @dataclass
 class EarlyStoppingConf:
-    patience: int | None = None  # epochs without improvement before stopping; null: never
-    min_delta: float = 0.0  # a smaller change of the optimized metric is no improvement
+    # Epochs without improvement before stopping; null: never.
+    patience: int | None = allowed(None, AT_LEAST_ONE)
+    # A smaller change of the optimized metric is no improvement.
+    min_delta: float = allowed(0.0, NON_NEGATIVE)
 
 
 @dataclass
@@ -77,17 +113,18 @@ class RegularizationConf:
     """The knobs live here alone; the nodes that act on them interpolate them
     (`model.dropout`, `optimizer.weight_decay`, `dataset.augment`) or the run reads them."""
 
-    dropout: float = 0.0
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None  # max global grad norm; null: no clipping
+    dropout: float = allowed(0.0, UNIT_OPEN_RIGHT)
+    weight_decay: float = allowed(0.0, NON_NEGATIVE)
+    label_smoothing: float = allowed(0.0, UNIT_OPEN_RIGHT)
+    # Max global grad norm; null: no clipping.
+    grad_clip: float | None = allowed(None, POSITIVE_FINITE)
     augmentation: bool = False
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
 
 
 @dataclass
 class TrainerConf:
-    epochs: int = 30
+    epochs: int = allowed(30, AT_LEAST_ONE)
     device: Device = Device.auto
     precision: Precision = Precision.auto
     seed: int = 0
@@ -102,18 +139,22 @@ class TrainerConf:
     # Under torchrun: seconds a rank waits for the others in a collective before the run
     # stops (a lost rank must not hang the rest); SyncBatchNorm across the GPUs (null: on
     # with several CUDA ranks; PyTorch's SyncBatchNorm runs on GPUs only).
-    dist_timeout: float = 180.0
+    dist_timeout: float = allowed(180.0, SECONDS)
     sync_batchnorm: bool | None = None
 
 
 @dataclass
 class Config:
-    dataset: Any = MISSING
+    """The composed run. Groups whose options all share a base are typed by it (an option
+    is one of its subclasses, or a user's dict checked against it); models, optimizers and
+    tasks are any `_target_` with the keys that target takes."""
+
+    dataset: DatasetConf = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
-    scheduler: Any = MISSING
+    scheduler: SchedulerConf = MISSING
     regularization: RegularizationConf = field(default_factory=RegularizationConf)
-    tracking: Any = MISSING
+    tracking: TrackingConf = MISSING
     task: Any = MISSING
     trainer: TrainerConf = field(default_factory=TrainerConf)
     # The objective the sweeper optimizes and early stopping / best checkpoint follow;
@@ -132,7 +173,7 @@ class Config:
 @dataclass
 class DigitsSource:
     _target_: str = "experiment.datasets.digits"
-    test_fraction: float = 0.2
+    test_fraction: float = allowed(0.2, UNIT_OPEN)
     seed: int = 0
 
 
@@ -146,24 +187,24 @@ class TorchvisionSource:
 @dataclass
 class SyntheticSource:
     _target_: str = "experiment.datasets.synthetic"
-    num_train: int = 2000
-    num_test: int = 500
-    channels: int = 1
-    height: int = 28
-    width: int = 28
-    num_classes: int = 10
-    noise: float = 0.5
+    num_train: int = allowed(2000, AT_LEAST_TWO)
+    num_test: int = allowed(500, AT_LEAST_ONE)
+    channels: int = allowed(1, AT_LEAST_ONE)
+    height: int = allowed(28, AT_LEAST_ONE)
+    width: int = allowed(28, AT_LEAST_ONE)
+    num_classes: int = allowed(10, AT_LEAST_TWO)
+    noise: float = allowed(0.5, NON_NEGATIVE)
     seed: int = 0
 
 
 @dataclass
 class SyntheticRegressionSource:
     _target_: str = "experiment.datasets.synthetic_regression"
-    num_train: int = 2000
-    num_test: int = 500
-    features: int = 16
-    targets: int = 1
-    noise: float = 0.1
+    num_train: int = allowed(2000, AT_LEAST_TWO)
+    num_test: int = allowed(500, AT_LEAST_ONE)
+    features: int = allowed(16, AT_LEAST_ONE)
+    targets: int = allowed(1, AT_LEAST_ONE)
+    noise: float = allowed(0.1, NON_NEGATIVE)
     seed: int = 0
 
 
@@ -171,34 +212,41 @@ class SyntheticRegressionSource:
 class ImageFolderSource:
     _target_: str = "experiment.datasets.image_folder"
     path: str = MISSING
-    image_size: int = 64
-    channels: int = 3
-    test_fraction: float = 0.2  # used only when there is no test/ subfolder
+    image_size: int = allowed(64, AT_LEAST_ONE)
+    channels: int = allowed(3, AT_LEAST_ONE)
+    test_fraction: float = allowed(0.2, UNIT_OPEN)  # used only when there is no test/ subfolder
     seed: int = 0
     cache_dir: str | None = II("..cache_dir")
-    cache_max_gb: float = II("..cache_max_gb")
+    cache_max_gb: float = allowed(II("..cache_max_gb"), POSITIVE)
 
 
 @dataclass
 class DatasetConf:
-    name: str = MISSING
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    val_fraction: float = 0.1  # share of the training split held out for validation
+    """What every dataset option has; a user's own option (no schema of its own) states
+    its `source` and gets the rest from here. No mean and std by default: inputs are
+    normalized only where configured."""
+
+    name: str = "custom"
+    batch_size: int = allowed(128, AT_LEAST_ONE)
+    eval_batch_size: int = allowed(1024, AT_LEAST_ONE)
+    # Share of the training split held out for validation.
+    val_fraction: float = allowed(0.1, UNIT_OPEN)
     # Share held out for testing from a source that returns no test split (a user's
     # source; the project's own sources have their own `source.test_fraction`).
-    test_fraction: float = 0.2
+    test_fraction: float = allowed(0.2, UNIT_OPEN)
     split_seed: int = 0  # the same splits for every trainer.seed: runs compare on one set
-    mean: list[float] | None = MISSING  # null: no per-channel normalization
-    std: list[float] | None = MISSING
+    mean: list[float] | None = allowed(None, FINITE_LIST)  # null: no per-channel normalization
+    std: list[float] | None = allowed(None, POSITIVE_LIST)
     augment: bool = II("regularization.augmentation")
-    crop_padding: int = 2  # random-crop padding in pixels when augmenting
+    # Random-crop padding in pixels when augmenting.
+    crop_padding: int = allowed(2, NON_NEGATIVE_INT)
     hflip: bool = False  # random horizontal flips when augmenting
     # Random-resized crops when augmenting: [min, max] share of the image area kept (then
     # resized back), as for photos; null: off.
-    resized_crop_scale: list[float] | None = None
+    resized_crop_scale: list[float] | None = allowed(None, AREA_SHARE)
     normalization: Normalization = Normalization.dataset
-    num_workers: int = 0  # DataLoader workers (image_folder only)
+    num_workers: int = allowed(0, NON_NEGATIVE_INT)  # DataLoader workers (image_folder only)
+    source: Any = MISSING  # any _target_ returning the data (see experiment.sources)
 
 
 @dataclass
@@ -227,7 +275,7 @@ class ImageFolderDatasetConf(DatasetConf):
     # Images decoded once into a uint8 cache here (relative: to where the command runs),
     # then served from the training device; null: decode every epoch (DataLoader path).
     cache_dir: str | None = ".cache/image_folders"
-    cache_max_gb: float = 8.0  # a larger cache falls back to the DataLoader path
+    cache_max_gb: float = allowed(8.0, POSITIVE)  # a larger cache falls back to the DataLoader path
 
 
 # --------------------------------------------------------------------------- model
@@ -236,24 +284,24 @@ class ImageFolderDatasetConf(DatasetConf):
 @dataclass
 class ModelConf:
     _target_: str = MISSING
-    dropout: float = II("regularization.dropout")
+    dropout: float = allowed(II("regularization.dropout"), UNIT_OPEN_RIGHT)
     init: InitScheme = InitScheme.default
-    init_std: float = 0.02  # for init=normal
+    init_std: float = allowed(0.02, POSITIVE)  # for init=normal
 
 
 @dataclass
 class MLPConf(ModelConf):
     _target_: str = "experiment.models.MLP"
-    hidden_sizes: list[int] = field(default_factory=lambda: [512, 256])
+    hidden_sizes: list[int] = allowed(factory=lambda: [512, 256], rule=SIZES)
     batch_norm: bool = False
 
 
 @dataclass
 class CNNConf(ModelConf):
     _target_: str = "experiment.models.CNN"
-    channels: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = 3
-    hidden_size: int = 128
+    channels: list[int] = allowed(factory=lambda: [32, 64], rule=SIZES)
+    kernel_size: int = allowed(3, AT_LEAST_ONE)
+    hidden_size: int = allowed(128, AT_LEAST_ONE)
     batch_norm: bool = True
     init: InitScheme = InitScheme.kaiming
 
@@ -269,9 +317,10 @@ class TimmConf:
     name: str = "resnet50"  # any timm architecture (timm.list_models())
     pretrained: bool = False  # weights from the local Hugging Face / torch hub cache
     weights: str | None = None  # or from this .safetensors / .pth file
-    dropout: float = II("regularization.dropout")
+    dropout: float = allowed(II("regularization.dropout"), UNIT_OPEN_RIGHT)
     freeze_backbone: bool = False  # train the classifier head only
-    unfreeze_at_epoch: int | None = None  # with freeze_backbone: train everything from epoch N
+    # With freeze_backbone: train everything from epoch N.
+    unfreeze_at_epoch: int | None = allowed(None, THAW_EPOCH)
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -282,16 +331,16 @@ class OptimizerConf:
     _target_: str = MISSING
     _partial_: bool = True  # completed with the model's parameters in code
     _convert_: str = "all"  # plain lists in param_groups keep checkpoints weights_only-loadable
-    lr: float = 1e-3
-    weight_decay: float = II("regularization.weight_decay")
+    lr: float = allowed(1e-3, POSITIVE_FINITE)
+    weight_decay: float = allowed(II("regularization.weight_decay"), NON_NEGATIVE)
     # The backbone's learning rate as a share of lr (the head keeps lr); null: one rate.
-    backbone_lr_scale: float | None = None
+    backbone_lr_scale: float | None = allowed(None, POSITIVE)
 
 
 @dataclass
 class AdamConf(OptimizerConf):
     _target_: str = "torch.optim.Adam"  # weight decay as an L2 penalty on the gradient
-    lr: float = 3e-3
+    lr: float = allowed(3e-3, POSITIVE_FINITE)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
 
@@ -304,8 +353,8 @@ class AdamWConf(AdamConf):
 @dataclass
 class SGDConf(OptimizerConf):
     _target_: str = "torch.optim.SGD"
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = allowed(0.05, POSITIVE_FINITE)
+    momentum: float = allowed(0.9, UNIT_OPEN_RIGHT)
     nesterov: bool = True
 
 
@@ -314,7 +363,7 @@ class RMSpropConf(OptimizerConf):
     _target_: str = "torch.optim.RMSprop"
     alpha: float = 0.99
     eps: float = 1e-8
-    momentum: float = 0.0
+    momentum: float = allowed(0.0, UNIT_OPEN_RIGHT)
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -332,14 +381,14 @@ class ScheduleConf:
 @dataclass
 class StepScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.StepLR"
-    step_size: int = 10
-    gamma: float = 0.1
+    step_size: int = allowed(10, AT_LEAST_ONE)
+    gamma: float = allowed(0.1, POSITIVE)
 
 
 @dataclass
 class CosineScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    T_max: int = II("trainer.epochs")
+    T_max: int = allowed(II("trainer.epochs"), AT_LEAST_ONE)
     eta_min: float = 0.0
 
 
@@ -347,7 +396,7 @@ class CosineScheduleConf(ScheduleConf):
 class PlateauScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.ReduceLROnPlateau"
     mode: str = "min"  # min for losses, max for accuracies
-    factor: float = 0.1
+    factor: float = allowed(0.1, UNIT_OPEN_LEFT)
     patience: int = 3
     threshold: float = 1e-4
 
@@ -355,10 +404,10 @@ class PlateauScheduleConf(ScheduleConf):
 @dataclass
 class OneCycleScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
-    max_lr: float = II("optimizer.lr")
+    max_lr: float = allowed(II("optimizer.lr"), POSITIVE)
     epochs: int = II("trainer.epochs")
     steps_per_epoch: int | None = None  # null: taken from the data at run time
-    pct_start: float = 0.3
+    pct_start: float = allowed(0.3, UNIT_OPEN)
 
 
 @dataclass
@@ -459,18 +508,6 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "tracking": {"tracking": TrackingConf},
     "task": {"classification": ClassificationTaskConf, "regression": RegressionTaskConf},
 }
-
-
-def dataset_defaults() -> dict:
-    """What a dataset option of a user's own folder leaves out, it gets from here: an
-    option states its `source` (and, say, `batch_size`) and nothing else. No mean and
-    std: inputs are normalized only where configured."""
-    defaults = {
-        name: f.default.value if isinstance(f.default, Enum) else f.default
-        for name, f in DatasetConf.__dataclass_fields__.items()
-        if f.default is not MISSING
-    }
-    return {**defaults, "name": "custom", "mean": None, "std": None}
 
 
 def register_configs() -> None:

@@ -1,8 +1,7 @@
-"""Everything MLflow: the store, the run, params, per-epoch metrics, the model.
+"""Everything that talks to MLflow: the store, the run, params, metrics, plots, the model.
 
 `Tracker` is the only MLflow-aware object the run uses; `NullTracker` stands in for it
-with `tracking=none`. A run is always closed with a final status (FINISHED, FAILED,
-KILLED): none is left RUNNING by an exception or Ctrl-C.
+with `tracking=none`. What the run records, and how it ends, is `experiment.run_record`.
 """
 
 from __future__ import annotations
@@ -11,38 +10,17 @@ import contextlib
 import copy
 import logging
 import os
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from experiment.errors import ExperimentError, TrackingError
+from experiment.errors import TrackingError
 from experiment.secrets import redact
 from experiment.sqlite_files import create_atomically
 
 log = logging.getLogger(__name__)
 
 _EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
-
-
-def flatten(container: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts to {'a.b.c': leaf}; lists stay whole leaves."""
-    if not isinstance(container, dict):
-        return {prefix: container}
-    flat: dict[str, Any] = {}
-    for key, value in container.items():
-        nested = isinstance(value, dict)
-        flat.update(flatten(value, f"{prefix}{key}." if nested else f"{prefix}{key}"))
-    return flat
-
-
-def config_params(cfg: DictConfig) -> dict[str, str]:
-    """Every leaf of the resolved config as a string MLflow param, secrets redacted."""
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    resolved.pop("hydra", None)
-    return {key: redact(str(value)) for key, value in flatten(resolved).items()}
 
 
 def absolute_uri(uri: str) -> str:
@@ -55,16 +33,6 @@ def absolute_uri(uri: str) -> str:
     if uri.startswith(prefix):
         Path(uri[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 @contextlib.contextmanager
@@ -284,7 +252,8 @@ class Tracker:
         )
 
 
-def build_tracker(cfg: DictConfig) -> Tracker | NullTracker:
+def build_tracker(cfg) -> Tracker | NullTracker:
+    """The tracker of a `tracking` node."""
     if not cfg.enabled:
         return NullTracker()
     return Tracker(
@@ -295,56 +264,3 @@ def build_tracker(cfg: DictConfig) -> Tracker | NullTracker:
         log_plots=cfg.log_plots,
         log_model=cfg.log_model,
     )
-
-
-@contextlib.contextmanager
-def store_failure_keeps(checkpoint_dir: Path, when: str):
-    """A tracking store that fails mid-run: stop with a message that says where the
-    trained weights are and how to continue, instead of a traceback."""
-    try:
-        yield
-    except ExperimentError:
-        raise
-    except Exception as err:  # Ctrl-C (KeyboardInterrupt) is no Exception: it passes
-        raise TrackingError(
-            f"The MLflow tracking store failed {when}: {type(err).__name__}: "
-            f"{redact(str(err)).splitlines()[0] if str(err) else ''}. Nothing trained is "
-            f"lost: the checkpoints (last.pt, best.pt) are in {checkpoint_dir}. Once the "
-            "store is back, run the same command with trainer.resume=auto to continue."
-        ) from None
-
-
-def epoch_logger(tracker: Tracker | NullTracker, checkpoint_dir: Path):
-    """The epoch callback that logs each epoch's metrics."""
-
-    def log_epoch(state) -> None:
-        with store_failure_keeps(checkpoint_dir, f"in epoch {state.epoch + 1}"):
-            tracker.log_epoch(state.epoch, state.metrics)
-
-    return log_epoch
-
-
-@contextlib.contextmanager
-def final_status(tracker: Tracker | NullTracker, outcome):
-    """Whatever happens inside, the run ends with the status (and tags) that
-    `outcome(error)` gives for how it ended: none is left RUNNING."""
-    error = None
-    try:
-        yield
-    except BaseException as err:
-        error = err
-        raise
-    finally:
-        status, tags = outcome(error)
-        try:
-            tracker.set_tags(tags)
-            tracker.finish(status)
-        except Exception as err:  # the store is down: the error that brought us here counts
-            log.warning(f"Could not record the run's end in MLflow: {type(err).__name__}")
-
-
-def example_batch(loader, size: int = 4) -> torch.Tensor:
-    """A few real, normalized inputs for the model signature and input example."""
-    inputs, _ = next(iter(loader))
-    inputs = inputs[:size].contiguous(memory_format=torch.contiguous_format)
-    return inputs.float() if inputs.is_floating_point() else inputs

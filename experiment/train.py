@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import sys
 import time
 from functools import partial
@@ -18,15 +17,14 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
 
-import experiment
 from experiment import distributed, pretrained, resume, sweep_context
 from experiment.api import config_dir_of_project
 from experiment.builders import Parts, build_parts, build_task
 from experiment.callbacks import Checkpointer, EarlyStopping
 from experiment.checkpoint import BEST, load_checkpoint
 from experiment.console import split_streams
+from experiment.data import example_batch
 from experiment.distributed import Ranks
 from experiment.engine import (
     FitSettings,
@@ -38,7 +36,8 @@ from experiment.engine import (
 )
 from experiment.errors import ConfigValueError, ExperimentError
 from experiment.progress import EpochProgress
-from experiment.rules import objectives, plain_config, validate
+from experiment.run_config import RunConfig, overrides_yaml
+from experiment.run_record import epoch_logger, final_status, run_record, store_failure_keeps
 from experiment.runtime import (
     autocast_dtype,
     peak_memory_mb,
@@ -47,95 +46,74 @@ from experiment.runtime import (
 )
 from experiment.schema import register_configs
 from experiment.signals import stop_on_sigterm
-from experiment.tracking import (
-    NullTracker,
-    build_tracker,
-    config_params,
-    epoch_logger,
-    example_batch,
-    final_status,
-    git_commit,
-    store_failure_keeps,
-)
+from experiment.tracking import NullTracker, build_tracker
 
 log = logging.getLogger("experiment")
 register_configs()
 
 
-def run(cfg: DictConfig) -> float | list[float]:
-    """Train and test one configuration; return the best value of cfg.optimized_metric
-    (for a list of metrics, their values at the best epoch of the first: see `objective`).
+def run(cfg) -> float | list[float]:
+    """Train and test one configuration (a composed DictConfig, or an entered RunConfig);
+    return the best value of `optimized_metric` (for a list of metrics, their values at
+    the best epoch of the first: see `objective`).
 
     Inside a sweep the current TrialContext adds what a trial needs (reporting to the
     trial, the parent run, the trial's tags and state); outside one, nothing is added.
     Under torchrun every rank runs this; rank 0 alone tracks, checkpoints and reports.
     """
-    cfg = plain_config(cfg)  # config enums become plain strings here, once
-    validate(cfg)  # value ranges, before any data is touched
-    pretrained.match_data_to_model(cfg)  # dataset.normalization=model
-    with distributed.joined(cfg.trainer, cfg.dataset.batch_size) as (ranks, device):
+    run_config = RunConfig.enter(cfg)  # typed and checked, before any data is touched
+    with distributed.joined(run_config.trainer, run_config.dataset.batch_size) as (ranks, device):
         if device is None:  # not under torchrun: the run's own choice
-            device = resolve_device(cfg.trainer.device)
-        return train_and_test(cfg, ranks, device)
+            device = resolve_device(run_config.trainer.device)
+        return train_and_test(run_config, ranks, device)
 
 
-def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float | list[float]:
+def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float | list[float]:
     trial = sweep_context.current() or sweep_context.STANDALONE
-    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    fingerprint = resume.fingerprint(resolved)
-    fingerprints = distributed.same_config_on_all_ranks(fingerprint)
+    seed_everything(run.trainer.seed, run.trainer.deterministic)
+    fingerprints = distributed.same_config_on_all_ranks(run.fingerprint)
     point = distributed.from_main(
-        resume.find_for(cfg.trainer, resolved) if trial.resumable and ranks.main else None
+        resume.find_for(run.trainer, run.resolved) if trial.resumable and ranks.main else None
     )
-    checkpoint_dir = point.checkpoint.parent if point else Path(cfg.trainer.checkpoint_dir)
+    checkpoint_dir = point.path.parent if point else Path(run.trainer.checkpoint_dir)
     # An unreachable store fails here, before training; other ranks track nothing.
-    tracker = build_tracker(cfg.tracking) if ranks.main else NullTracker()
-    task = build_task(cfg)
-    parts = build_parts(cfg, device, ranks, task)
-    check_objectives_exist(cfg, task, parts.data.num_outputs)
-    state = resume.restore(point, parts.model, parts.optimizer, parts.scheduler) if point else None
-    settings = fit_settings(cfg, device, task)
+    tracker = build_tracker(run.tracking) if ranks.main else NullTracker()
+    task = build_task(run.task)
+    parts = build_parts(run, device, ranks, task)
+    check_objectives_exist(run, task, parts.data.num_outputs)
+    state = None
+    if point is not None:
+        state = point.checkpoint.restore(parts.model, parts.optimizer, parts.scheduler)
+    settings = run.fit_settings(device, task, autocast_dtype(run.trainer.precision, device))
     progress = EpochProgress(
-        cfg.trainer.epochs,
+        run.trainer.epochs,
         settings.monitor,
-        "quiet" if trial.quiet or not ranks.main else cfg.trainer.progress,
+        "quiet" if trial.quiet or not ranks.main else run.trainer.progress,
         first_epoch=point.next_epoch if point else 0,
         metric=task.curve_metric,
     )
-
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
-        tracker.start(**run_record(cfg, resolved, device, trial, point, ranks.tags(fingerprints)))
+        record = run_record(run, device, trial, point, ranks.tags(fingerprints), _overrides())
+        tracker.start(**record)
         trial.record_run(tracker.run_id)
-        log_trainable = trainable_logger(tracker)
-        trainable = pretrained.trainable_parameters(parts.model)
-        log_trainable(trainable, state.epoch + 1 if state else 0)
-        if ranks.main:  # known before any epoch, so a pruned trial has it too
-            trial.record_measures({"model/params": trainable})
-        extra = {"fingerprint": fingerprint, "mlflow_run_id": tracker.run_id}
         callbacks = [
             Checkpointer(
-                checkpoint_dir, parts.model, parts.optimizer, parts.scheduler, resolved, extra
+                checkpoint_dir,
+                parts.model,
+                parts.optimizer,
+                parts.scheduler,
+                config=run.resolved,
+                fingerprint=run.fingerprint,
+                mlflow_run_id=tracker.run_id,
             ),
             progress,
             epoch_logger(tracker, checkpoint_dir),
             *trial.callbacks(settings.monitor),
-            EarlyStopping(cfg.regularization.early_stopping.patience),
+            EarlyStopping(run.regularization.early_stopping.patience),
         ]
-        if ranks.distributed:  # rank 0 decides; every rank follows (and none hangs)
-            callbacks = [distributed.OnMainRank(callbacks, ranks)]
-        callbacks += thaw(cfg, parts, state, log_trainable)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        if cfg.trainer.compile:  # compile outside the timed epochs, and report it on its own
-            tracker.log_metrics({"compile_time_s": compile_now(parts, settings)})
-        start = time.perf_counter()
-        result = fit(
-            parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
-        )
-        summary = {"train_time_s": time.perf_counter() - start}
+        result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
         test, test_totals = evaluate_best(parts, checkpoint_dir, settings, ranks)
-        summary.update(final_metrics(result, test, parts, settings, cfg, trial.wanted_measures))
+        summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
         if ranks.main:
             trial.record_measures(run_measures(result, summary))
         with store_failure_keeps(checkpoint_dir, "after training"):
@@ -145,7 +123,33 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
             tracker.log_final(summary, result.history, figure, parts.model, example)
         if ranks.main:
             resume.mark_complete(checkpoint_dir)
+    report(result, test, summary, settings, task, checkpoint_dir, tracker)
+    return objective(run, result, summary)
 
+
+def train(run: RunConfig, parts: Parts, settings, callbacks, state, tracker, trial, ranks):
+    """The epochs, from `state` (a resumed run's) or the first: the loop's final state
+    and the summary so far (training time; compile time, logged on its own)."""
+    log_trainable = trainable_logger(tracker)
+    trainable = pretrained.trainable_parameters(parts.model)
+    log_trainable(trainable, state.epoch + 1 if state else 0)
+    if ranks.main:  # known before any epoch, so a pruned trial has it too
+        trial.record_measures({"model/params": trainable})
+    if ranks.distributed:  # rank 0 decides; every rank follows (and none hangs)
+        callbacks = [distributed.OnMainRank(callbacks, ranks)]
+    callbacks += pretrained.thaw_callbacks(run.model, parts.model, state, log_trainable)
+    if settings.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(settings.device)
+    if run.trainer.compile:  # compile outside the timed epochs, and report it on its own
+        tracker.log_metrics({"compile_time_s": compile_now(parts, settings)})
+    start = time.perf_counter()
+    result = fit(
+        parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
+    )
+    return result, {"train_time_s": time.perf_counter() - start}
+
+
+def report(result: FitState, test: dict, summary: dict, settings, task, checkpoint_dir, tracker):
     shown = settings.monitor.removeprefix("val/")
     shown = shown if shown in test else task.curve_metric
     log.info(
@@ -155,21 +159,6 @@ def train_and_test(cfg: DictConfig, ranks: Ranks, device: torch.device) -> float
         f"Checkpoints: {checkpoint_dir}"
     )
     log.info(tracker.describe())
-    return objective(cfg, result, summary)
-
-
-def run_record(cfg: DictConfig, resolved: dict, device, trial, point, extra_tags) -> dict:
-    """What the MLflow run starts with: name, params, tags, config files, its parent (in a
-    sweep) or the run it continues (when resuming)."""
-    return dict(
-        run_name=cfg.run_name or trial.run_name(default_run_name(cfg)),
-        params=config_params(cfg),
-        tags={**run_tags(device), **trial.tags, **extra_tags},
-        texts={"config.yaml": OmegaConf.to_yaml(resolved), "overrides.yaml": _overrides()},
-        parent_run_id=trial.parent_run_id,
-        resume_run_id=point.mlflow_run_id if point else None,
-        history=point.state["history"] if point else [],
-    )
 
 
 def trainable_logger(tracker):
@@ -179,47 +168,17 @@ def trainable_logger(tracker):
     return log_trainable
 
 
-def thaw(cfg: DictConfig, parts: Parts, state: FitState | None, on_unfreeze) -> list:
-    """The callback of `model.unfreeze_at_epoch` (on every rank), if set; a run resumed
-    past that epoch has its backbone unfrozen before it goes on."""
-    epoch = cfg.model.get("unfreeze_at_epoch")
-    if epoch is None:
-        return []
-    callback = pretrained.UnfreezeBackbone(parts.model, epoch, on_unfreeze)
-    if state is not None:
-        callback(state)
-    return [callback]
-
-
-def check_objectives_exist(cfg: DictConfig, task, num_outputs: int) -> None:
+def check_objectives_exist(run: RunConfig, task, num_outputs: int) -> None:
     """Every validation metric among the objectives is one the task computes (known once
     the data is: top5_acc needs more than 5 classes); refused before training."""
     names = [f"val/{name}" for name in task.metric_names(num_outputs)]
-    for metric, _ in objectives(cfg):
-        if str(metric).startswith("val/") and metric not in names:
+    for metric in (o.metric for o in run.objectives):
+        if metric.startswith("val/") and metric not in names:
             raise ConfigValueError(
                 "optimized_metric",
                 metric,
                 f"a metric of task={task.name}: {', '.join(names)} (or a run measure)",
             )
-
-
-def fit_settings(cfg: DictConfig, device: torch.device, task) -> FitSettings:
-    regularization = cfg.regularization
-    (monitor, direction), *_ = objectives(cfg)  # the first objective picks the best epoch
-    return FitSettings(
-        epochs=cfg.trainer.epochs,
-        device=device,
-        monitor=monitor,
-        maximize=direction == "maximize",
-        min_delta=regularization.early_stopping.min_delta,
-        amp_dtype=autocast_dtype(cfg.trainer.precision, device),
-        task=task,
-        grad_clip=regularization.grad_clip,
-        scheduler_interval=cfg.scheduler.interval,
-        scheduler_monitor=cfg.scheduler.get("monitor"),
-        seed=cfg.trainer.seed,
-    )
 
 
 def compile_now(parts: Parts, settings: FitSettings) -> float:
@@ -257,7 +216,7 @@ def final_metrics(
     test: dict,
     parts: Parts,
     settings: FitSettings,
-    cfg: DictConfig,
+    run: RunConfig,
     wanted: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """The run's summary metrics; `wanted`: measures a sweep's constraints name, computed
@@ -270,7 +229,7 @@ def final_metrics(
         "model/params": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
         **peak_memory_mb(settings.device),
     }
-    if "model/latency_ms" in wanted or any(m == "model/latency_ms" for m, _ in objectives(cfg)):
+    if "model/latency_ms" in wanted or run.wants("model/latency_ms"):
         images = example_batch(parts.data.val, size=64).to(settings.device)
         metrics["model/latency_ms"] = latency_per_image_ms(
             parts.model, images, device=settings.device, amp_dtype=settings.amp_dtype
@@ -290,36 +249,19 @@ def run_measures(result: FitState, summary: dict) -> dict[str, float]:
     }
 
 
-def objective(cfg: DictConfig, result: FitState, summary: dict) -> float | list[float]:
+def objective(run: RunConfig, result: FitState, summary: dict) -> float | list[float]:
     """The value a sweep optimizes: the best epoch's value of `optimized_metric`; for a
     list, each entry's value at the best epoch of the first (validation metrics) or the
     run's own measure (model/params, model/latency_ms, train_time_s)."""
-    if isinstance(cfg.optimized_metric, str):
+    if not run.several_objectives:
         return float(result.best_value)
     best_epoch = result.history[result.best_epoch]
-    return [float(best_epoch.get(metric, summary.get(metric))) for metric, _ in objectives(cfg)]
-
-
-def default_run_name(cfg: DictConfig) -> str:
-    """model-optimizer-lr: enough to tell runs apart in the MLflow UI's run list."""
-    model = cfg.model.get("name") or cfg.model._target_.rsplit(".", 1)[-1].lower()
-    optimizer = cfg.optimizer._target_.rsplit(".", 1)[-1].lower()
-    return f"{model}-{optimizer}-lr{cfg.optimizer.lr:.3g}"
-
-
-def run_tags(device: torch.device) -> dict[str, str]:
-    return {
-        "device": str(device),
-        "git_commit": git_commit() or "none",
-        "torch": torch.__version__,
-        "experiment": experiment.__version__,
-        "process": f"{socket.gethostname()}:{os.getpid()}",
-    }
+    return [float(best_epoch.get(o.metric, summary.get(o.metric))) for o in run.objectives]
 
 
 def _overrides() -> str:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return OmegaConf.to_yaml(overrides)
+    return overrides_yaml(overrides)
 
 
 # An absolute path, so the console script finds conf/ as `python -m` does: the installed
@@ -335,7 +277,7 @@ def importable_from_here() -> None:
         sys.path.insert(0, here)
 
 
-def run_reporting_errors(cfg: DictConfig) -> float:
+def run_reporting_errors(cfg) -> float:
     """`run`, with a user's mistake (an ExperimentError) reported as one line and an exit
     code instead of a traceback; inside a sweep the sweeper records it and goes on."""
     try:
@@ -348,7 +290,7 @@ def run_reporting_errors(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg) -> float:
     split_streams()  # warnings and errors to stderr, progress to stdout
     importable_from_here()
     stop_on_sigterm()

@@ -19,7 +19,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import experiment.train  # noqa: F401  registers the schemas in Hydra's ConfigStore
-from experiment.rules import plain_config
+from experiment.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores
@@ -94,8 +94,7 @@ def store_overrides(tmp_path: Path) -> list[str]:
 
 
 def compose_config(overrides: list[str]):
-    """The real config, composed as the CLI would, outside a Hydra run, with enums as plain
-    strings (what `run` and the builders see once the config has entered the code).
+    """The real config, composed as the CLI would, outside a Hydra run (what `run` takes).
 
     `${hydra:runtime.output_dir}` only resolves inside a run, so the checkpoint folder
     gets a plain default unless the overrides name one.
@@ -103,7 +102,13 @@ def compose_config(overrides: list[str]):
     if not any(o.startswith("trainer.checkpoint_dir=") for o in overrides):
         overrides = [*overrides, "trainer.checkpoint_dir=checkpoints"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return plain_config(compose(config_name="config", overrides=overrides))
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_config(overrides: list[str]) -> RunConfig:
+    """The composed config as it has entered the code: typed and checked (what the
+    builders take)."""
+    return RunConfig.enter(compose_config(overrides))
 
 
 def cli_env(extra: dict | None = None) -> dict:

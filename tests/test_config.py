@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from experiment.builders import build_model, build_optimizer, build_scheduler
-from experiment.rules import validate
-from tests.conftest import CONF, compose_config
+from experiment.run_config import RunConfig
+from tests.conftest import CONF, compose_config, run_config
 
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking", "task"]
 
@@ -43,21 +43,21 @@ def test_groups_have_the_documented_options():
 )
 def test_option_composes_and_validates(group, option):
     cfg = compose_config([f"{group}={option}"])
-    validate(cfg)
+    RunConfig.enter(cfg)
     # Every interpolation resolves.
     OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_image_folder_needs_a_path():
     cfg = compose_config(["dataset=image_folder", "dataset.source.path=/some/images"])
-    validate(cfg)
+    RunConfig.enter(cfg)
     assert cfg.dataset.source.path == "/some/images"
 
 
 @pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
 def test_models_take_their_shape_from_the_data(model, shape):
-    cfg = compose_config([f"model={model}"])
+    cfg = run_config([f"model={model}"])
     net = build_model(cfg.model, shape, num_classes=7)
     net.eval()
     assert net(torch.zeros(2, *shape)).shape == (2, 7)
@@ -65,7 +65,7 @@ def test_models_take_their_shape_from_the_data(model, shape):
 
 @pytest.mark.parametrize("init", ["default", "kaiming", "xavier", "normal"])
 def test_weight_init_schemes(init):
-    cfg = compose_config(["model=cnn", f"model.init={init}", "model.init_std=0.5"])
+    cfg = run_config(["model=cnn", f"model.init={init}", "model.init_std=0.5"])
     net = build_model(cfg.model, (1, 8, 8), num_classes=3)
     weight = net.features[0].weight
     assert torch.isfinite(weight).all()
@@ -74,7 +74,7 @@ def test_weight_init_schemes(init):
 
 
 def test_dropout_and_weight_decay_come_from_regularization():
-    cfg = compose_config(["regularization.dropout=0.3", "regularization.weight_decay=0.01"])
+    cfg = run_config(["regularization.dropout=0.3", "regularization.weight_decay=0.01"])
     assert cfg.model.dropout == 0.3
     assert cfg.optimizer.weight_decay == 0.01
     net = build_model(cfg.model, (1, 8, 8), 10)
@@ -85,7 +85,7 @@ def test_dropout_and_weight_decay_come_from_regularization():
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_instantiate_and_step(optimizer, scheduler):
-    cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}", "optimizer.lr=0.01"])
+    cfg = run_config([f"optimizer={optimizer}", f"scheduler={scheduler}", "optimizer.lr=0.01"])
     net = build_model(cfg.model, (1, 8, 8), 10)
     opt = build_optimizer(cfg.optimizer, net)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
@@ -113,7 +113,7 @@ def test_swept_keys_and_objective_exist():
 
 
 def test_optimizer_is_fused_only_on_cuda():
-    cfg = compose_config(["optimizer=adamw"])
+    cfg = run_config(["optimizer=adamw"])
     net = build_model(cfg.model, (1, 8, 8), 10)
     assert not build_optimizer(cfg.optimizer, net, torch.device("cpu")).defaults.get("fused")
 
@@ -121,6 +121,6 @@ def test_optimizer_is_fused_only_on_cuda():
 @pytest.mark.gpu
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_optimizer_is_fused_on_cuda(optimizer):
-    cfg = compose_config([f"optimizer={optimizer}"])
+    cfg = run_config([f"optimizer={optimizer}"])
     net = build_model(cfg.model, (1, 8, 8), 10).cuda()
     assert build_optimizer(cfg.optimizer, net, torch.device("cuda")).defaults["fused"] is True

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from experiment.builders import use_sync_batchnorm
+from experiment.schema import DatasetConf
 from experiment.data import Augmentation, BatchTransform, DeviceLoader, build_loaders
 from experiment.datasets import ImageTensors
 from experiment.distributed import Ranks, per_rank_batch
@@ -65,17 +65,15 @@ def test_augmented_images_stay_with_their_labels_on_every_rank():
 
 def dataset_node(**extra):
     """A `dataset` config node for grey 2x2 images, batches of 8 (evaluation: 4)."""
-    return OmegaConf.create(
-        dict(
-            mean=[0.0],
-            std=[1.0],
-            augment=False,
-            crop_padding=0,
-            hflip=False,
-            batch_size=8,
-            eval_batch_size=4,
-            **extra,
-        )
+    return DatasetConf(
+        mean=[0.0],
+        std=[1.0],
+        augment=False,
+        crop_padding=0,
+        hflip=False,
+        batch_size=8,
+        eval_batch_size=4,
+        **extra,
     )
 
 
@@ -96,8 +94,10 @@ def test_evaluation_splits_are_shared_out_without_repeats():
     assert counts == {"val": 12, "test": 25}
 
 
-def test_image_folders_without_the_cache_use_a_distributed_sampler(tmp_path):
-    from torch.utils.data import DistributedSampler, TensorDataset
+def test_image_folders_without_the_cache_count_each_sample_once_across_ranks(tmp_path):
+    """The DataLoader path shares out an epoch as the in-memory path does: the same
+    seeded order on every rank, every world_size-th sample each, no repeats."""
+    from torch.utils.data import TensorDataset
 
     from experiment.datasets import FolderSplits
 
@@ -113,14 +113,53 @@ def test_image_folders_without_the_cache_use_a_distributed_sampler(tmp_path):
     seen = {"train": [], "test": []}
     for rank in range(2):
         data = build_loaders(cfg, source, CPU, ranks=Ranks(rank, 2, 2, "gloo"))
-        assert isinstance(data.train.loader.sampler, DistributedSampler)
         data.seed_epoch(5)
-        assert data.train.loader.sampler.epoch == 5  # the order follows (seed, epoch)
-        assert {len(y) for _, y in data.train} == {4, 3}  # 8 / 2 ranks, then the rest
-        seen["train"] += torch.cat([y for _, y in data.train]).tolist()
+        first = torch.cat([y for _, y in data.train]).tolist()
+        data.seed_epoch(5)
+        assert torch.cat([y for _, y in data.train]).tolist() == first  # (seed, epoch)
+        data.seed_epoch(6)
+        assert torch.cat([y for _, y in data.train]).tolist() != first
+        data.seed_epoch(5)
+        assert [len(y) for _, y in data.train] == [4, 4, 4, 3]  # 8 / 2 ranks, then the rest
+        seen["train"] += first
         seen["test"] += torch.cat([y for _, y in data.test]).tolist()
-    assert sorted(set(seen["train"])) == list(range(30))
+    assert sorted(seen["train"]) == list(range(30))  # each sample once: no padding
     assert sorted(seen["test"]) == list(range(7))  # evaluation: each sample once
+
+
+def test_both_data_paths_share_out_an_epoch_by_the_same_rule():
+    """In memory or through a DataLoader, each rank takes as many batches of the same
+    sizes, and the ranks together see each sample once (31 = 3 x 8 + 7: the tail of 7
+    is a batch of its own; of 25 = 3 x 8 + 1, the one sample joins the last batch)."""
+    from torch.utils.data import TensorDataset
+
+    from experiment.datasets import FolderSplits
+
+    expected = {31: [[4, 4, 4, 4], [4, 4, 4, 3]], 25: [[4, 4, 5], [4, 4, 4]]}  # per rank
+    for samples, sizes in expected.items():
+        images = torch.zeros(samples, 1, 2, 2, dtype=torch.uint8)
+        labels = torch.arange(samples)
+        paths = {
+            "in memory": ImageTensors(
+                images, labels, images[:5], labels[:5], ["a"], images, labels
+            ),
+            "DataLoader": FolderSplits(
+                train=TensorDataset(images, labels),
+                val=TensorDataset(images, labels),
+                test=TensorDataset(images[:5], labels[:5]),
+                classes=["a"],
+                input_shape=(1, 2, 2),
+            ),
+        }
+        for path, source in paths.items():
+            seen = []
+            for rank in range(2):
+                data = build_loaders(dataset_node(), source, CPU, ranks=Ranks(rank, 2, 2, "gloo"))
+                data.seed_epoch(4)
+                batches = [y.tolist() for _, y in data.train]
+                assert [len(b) for b in batches] == sizes[rank], path
+                seen += [label for batch in batches for label in batch]
+            assert sorted(seen) == list(range(samples)), path
 
 
 def test_the_global_batch_must_split_evenly():

@@ -32,7 +32,7 @@ def train(parts, settings, callbacks=(), state=None):
 
 
 def checkpointer(parts, directory):
-    return Checkpointer(directory, parts.model, parts.optimizer, parts.scheduler, {}, {})
+    return Checkpointer(directory, parts.model, parts.optimizer, parts.scheduler)
 
 
 def test_fit_trains_reports_every_epoch_and_tracks_the_best():
@@ -91,7 +91,7 @@ def test_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
 
     fresh, _ = parts_and_settings()  # a new process: new model, optimizer, schedule
     point = resume.find(str(tmp_path / LAST), {}, tmp_path, None)
-    state = resume.restore(point, fresh.model, fresh.optimizer, fresh.scheduler)
+    state = point.checkpoint.restore(fresh.model, fresh.optimizer, fresh.scheduler)
     assert state.epoch == 1 and len(state.history) == 2
     result = train(fresh, settings, [], state)
     assert learning(result.history) == pytest.approx(learning(expected.history), rel=1e-6)

@@ -18,6 +18,7 @@ from tests.conftest import (
     FAST,
     all_runs,
     compose_config,
+    run_config,
     output,
     run_cli,
     sqlite_uri,
@@ -284,7 +285,7 @@ def test_multi_objective_constrained_sweep_records_the_feasible_pareto_front(tmp
     # Two objectives through the sweeper's direction alone: every run follows it. The
     # bound on the parameter count lets only the small model through; the latency bound
     # makes each run measure its latency, which it does only when asked.
-    small = build_model(compose_config([*FAST, "model.hidden_size=8"]).model, (1, 12, 12), 4)
+    small = build_model(run_config([*FAST, "model.hidden_size=8"]).model, (1, 12, 12), 4)
     bound = sum(p.numel() for p in small.parameters())
     proc = run_cli(
         sweep(

@@ -23,7 +23,7 @@ from experiment.datasets import FolderSplits, ImageTensors, image_folder
 from experiment.engine import FitSettings, fit
 from experiment.errors import ConfigError
 from experiment.train import run
-from tests.conftest import all_runs, compose_config, sqlite_uri, store_overrides
+from tests.conftest import all_runs, run_config, sqlite_uri, store_overrides
 
 CPU = torch.device("cpu")
 
@@ -59,15 +59,13 @@ def timm_overrides(weights: Path, *extra: str) -> list[str]:
 
 def test_weights_from_a_file_arrive_and_the_head_has_the_data_classes(tmp_path):
     weights, source = saved_test_resnet(tmp_path)
-    cfg = compose_config(timm_overrides(weights))
+    cfg = run_config(timm_overrides(weights))
     model = build_model(cfg.model, (3, 32, 32), num_classes=2)
     for name, tensor in source.state_dict().items():
         if not name.startswith("fc."):  # the head is new: 2 classes, not 5
             assert torch.equal(model.state_dict()[name], tensor), name
     assert model.get_classifier().out_features == 2
-    fresh = build_model(
-        compose_config(["model=timm", "model.name=test_resnet"]).model, (3, 32, 32), 2
-    )
+    fresh = build_model(run_config(["model=timm", "model.name=test_resnet"]).model, (3, 32, 32), 2)
     assert not torch.equal(fresh.conv1[0].weight, source.conv1[0].weight)  # random without weights
 
 
@@ -83,7 +81,7 @@ def test_pretrained_weights_come_from_the_local_hugging_face_cache(tmp_path, mon
     (repo / "refs" / "main").write_text("0123abcd")
     (snapshot / "model.safetensors").write_bytes(weights.read_bytes())
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    cfg = compose_config(["model=timm", "model.name=test_resnet", "model.pretrained=true"])
+    cfg = run_config(["model=timm", "model.name=test_resnet", "model.pretrained=true"])
     model = build_model(cfg.model, (3, 32, 32), 2)
     assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
 
@@ -114,7 +112,7 @@ def _one_epoch(parts, epochs: int = 1, callbacks=()):
 def test_a_frozen_backbone_stays_until_it_is_unfrozen(tmp_path):
     weights, _ = saved_test_resnet(tmp_path)
     folder = photo_folder(tmp_path / "photos", size=48)
-    cfg = compose_config(
+    cfg = run_config(
         folder_overrides(
             tmp_path,
             folder,
@@ -140,7 +138,7 @@ def test_a_frozen_backbone_stays_until_it_is_unfrozen(tmp_path):
 
 def test_the_backbone_gets_its_own_learning_rate(tmp_path):
     weights, _ = saved_test_resnet(tmp_path)
-    cfg = compose_config(
+    cfg = run_config(
         timm_overrides(
             weights, "optimizer=sgd", "optimizer.lr=0.1", "optimizer.backbone_lr_scale=0.1"
         )
@@ -154,10 +152,9 @@ def test_the_backbone_gets_its_own_learning_rate(tmp_path):
 def test_normalization_from_the_model_sets_size_mean_and_std(tmp_path):
     weights, _ = saved_test_resnet(tmp_path)
     folder = photo_folder(tmp_path / "photos", size=48)
-    cfg = compose_config(
+    cfg = run_config(
         folder_overrides(tmp_path, folder, "dataset.normalization=model", *timm_overrides(weights))
     )
-    pretrained.match_data_to_model(cfg)
     assert cfg.dataset.mean == [0.5, 0.5, 0.5] and cfg.dataset.std == [0.5, 0.5, 0.5]
     parts = build_parts(cfg, CPU)
     assert parts.data.input_shape == (3, 160, 160)  # test_resnet's pretrained input size
@@ -198,7 +195,7 @@ def test_images_are_decoded_once_then_served_from_the_cache(tmp_path, monkeypatc
 
 def test_training_epochs_read_no_image_file(tmp_path, monkeypatch):
     folder = photo_folder(tmp_path / "photos")
-    cfg = compose_config(
+    cfg = run_config(
         folder_overrides(tmp_path, folder, "dataset.source.image_size=16", "model=mlp")
     )
     parts = build_parts(cfg, CPU)  # builds the cache
@@ -263,7 +260,7 @@ def test_fine_tuning_a_pretrained_backbone_on_photos_is_logged_and_loadable(tmp_
     logged model predicts what the best checkpoint predicts."""
     weights, _ = saved_test_resnet(tmp_path)
     folder = photo_folder(tmp_path / "photos", per_class=8, size=256)
-    cfg = compose_config(
+    cfg = run_config(
         [
             *folder_overrides(tmp_path, folder, "dataset.source.image_size=224"),
             "dataset.batch_size=8",
