@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from experiment.builders import use_sync_batchnorm
-from experiment.schema import DatasetConf
 from experiment.data import Augmentation, BatchTransform, DeviceLoader, build_loaders
 from experiment.datasets import ImageTensors
 from experiment.distributed import Ranks, per_rank_batch
 from experiment.errors import ConfigValueError
+from experiment.schema import DatasetConf
 
 CPU = torch.device("cpu")
 

@@ -17,10 +17,9 @@ from experiment.builders import build_model
 from tests.conftest import (
     FAST,
     all_runs,
-    compose_config,
-    run_config,
     output,
     run_cli,
+    run_config,
     sqlite_uri,
     start_cli,
     sweep_args,
