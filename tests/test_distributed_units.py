@@ -185,6 +185,6 @@ def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(monkeypatch):
     sweeper = ExperimentOptunaSweeper(None, 2, 1, None, None, None, 0, None, None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SweepError, match="devices_per_trial"):
-        sweeper._check_devices_per_trial()
+        sweeper.settings.check()
     monkeypatch.setenv("WORLD_SIZE", "1")
-    sweeper._check_devices_per_trial()  # one process: fine
+    sweeper.settings.check()  # one process: fine

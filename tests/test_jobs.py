@@ -177,7 +177,9 @@ def test_trials_are_slurm_jobs_and_a_cancelled_one_fails_with_its_state_and_reru
 
 
 def test_a_storage_the_jobs_cannot_open_is_named_with_the_reason(tmp_path):
-    from hydra_plugins.experiment_optuna_sweeper.jobs import check_storage
+    from hydra_plugins.experiment_optuna_sweeper.jobs import (
+        storage_problem_seen_from_job as check_storage,
+    )
 
     missing = tmp_path / "elsewhere" / "optuna.db"
     problem = check_storage(f"sqlite:///{missing}", "jobs")

@@ -80,7 +80,7 @@ def test_a_grid_lists_every_choice_and_range_value():
 
 
 def test_the_search_space_line_keeps_bounds_equal_to_zero():
-    from hydra_plugins.experiment_optuna_sweeper.sweeper import _describe
+    from hydra_plugins.experiment_optuna_sweeper.search_space import describe
 
-    text = _describe(space(x="interval(0.0, 0.5)")["x"])
+    text = describe(space(x="interval(0.0, 0.5)")["x"])
     assert "'low': 0.0" in text and "'high': 0.5" in text and "log" not in text

@@ -118,7 +118,7 @@ def test_warm_start_copies_finished_trials_of_a_compatible_study_only():
     ],
 )
 def test_task_return_values_become_objective_values(returned, n, expected):
-    from hydra_plugins.experiment_optuna_sweeper.workers import objective_values
+    from hydra_plugins.experiment_optuna_sweeper.executors import objective_values
 
     assert objective_values(returned, n) == expected
 
@@ -136,7 +136,7 @@ def test_task_return_values_become_objective_values(returned, n, expected):
     ],
 )
 def test_other_task_return_values_are_refused_by_name(returned, n, message):
-    from hydra_plugins.experiment_optuna_sweeper.workers import objective_values
+    from hydra_plugins.experiment_optuna_sweeper.executors import objective_values
 
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         objective_values(returned, n)

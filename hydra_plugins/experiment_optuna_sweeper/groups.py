@@ -23,11 +23,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from experiment import sweep_context
-from hydra_plugins.experiment_optuna_sweeper.workers import (
+from hydra_plugins.experiment_optuna_sweeper.executors import (
     InFlight,
     TrialResult,
-    _task_reference,
+    task_reference,
 )
+from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
 
 RANK_ENTRY = "hydra_plugins.experiment_optuna_sweeper.trial_rank"
 
@@ -58,15 +59,14 @@ class GroupExecutor(InFlight):
         n_jobs: int,
         devices_per_trial: int,
         task_function,
-        storage: tuple,
-        study_name: str,
+        location: StudyLocation,
         pruner,
         work_dir: Path,
         gpus: int = 0,
     ):
         self.n_jobs, self.k, self.gpus = n_jobs, devices_per_trial, gpus
-        self.task = _task_reference(task_function)
-        self.storage, self.study_name, self.pruner = storage, study_name, pruner
+        self.task = task_reference(task_function)
+        self.location, self.pruner = location, pruner
         self.work_dir = Path(work_dir) / ".trial_groups"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.threads = max(1, (os.cpu_count() or 1) // (n_jobs * devices_per_trial))
@@ -102,6 +102,9 @@ class GroupExecutor(InFlight):
         self.running.append(
             _Group(trial.number, process, payload_file, result_file, log_file, slot)
         )
+
+    def prepare(self, study, lock) -> None:
+        pass
 
     def _environment(self, slot: int) -> dict[str, str]:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))

@@ -26,16 +26,16 @@ from experiment import sweep_context
 from experiment.errors import SweepError
 from hydra_plugins.experiment_optuna_sweeper import slurm
 from hydra_plugins.experiment_optuna_sweeper import study as studies
-from hydra_plugins.experiment_optuna_sweeper.workers import (
+from hydra_plugins.experiment_optuna_sweeper.executors import (
     InFlight,
     TrialPayload,
     TrialResult,
-    _task_reference,
     run_payload,
+    task_reference,
 )
+from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
 
 log = logging.getLogger(__name__)
-LAUNCHERS = {"submitit_slurm": "slurm", "submitit_local": "local"}
 POLL_SECONDS = {"slurm": 2.0, "local": 0.5}  # the scheduler is asked once per poll
 RESULT_GRACE_SECONDS = 15.0
 # Launcher keys that are the executor's own (the others go to sbatch as slurm_<key>).
@@ -65,7 +65,7 @@ def run_trial_job(payload: TrialPayload) -> TrialResult:
     return run_payload(payload, extra_tags=tags)
 
 
-def check_storage(url: str, study_name: str) -> str | None:
+def storage_problem_seen_from_job(url: str, study_name: str) -> str | None:
     """Run in a job: None if the study's storage opens from where the job runs, else why
     not (a SQLite file on a disk the compute nodes do not share, a database host they
     cannot reach)."""
@@ -99,8 +99,7 @@ class JobExecutor(InFlight):
         cluster: str,
         n_jobs: int,
         task_function,
-        storage,
-        study_name,
+        location: StudyLocation,
         pruner,
     ):
         import submitit
@@ -122,8 +121,8 @@ class JobExecutor(InFlight):
                 if key not in _NOT_PARAMETERS and (key in _BASE_KEYS or cluster == "slurm")
             }
         )
-        self.task = _task_reference(task_function)
-        self.storage, self.study_name, self.pruner = storage, study_name, pruner
+        self.task = task_reference(task_function)
+        self.location, self.pruner = location, pruner
         self.running: list[_Job] = []
 
     def submit(self, trial, job_config: DictConfig, context) -> None:
@@ -137,14 +136,22 @@ class JobExecutor(InFlight):
         self.running.append(_Job(trial.number, trial._trial_id, job))
         log.info("Trial %d submitted as %s job %s", trial.number, self.cluster, job.job_id)
 
-    def check_storage(self, url: str, study_name: str) -> None:
-        """On SLURM, before any trial: one small job opens the study's storage, so a
-        storage the compute nodes cannot reach stops the sweep here, not trial by trial."""
+    def prepare(self, study: optuna.Study, lock) -> None:
+        """Before any trial: the jobs reach the study's storage, and jobs a killed earlier
+        run of this command left queued or running are this run's again."""
+        self.check_jobs_reach_storage()
+        with lock:
+            self.attach(study)
+
+    def check_jobs_reach_storage(self) -> None:
+        """On SLURM: one small job opens the study's storage, so a storage the compute
+        nodes cannot reach stops the sweep here, not trial by trial."""
         from submitit.core.utils import pickle_load
 
         if self.cluster != "slurm":
             return  # local jobs run where this process does
-        job = self.executor.submit(check_storage, url, study_name)
+        url = self.location.storage_url
+        job = self.executor.submit(storage_problem_seen_from_job, url, self.location.name)
         log.info("Checking that jobs reach the study's storage (slurm job %s)", job.job_id)
         while str(job.job_id) in slurm.queued_or_running([str(job.job_id)]):
             time.sleep(POLL_SECONDS["slurm"])

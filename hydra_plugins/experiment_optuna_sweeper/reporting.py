@@ -290,3 +290,11 @@ def summary_table(study: optuna.Study, limit: int = 20) -> str:
     ]
     more = len(trials) - len(rows)
     return "\n".join(lines + ([f"... and {more} more"] if more > 0 else []))
+
+
+def best_line(summary: dict) -> str:
+    if summary.get("solutions") is not None:
+        return f"Pareto front: {len(summary['solutions'])} trials."
+    if summary["best_value"] is None:
+        return "Best: none yet."
+    return f"Best value {summary['best_value']:.4f} with {summary['best_params']}."

@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.utils import get_method
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -22,7 +23,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from experiment.errors import SearchSpaceError
+from experiment.errors import SearchSpaceError, SweepError
 
 
 def _range_distribution(key: str, text: str, sweep: RangeSweep) -> BaseDistribution:
@@ -113,3 +114,23 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def describe(distribution: BaseDistribution) -> str:
+    """A distribution in a few words, for the sweep's first log line."""
+    shown = {k: v for k, v in distribution.__dict__.items() if v is not None and v is not False}
+    return type(distribution).__name__.replace("Distribution", "").lower() + str(shown)
+
+
+def custom_space_function(path: str | None):
+    """`hydra.sweeper.custom_search_space`: the function (cfg, trial) -> None it names."""
+    if not path:
+        return None
+    try:
+        return get_method(path)
+    except Exception as err:
+        raise SweepError(
+            f"hydra.sweeper.custom_search_space={path}: cannot import "
+            f"it ({type(err).__name__}: {err}). Give the dotted path of a function "
+            "(cfg, trial) -> None."
+        ) from None

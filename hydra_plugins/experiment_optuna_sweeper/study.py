@@ -5,8 +5,8 @@ still missing. Trials left RUNNING by a killed sweep are marked FAIL and their
 configuration is queued once more; they do not use up `n_trials`, their retry does.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+# outside sys.modules, where dataclasses cannot resolve string annotations.
 import functools
 import inspect
 import logging
@@ -15,6 +15,7 @@ import random
 import socket
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,33 @@ def make_pruner(value: Any, n_objectives: int = 1) -> optuna.pruners.BasePruner:
             f"{n_objectives} objectives. Leave the pruner unset (or none)."
         )
     return pruner
+
+
+@dataclass(frozen=True)
+class StudyLocation:
+    """Where a study lives: its storage (None: in memory, this process alone), its name
+    and the heartbeat settings every process that opens it uses."""
+
+    storage_url: str | None
+    name: str
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+
+    def open_storage(self) -> optuna.storages.BaseStorage | None:
+        return make_storage(self.storage_url, self.heartbeat_interval, self.grace_period)
+
+    def load(self, pruner) -> optuna.Study:
+        """The study, opened from another process (a worker, a rank, a job); its sampler
+        is never used there: the sweep process asks for every trial."""
+        return optuna.load_study(
+            study_name=self.name,
+            storage=self.open_storage(),
+            pruner=pruner,
+            sampler=optuna.samplers.RandomSampler(),
+        )
+
+    def __str__(self) -> str:
+        return f"'{self.name}' in {redact_storage(self.storage_url)}"
 
 
 def make_storage(
@@ -371,6 +399,46 @@ def _check_value(where: str, key: str, value: Any, space: dict) -> None:
         raise SweepError(
             f"{where}: parameter '{key}' = {value!r} is outside this sweep's {distribution}"
         )
+
+
+def seed_study(
+    study: optuna.Study, own_url: str | None, warm_start_spec, queued: list[dict], space: dict
+) -> None:
+    """Warm start from another study (`hydra.sweeper.warm_start`: its name, or
+    {study_name, storage}), then the queued parameter sets; under the study lock. Only a
+    new study is warm-started: a rerun does not read the other study again."""
+    if warm_start_spec and not study.get_trials(deepcopy=False):
+        spec = warm_start_spec
+        source_name = spec if isinstance(spec, str) else spec.get("study_name")
+        source_url = (None if isinstance(spec, str) else spec.get("storage")) or own_url
+        if not source_url:
+            raise SweepError(
+                "hydra.sweeper.warm_start reads another study from a database storage: "
+                "set hydra.sweeper.storage (or warm_start.storage)"
+            )
+        try:
+            source = optuna.load_study(
+                study_name=source_name,
+                storage=study._storage if source_url == own_url else make_storage(source_url),
+            )
+        except KeyError:
+            raise SweepError(
+                f"hydra.sweeper.warm_start: no study '{source_name}' in "
+                f"{redact_storage(source_url)}"
+            ) from None
+        copied = warm_start(study, source, space)
+        if copied:
+            log.info("Warm start: %d finished trials of '%s' seed this study.", copied, source_name)
+    enqueue(study, queued, space)
+
+
+def trial_budget(study: optuna.Study, n_trials: int) -> int:
+    """n_trials, or a grid's size where that is smaller."""
+    size = grid_size(study.sampler)
+    if size is not None and size < n_trials:
+        log.info("Grid search: %d points, so at most %d trials.", size, size)
+        return size
+    return n_trials
 
 
 def redact_storage(url: str | None) -> str:

@@ -12,7 +12,7 @@ import pickle
 import sys
 from pathlib import Path
 
-from hydra_plugins.experiment_optuna_sweeper.workers import run_payload
+from hydra_plugins.experiment_optuna_sweeper.executors import run_payload
 
 
 def main(payload_file: str) -> None:
