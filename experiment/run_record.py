@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import experiment
+from experiment import pretrained
 from experiment.errors import ExperimentError, TrackingError
 from experiment.secrets import redact
 
@@ -94,9 +95,13 @@ def run_record(run, device, trial, point, extra_tags: dict, overrides_text: str)
 
 
 def default_run_name(run) -> str:
-    """model-optimizer-lr: enough to tell runs apart in the MLflow UI's run list."""
+    """model-optimizer-lr: enough to tell runs apart in the MLflow UI's run list (a timm
+    model by its architecture, any other by its class)."""
     model, optimizer = run.resolved["model"], run.resolved["optimizer"]
-    name = model.get("name") or model["_target_"].rsplit(".", 1)[-1].lower()
+    if pretrained.fine_tuned(run.model):
+        name = run.model.name
+    else:
+        name = model["_target_"].rsplit(".", 1)[-1].lower()
     return f"{name}-{optimizer['_target_'].rsplit('.', 1)[-1].lower()}-lr{optimizer['lr']:.3g}"
 
 

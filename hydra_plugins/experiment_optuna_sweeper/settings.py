@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from experiment.errors import SweepError
-from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
+from hydra_plugins.experiment_optuna_sweeper import study as studies
 
 log = logging.getLogger(__name__)
 # hydra/launcher options whose jobs the sweeper submits itself (jobs.py), by cluster.
@@ -55,8 +55,11 @@ class SweepSettings:
         settings.constraints = settings.constraints or []
         return settings
 
-    def location(self, name: str) -> StudyLocation:
-        return StudyLocation(self.storage, name, self.heartbeat_interval, self.grace_period)
+    def location(self, name: str) -> studies.StudyLocation:
+        # By the module's attribute, not an imported name: Hydra's plugin scan executes
+        # study.py again after this module imported it, and a location handed to another
+        # process pickles only as the class study.py now holds.
+        return studies.StudyLocation(self.storage, name, self.heartbeat_interval, self.grace_period)
 
     def check(self) -> None:
         if self.n_trials < 1:

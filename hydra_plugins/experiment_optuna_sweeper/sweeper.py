@@ -268,9 +268,10 @@ class ExperimentOptunaSweeper(Sweeper):
         return choices.get("hydra/launcher")
 
     def _parent_run(self, location):
-        tracking = OmegaConf.select(self.config, "tracking")
-        if tracking is None or not tracking.get("enabled", False):
+        # Any task function may be swept: one without a `tracking` node has no parent run.
+        if not OmegaConf.select(self.config, "tracking.enabled", default=False):
             return None
+        tracking = self.config.tracking
         return reporting.ParentRun(tracking, location.name, location.storage_url)
 
 
