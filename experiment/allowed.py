@@ -89,11 +89,14 @@ def check_fields(node: Any, prefix: str) -> None:
     ones included) whose value its rule refuses; `prefix` is the node's key."""
     if not dataclasses.is_dataclass(node):
         return
-    for field in dataclasses.fields(node):
+    fields = dataclasses.fields(node)
+    for field in fields:
         value = getattr(node, field.name)
-        key = f"{prefix}.{field.name}"
         rule = field.metadata.get(RULE)
         if rule is not None and value is not None and not rule(value):
             text = f"null or {rule.text}" if _nullable(field) else rule.text
-            raise ConfigValueError(key, value, text)
-        check_fields(value, key)
+            raise ConfigValueError(f"{prefix}.{field.name}", value, text)
+    # Nested nodes after the node's own keys: an inner key that interpolates an outer one
+    # (dataset.source.cache_max_gb: ${..cache_max_gb}) is reported by the key a user sets.
+    for field in fields:
+        check_fields(getattr(node, field.name), f"{prefix}.{field.name}")

@@ -11,15 +11,15 @@ A file that is not such a checkpoint is refused with a `CheckpointError` that na
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from experiment import durable
 from experiment.engine import FitState
-from experiment.errors import CheckpointError
+from experiment.errors import CheckpointError, ConfigValueError, WriteError
 
 LAST, BEST = "last.pt", "best.pt"
 # What every checkpoint of this project holds.
@@ -113,11 +113,28 @@ class Checkpoint:
         return self.loop.epoch + 1
 
 
+def check_folder(folder: Path) -> None:
+    """Before any epoch trains: the checkpoint folder can be created and written."""
+    problem = durable.writable_folder_problem(folder)
+    if problem is not None:
+        raise ConfigValueError(
+            "trainer.checkpoint_dir", str(folder), f"a folder this process can write ({problem})"
+        )
+
+
 def save_checkpoint(path: Path, **state) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write durably (experiment.durable); a write that fails leaves the previous file."""
+    try:
+        with durable.replacing_file(path) as temporary:
+            torch.save(state, temporary)
+    except OSError as err:
+        why = "the disk is full" if durable.is_disk_full(err) else err.strerror or str(err)
+        raise WriteError(
+            f"Cannot write the checkpoint {path.name} in {path.parent}: {why}. The checkpoints "
+            "already there are whole. Free space there (or give trainer.checkpoint_dir a "
+            "folder with room), then run the same command with trainer.resume=auto to "
+            "continue from the last one, in the same MLflow run."
+        ) from None
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.distributed import SINGLE, Ranks
+from experiment.errors import ConfigValueError
 from experiment.sharding import RankBatchSampler, batch_count, batch_slices, rank_share
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -286,10 +287,26 @@ def build_loaders(
             generator=generator,
         )
 
+    check_channels(cfg, source.input_shape)
     if isinstance(source, ImageTensors):
         return _device_bundle(cfg, source, device, transform, generator, ranks)
     assert isinstance(source, FolderSplits), f"unexpected dataset source {type(source)}"
     return _host_bundle(cfg, source, device, transform, seed, ranks, targets)
+
+
+def check_channels(cfg, input_shape: tuple[int, ...]) -> None:
+    """Per-channel `dataset.mean` / `dataset.std` of images: one number, or one per channel."""
+    if len(input_shape) != 3:  # not C x H x W images: nothing is normalized per channel
+        return
+    channels = input_shape[0]
+    for key in ("mean", "std"):
+        values = getattr(cfg, key)
+        if values is not None and len(values) not in (1, channels):
+            raise ConfigValueError(
+                f"dataset.{key}",
+                list(values),
+                f"null, one number, or one number per channel of these images ({channels})",
+            )
 
 
 def _device_bundle(cfg, source: ImageTensors, device, transform, generator, ranks) -> DataBundle:

@@ -249,6 +249,11 @@ def image_folder(
     augmentation happen batched on the training device (data.py).
     """
     root = Path(path).expanduser().resolve()
+    if root.is_file():
+        raise DataError(
+            f"Image folder {root} is a file, not a folder. Set dataset.source.path to a folder "
+            "with train/<class_name>/*.jpg (and optionally val/ and test/)."
+        )
     if not root.is_dir():
         raise DataError(
             f"Image folder {root} does not exist. Set dataset.source.path to a folder with "

@@ -56,6 +56,11 @@ class CheckpointError(ExperimentError):
         )
 
 
+class WriteError(ExperimentError):
+    """A file the run must keep (a checkpoint, an artifact) cannot be written: the disk is
+    full, or the folder cannot be written. What was written before is whole."""
+
+
 class DistributedError(ExperimentError):
     """The ranks of a distributed run cannot work together: a rank was lost, a rendezvous
     failed, or the ranks disagree on what to train."""

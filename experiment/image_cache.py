@@ -15,7 +15,6 @@ workers wait for one build and never see half a cache.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -25,8 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
+
+from experiment import durable
+from experiment.errors import DataError
 
 log = logging.getLogger(__name__)
+LOCK_TIMEOUT_S = 3600.0  # decoding a large folder takes minutes; an hour means it is stuck
 FORMAT = 1  # bump when the layout of a cache entry changes
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -82,12 +86,20 @@ def load_or_build(
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """The folder's build lock: another process decoding the same folder is waited for,
+    up to LOCK_TIMEOUT_S, then the run stops saying which lock it waited on."""
+    lock = FileLock(path, timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DataError(
+            f"Waited {LOCK_TIMEOUT_S / 60:.0f} minutes for another process building the image "
+            f"cache ({path}). If no such process runs, delete that lock file and run again."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _build(splits, image_size: int, channels: int, entry: Path) -> None:
@@ -101,7 +113,9 @@ def _build(splits, image_size: int, channels: int, entry: Path) -> None:
         for split, files in splits.items():
             skipped.update(_decode_split(split, files, image_size, channels, partial))
         (partial / "meta.json").write_text(json.dumps({"skipped": skipped, "images": count}))
+        durable.fsync_files(partial)  # on disk before it is renamed into place
         partial.rename(entry)  # whole, or not there at all
+        durable.fsync_folder(entry.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -66,7 +66,15 @@ class RunConfig:
                 f"Set it on the command line: {missing[0]}=<value>"
             )
         config = OmegaConf.to_object(cfg)
-        for name in ("trainer", "regularization", "dataset", "model", "optimizer", "scheduler"):
+        for name in (
+            "trainer",
+            "regularization",
+            "dataset",
+            "model",
+            "optimizer",
+            "scheduler",
+            "task",
+        ):
             check_fields(getattr(config, name), name)
         objectives = _objectives(config.optimized_metric, config.optimized_direction)
         pretrained.check_fine_tuning(config.model)

@@ -18,6 +18,7 @@ import torch
 
 import experiment
 from experiment import pretrained
+from experiment.durable import is_disk_full
 from experiment.errors import ExperimentError, TrackingError
 from experiment.secrets import redact
 
@@ -43,11 +44,16 @@ def store_failure_keeps(checkpoint_dir: Path, when: str):
     except ExperimentError:
         raise
     except Exception as err:  # Ctrl-C (KeyboardInterrupt) is no Exception: it passes
+        if is_disk_full(err):  # an artifact (a plot, the model) found no room
+            cause = f"no space left on the disk of {err.filename or 'its artifact folder'}"
+            back = "there is room again"
+        else:
+            detail = redact(str(err)).splitlines()[0] if str(err) else ""
+            cause, back = f"{type(err).__name__}: {detail}", "the store is back"
         raise TrackingError(
-            f"The MLflow tracking store failed {when}: {type(err).__name__}: "
-            f"{redact(str(err)).splitlines()[0] if str(err) else ''}. Nothing trained is "
-            f"lost: the checkpoints (last.pt, best.pt) are in {checkpoint_dir}. Once the "
-            "store is back, run the same command with trainer.resume=auto to continue."
+            f"The MLflow tracking store failed {when}: {cause}. Nothing trained is "
+            f"lost: the checkpoints (last.pt, best.pt) are in {checkpoint_dir}. Once "
+            f"{back}, run the same command with trainer.resume=auto to continue."
         ) from None
 
 

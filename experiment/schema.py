@@ -97,6 +97,11 @@ class InitScheme(Choice):
 
 # --------------------------------------------------------------------------- top level
 
+SEED = Rule(number(0, 2**32 - 1), "an integer in [0, 2**32 - 1] (what NumPy seeds take)")
+BETAS = Rule(
+    lambda v: len(v) == 2 and all(number(0, 1, high_open=True)(b) for b in v),
+    "[beta1, beta2], each in [0, 1)",
+)
 THAW_EPOCH = Rule(number(2), "an integer >= 2 (the first epoch that trains the whole model)")
 
 
@@ -127,7 +132,7 @@ class TrainerConf:
     epochs: int = allowed(30, AT_LEAST_ONE)
     device: Device = Device.auto
     precision: Precision = Precision.auto
-    seed: int = 0
+    seed: int = allowed(0, SEED)
     deterministic: bool = False
     compile: bool = False  # torch.compile the model (worth it for long runs only)
     progress: Progress = Progress.auto
@@ -174,7 +179,7 @@ class Config:
 class DigitsSource:
     _target_: str = "experiment.datasets.digits"
     test_fraction: float = allowed(0.2, UNIT_OPEN)
-    seed: int = 0
+    seed: int = allowed(0, SEED)
 
 
 @dataclass
@@ -194,7 +199,7 @@ class SyntheticSource:
     width: int = allowed(28, AT_LEAST_ONE)
     num_classes: int = allowed(10, AT_LEAST_TWO)
     noise: float = allowed(0.5, NON_NEGATIVE)
-    seed: int = 0
+    seed: int = allowed(0, SEED)
 
 
 @dataclass
@@ -205,7 +210,7 @@ class SyntheticRegressionSource:
     features: int = allowed(16, AT_LEAST_ONE)
     targets: int = allowed(1, AT_LEAST_ONE)
     noise: float = allowed(0.1, NON_NEGATIVE)
-    seed: int = 0
+    seed: int = allowed(0, SEED)
 
 
 @dataclass
@@ -215,7 +220,7 @@ class ImageFolderSource:
     image_size: int = allowed(64, AT_LEAST_ONE)
     channels: int = allowed(3, AT_LEAST_ONE)
     test_fraction: float = allowed(0.2, UNIT_OPEN)  # used only when there is no test/ subfolder
-    seed: int = 0
+    seed: int = allowed(0, SEED)
     cache_dir: str | None = II("..cache_dir")
     cache_max_gb: float = allowed(II("..cache_max_gb"), POSITIVE)
 
@@ -234,7 +239,9 @@ class DatasetConf:
     # Share held out for testing from a source that returns no test split (a user's
     # source; the project's own sources have their own `source.test_fraction`).
     test_fraction: float = allowed(0.2, UNIT_OPEN)
-    split_seed: int = 0  # the same splits for every trainer.seed: runs compare on one set
+    split_seed: int = allowed(
+        0, SEED
+    )  # the same splits for every trainer.seed: runs compare on one set
     mean: list[float] | None = allowed(None, FINITE_LIST)  # null: no per-channel normalization
     std: list[float] | None = allowed(None, POSITIVE_LIST)
     augment: bool = II("regularization.augmentation")
@@ -341,8 +348,8 @@ class OptimizerConf:
 class AdamConf(OptimizerConf):
     _target_: str = "torch.optim.Adam"  # weight decay as an L2 penalty on the gradient
     lr: float = allowed(3e-3, POSITIVE_FINITE)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: list[float] = allowed(factory=lambda: [0.9, 0.999], rule=BETAS)
+    eps: float = allowed(1e-8, POSITIVE)
 
 
 @dataclass
@@ -361,8 +368,8 @@ class SGDConf(OptimizerConf):
 @dataclass
 class RMSpropConf(OptimizerConf):
     _target_: str = "torch.optim.RMSprop"
-    alpha: float = 0.99
-    eps: float = 1e-8
+    alpha: float = allowed(0.99, UNIT_OPEN_RIGHT)
+    eps: float = allowed(1e-8, POSITIVE)
     momentum: float = allowed(0.0, UNIT_OPEN_RIGHT)
 
 
@@ -389,7 +396,7 @@ class StepScheduleConf(ScheduleConf):
 class CosineScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
     T_max: int = allowed(II("trainer.epochs"), AT_LEAST_ONE)
-    eta_min: float = 0.0
+    eta_min: float = allowed(0.0, NON_NEGATIVE)
 
 
 @dataclass
@@ -397,16 +404,18 @@ class PlateauScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.ReduceLROnPlateau"
     mode: str = "min"  # min for losses, max for accuracies
     factor: float = allowed(0.1, UNIT_OPEN_LEFT)
-    patience: int = 3
-    threshold: float = 1e-4
+    patience: int = allowed(3, NON_NEGATIVE_INT)
+    threshold: float = allowed(1e-4, NON_NEGATIVE)
 
 
 @dataclass
 class OneCycleScheduleConf(ScheduleConf):
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
     max_lr: float = allowed(II("optimizer.lr"), POSITIVE)
-    epochs: int = II("trainer.epochs")
-    steps_per_epoch: int | None = None  # null: taken from the data at run time
+    epochs: int = allowed(II("trainer.epochs"), AT_LEAST_ONE)
+    steps_per_epoch: int | None = allowed(
+        None, AT_LEAST_ONE
+    )  # null: taken from the data at run time
     pct_start: float = allowed(0.3, UNIT_OPEN)
 
 
@@ -452,7 +461,7 @@ class ClassificationTaskConf:
     # cross_entropy | nll (a model ending in log-softmax) | bce_with_logits (multi-label
     # 0/1 targets), or a node with _target_ (any loss of (outputs, targets)).
     loss: Any = "cross_entropy"
-    label_smoothing: float = II("regularization.label_smoothing")
+    label_smoothing: float = allowed(II("regularization.label_smoothing"), UNIT_OPEN_RIGHT)
     metric: str = "val/acc"  # the default objective (optimized_metric)
     direction: str = "maximize"
 

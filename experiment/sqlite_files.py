@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from experiment.durable import fsync_folder
+
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a `sqlite:///path` URL; None for other URLs and in-memory databases."""
@@ -33,8 +35,11 @@ def create_atomically(url: str, initialize: Callable[[str], None]) -> None:
     partial.unlink(missing_ok=True)
     try:
         initialize(f"sqlite:///{partial}")
+        with open(partial, "rb") as handle:  # its tables on disk before it is in place
+            os.fsync(handle.fileno())
         # link() fails if another process put its copy in place first: keep theirs.
         with contextlib.suppress(FileExistsError):
             os.link(partial, path)
+        fsync_folder(path.parent)
     finally:
         partial.unlink(missing_ok=True)

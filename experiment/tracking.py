@@ -101,7 +101,14 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        self.uri = absolute_uri(uri)
+        try:  # a SQLite store's folder: created here, and it may not be creatable
+            self.uri = absolute_uri(uri)
+        except OSError as err:
+            raise TrackingError(
+                f"Cannot use the MLflow tracking store {redact(uri)}: its folder cannot be "
+                f"created ({err.strerror or err}: {err.filename}). Give tracking.uri a "
+                "writable place, or run with tracking=none."
+            ) from None
         self.experiment_name = experiment_name
         self.model_format, self.plots_wanted, self.model_wanted = model_format, log_plots, log_model
         self.run_id: str | None = None

@@ -22,7 +22,7 @@ from experiment import distributed, pretrained, resume, sweep_context
 from experiment.api import config_dir_of_project
 from experiment.builders import Parts, build_parts, build_task
 from experiment.callbacks import Checkpointer, EarlyStopping
-from experiment.checkpoint import BEST, load_checkpoint
+from experiment.checkpoint import BEST, check_folder, load_checkpoint
 from experiment.console import split_streams
 from experiment.data import example_batch
 from experiment.distributed import Ranks
@@ -76,6 +76,8 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
         resume.find_for(run.trainer, run.resolved) if trial.resumable and ranks.main else None
     )
     checkpoint_dir = point.path.parent if point else Path(run.trainer.checkpoint_dir)
+    if ranks.main:  # it is rank 0 that writes them
+        check_folder(checkpoint_dir)
     # An unreachable store fails here, before training; other ranks track nothing.
     tracker = build_tracker(run.tracking) if ranks.main else NullTracker()
     task = build_task(run.task)

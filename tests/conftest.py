@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -194,14 +195,31 @@ def stop_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wait_for_line(proc: subprocess.Popen, *fragments: str, timeout: float = 180) -> str:
-    """Read the process's output until a line holds one of `fragments`."""
-    deadline = time.time() + timeout
-    for line in proc.stdout:
-        if any(f in line for f in fragments):
-            return line
-        assert time.time() < deadline, f"no line with {fragments} within {timeout}s"
-    raise AssertionError(f"the process ended without printing any of {fragments}")
+def wait_for_line(
+    proc: subprocess.Popen, *fragments: str, timeout: float = 180, seen: list | None = None
+) -> str:
+    """Read the process's output until a line holds one of `fragments` (the lines before
+    it go to `seen`). The deadline holds even when the process prints nothing: the pipe is
+    polled, and read a byte at a time so that nothing past the line is taken from a later
+    `communicate()`."""
+    deadline = time.monotonic() + timeout
+    descriptor, line = proc.stdout.fileno(), b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no line with {fragments} within {timeout}s")
+        if not select.select([descriptor], [], [], left)[0]:
+            continue
+        byte = os.read(descriptor, 1)
+        if not byte:
+            raise AssertionError(f"the process ended without printing any of {fragments}")
+        line += byte
+        if byte == b"\n":
+            text, line = line.decode(errors="replace"), b""
+            if any(f in text for f in fragments):
+                return text
+            if seen is not None:
+                seen.append(text)
 
 
 def sweep_args(

@@ -62,6 +62,27 @@ IN_PROCESS = {
     "image folder without path": case(
         ["dataset=image_folder"], 2, ["dataset.source.path", "Missing"]
     ),
+    "lr not a number": case(["optimizer.lr=nan"], 2, ["optimizer.lr", "nan", "finite"]),
+    "mean per channel for the wrong channels": case(
+        ["dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.2,0.2,0.2]"],
+        2,
+        ["dataset.mean", "[0.5, 0.5, 0.5]", "one number per channel of these images (1)"],
+    ),
+    "checkpoint folder cannot be created": case(
+        ["trainer.checkpoint_dir={tmp}/files/hostname/checkpoints"],
+        2,
+        ["trainer.checkpoint_dir", "{tmp}/files/hostname/checkpoints", "Not a directory"],
+    ),
+    "tracking store folder cannot be created": case(
+        ["tracking.uri=sqlite:///{tmp}/files/hostname/mlflow.db"],
+        2,
+        ["tracking.uri", "{tmp}/files/hostname", "cannot be created", "tracking=none"],
+    ),
+    "image folder is a file": case(
+        ["dataset=image_folder", "dataset.source.path={tmp}/files/hostname"],
+        2,
+        ["{tmp}/files/hostname", "is a file, not a folder"],
+    ),
     "image folder missing": case(
         ["dataset=image_folder", "dataset.source.path={tmp}/nowhere"],
         2,

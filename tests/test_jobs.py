@@ -75,7 +75,7 @@ def test_trials_run_as_jobs_pruned_inside_and_a_killed_job_is_retried(tmp_path):
     )
     proc = start_cli(args, tmp_path)
     lines = []
-    while not (match := SUBMITTED.search(line := proc.stdout.readline())):
+    while not (match := SUBMITTED.search(line := wait_for_line(proc, "", seen=lines))):
         lines.append(line)
     lines.append(line)
     # Its job is starting (imports take seconds): kill the job's task process mid-trial,

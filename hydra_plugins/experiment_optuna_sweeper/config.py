@@ -138,9 +138,10 @@ class ExperimentOptunaSweeperConf:
     # Once more than this share of the finished trials failed, the sweep stops (exit 2).
     max_failure_rate: float = 1.0
     # Stop conditions (a sweep ended by one exits 0; running trials finish). timeout:
-    # seconds from the start of this invocation after which no trial starts (a rerun has its
-    # own clock). target: stop once a finished (feasible) trial reaches this objective value
-    # (a list: one per objective, all reached). patience: stop after this many finished
+    # seconds from this invocation's first trial after which no trial starts (a rerun has
+    # its own clock; opening the study and the parent run do not count). target: stop once
+    # a finished (feasible) trial reaches this objective value (a list: one per objective,
+    # all reached). patience: stop after this many finished
     # trials in a row without a new best (several objectives: a new Pareto-front trial).
     timeout: float | None = None
     target: Any = None

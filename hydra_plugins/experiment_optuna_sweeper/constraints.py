@@ -20,10 +20,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiment.errors import SweepError
 from experiment.sweep_context import MEASURES_ATTR
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 
 # Where Optuna's Trial.set_constraint keeps a constraint value (a system attribute), read
 # back by FrozenTrial.constraints, the samplers and Study.best_trial(s).
-OPTUNA_CONSTRAINT = "constraints:{}"
 FEASIBLE_ATTR = "feasible"  # the trial's user attribute: True or False, once it finished
 _FORM = re.compile(r"^\s*(?P<measure>[^<>=\s]+)\s*(?P<op><=|>=)\s*(?P<bound>\S+)\s*$")
 # What a missing measure of a pruned trial counts as: violated, by a unit.
@@ -91,14 +91,14 @@ class Judge:
             for c in self.constraints
         }
 
-    def set_on(self, storage, trial: FrozenTrial) -> bool:
+    def set_on(self, study, trial: FrozenTrial) -> bool:
         """Store the trial's constraint values (before it is told: a finished trial cannot
         be changed) and its feasibility; whether it is feasible."""
         values = self.values(trial)
         for key, value in values.items():
-            storage.set_trial_system_attr(trial._trial_id, OPTUNA_CONSTRAINT.format(key), value)
+            internals.set_system_attr(study, trial, internals.CONSTRAINT_ATTR.format(key), value)
         feasible = all(v <= 0 for v in values.values())
-        storage.set_trial_user_attr(trial._trial_id, FEASIBLE_ATTR, feasible)
+        internals.set_user_attr(study, trial, FEASIBLE_ATTR, feasible)
         return feasible
 
     def missing(self, trial: FrozenTrial) -> list[str]:

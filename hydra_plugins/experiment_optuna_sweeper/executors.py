@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiment import sweep_context
 from experiment.console import split_streams
 from experiment.errors import ExperimentError
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,7 @@ def execute(
     `heartbeat` is False: the other ranks of a trial's group); (state, value, error)."""
     HydraConfig.instance().set_config(job_config)
     study = context.trial.study
-    heartbeat = (
-        optuna_heartbeat(context.trial._trial_id, study._storage)
-        if heartbeat
-        else contextlib.nullcontext()
-    )
+    heartbeat = internals.heartbeat(study, context.trial) if heartbeat else contextlib.nullcontext()
     with sweep_context.active(context), heartbeat:
         try:
             ret = run_job(
@@ -201,7 +198,7 @@ class InFlight:
             self.task,
             job_config,
             context,
-            trial._trial_id,
+            internals.trial_id(trial),
             self.location,
             self.pruner,
             result_file,
@@ -246,14 +243,6 @@ class InProcessExecutor:
 
     def close(self) -> None:
         pass
-
-
-def optuna_heartbeat(trial_id: int, storage):
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return (
-        get_heartbeat_thread(trial_id, storage) if storage is not None else contextlib.nullcontext()
-    )
 
 
 def task_reference(task_function) -> tuple[str, str | bytes]:

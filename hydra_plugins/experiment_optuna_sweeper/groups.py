@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from experiment import sweep_context
+from experiment import durable, sweep_context
 from hydra_plugins.experiment_optuna_sweeper.executors import (
     InFlight,
     TrialResult,
@@ -79,7 +79,7 @@ class GroupExecutor(InFlight):
         log_file = stem.with_suffix(".log")
         result_file.unlink(missing_ok=True)
         payload = self.payload(trial, job_config, context, str(result_file))
-        payload_file.write_bytes(pickle.dumps(payload))
+        durable.write_bytes(payload_file, pickle.dumps(payload))
         command = [
             sys.executable,
             "-m",

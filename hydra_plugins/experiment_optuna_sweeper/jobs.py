@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiment import sweep_context
 from experiment.errors import SweepError
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper import slurm
 from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.executors import (
@@ -132,8 +133,8 @@ class JobExecutor(InFlight):
             "folder": str(job.paths.folder),
             "cluster": self.cluster,
         }
-        trial.study._storage.set_trial_system_attr(trial._trial_id, studies.JOB_ATTR, record)
-        self.running.append(_Job(trial.number, trial._trial_id, job))
+        internals.set_system_attr(trial.study, trial, studies.JOB_ATTR, record)
+        self.running.append(_Job(trial.number, internals.trial_id(trial), job))
         log.info("Trial %d submitted as %s job %s", trial.number, self.cluster, job.job_id)
 
     def prepare(self, study: optuna.Study, lock) -> None:
@@ -179,11 +180,12 @@ class JobExecutor(InFlight):
             record = trial.system_attrs.get(studies.JOB_ATTR)
             if record is None or record.get("cluster") != self.cluster:
                 continue
-            if any(j.trial_id == trial._trial_id for j in self.running):
+            if any(j.trial_id == internals.trial_id(trial) for j in self.running):
                 continue
             job = job_class(folder=Path(record["folder"]), job_id=record["job_id"])
             age = (datetime.datetime.now() - trial.datetime_start).total_seconds()
-            self.running.append(_Job(trial.number, trial._trial_id, job, time.perf_counter() - age))
+            started = time.perf_counter() - age
+            self.running.append(_Job(trial.number, internals.trial_id(trial), job, started))
             taken += 1
             log.info("Trial %d: re-attached to %s job %s", trial.number, self.cluster, job.job_id)
         return taken

@@ -11,13 +11,18 @@ next to the database file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
+from experiment.errors import SweepError
+
 log = logging.getLogger(__name__)
+# The steps under the lock take seconds; minutes of waiting mean a stuck holder.
+LOCK_TIMEOUT_S = 600.0
 
 
 def _lock_key(study_name: str) -> int:
@@ -39,12 +44,19 @@ class StudyLock:
         url = self.storage_url or ""
         if url.startswith("sqlite:///"):
             path = Path(url[len("sqlite:///") :]).expanduser()
-            with open(path.with_name(path.name + ".lock"), "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            lock = FileLock(path.with_name(path.name + ".lock"), timeout=LOCK_TIMEOUT_S)
+            try:
+                lock.acquire()
+            except Timeout:
+                raise SweepError(
+                    f"Waited {LOCK_TIMEOUT_S:.0f} s for the lock of study '{self.study_name}' "
+                    f"({lock.lock_file}), which another sweep process holds. If none runs, "
+                    "delete that file and run again."
+                ) from None
+            try:
+                yield
+            finally:
+                lock.release()
         elif url.startswith("postgresql") and self.engine is not None:
             from sqlalchemy import text
 

@@ -12,7 +12,9 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from experiment import durable
 from experiment.secrets import redact
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper.constraints import is_feasible
 
 log = logging.getLogger(__name__)
@@ -196,7 +198,7 @@ def write_results(path: Path, study_name: str, summary: dict) -> None:
     for key in ("infeasible", "stopped_by", "stop_reason"):
         if key in summary:
             results[key] = summary[key]
-    OmegaConf.save(OmegaConf.create(results), path)
+    durable.write_text(path, OmegaConf.to_yaml(OmegaConf.create(results)))
 
 
 def pareto_table(solutions: list[dict]) -> str:
@@ -218,13 +220,13 @@ def pareto_table(solutions: list[dict]) -> str:
 
 def pareto_ranks(study: optuna.Study) -> dict[int, int]:
     """Each complete trial's Pareto rank: 1 for the front, 2 for the front without it..."""
-    from optuna.study._multi_objective import _dominates
-
     remaining = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     ranks, rank = {}, 1
     while remaining:
         front = [
-            t for t in remaining if not any(_dominates(o, t, study.directions) for o in remaining)
+            t
+            for t in remaining
+            if not any(internals.dominates(o, t, study.directions) for o in remaining)
         ]
         ranks.update({t.number: rank for t in front})
         remaining = [t for t in remaining if t.number not in ranks]

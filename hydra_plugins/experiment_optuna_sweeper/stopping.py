@@ -3,8 +3,9 @@
 A sweep ended by one of them succeeded: no new trial starts, the running ones finish, and
 the summary line and the results file say which condition ended it. `target` and
 `patience` are read from the study (every process sharing it stops; a rerun with the same
-settings stops at once, one with a higher bar goes on); `timeout` counts from the start of
-this invocation, so a rerun resumes with its own clock.
+settings stops at once, one with a higher bar goes on); `timeout` counts from this
+invocation's first trial (the set-up before it, however slow, does not count), so a rerun
+resumes with its own clock.
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
@@ -35,6 +36,10 @@ class StopConditions:
     target: list[float] | None = None  # one per objective
     patience: int | None = None
     started: float = field(default_factory=time.monotonic)
+
+    def start_clock(self) -> None:
+        """`timeout` counts from here: the trial loop's start."""
+        self.started = time.monotonic()
 
     @classmethod
     def from_settings(cls, timeout, target, patience, n_objectives: int) -> "StopConditions":

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from experiment.errors import SweepError
 from experiment.secrets import redact
 from experiment.sqlite_files import create_atomically
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 
 log = logging.getLogger(__name__)
 
@@ -271,28 +272,21 @@ def pid_exists(pid: int) -> bool:
     return state != "Z"
 
 
-def _silent_trial_ids(study: optuna.Study) -> set[int]:
-    """RUNNING trials whose process sent no heartbeat within the grace period: a machine
-    that died, or a process stopped, wherever it ran."""
-    storage = study._storage
-    if not optuna.storages._heartbeat.is_heartbeat_enabled(storage):
-        return set()
-    return set(storage._get_stale_trial_ids(study._study_id))
-
-
 def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Mark FAIL the RUNNING trials whose process died (on this host) or went silent (any
     host, with heartbeats); queue each configuration once more. Call it under the lock."""
-    silent = _silent_trial_ids(study)
+    # RUNNING trials whose process sent no heartbeat within the grace period: a machine
+    # that died, or a process stopped, wherever it ran.
+    silent = internals.stale_trial_ids(study)
     stale = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t._trial_id in silent
+        if internals.trial_id(t) in silent
         # a job's trial outlives the sweep process that submitted it: its job is watched
         or (JOB_ATTR not in t.system_attrs and _process_is_dead(t.system_attrs.get(WORKER_ATTR)))
     ]
     for trial in stale:
-        reason = HEARTBEAT_LOST if trial._trial_id in silent else KILLED
+        reason = HEARTBEAT_LOST if internals.trial_id(trial) in silent else KILLED
         fail_and_retry(study, trial, reason)
         log.warning(
             "Trial %d was left RUNNING by a %s: marked FAIL%s.",
@@ -308,8 +302,8 @@ def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
     """Mark a trial that never finished FAIL for `reason`; queue its configuration once
     more (unless it was itself such a re-run)."""
-    study._storage.set_trial_system_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-    study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    internals.set_system_attr(study, trial, FAIL_REASON_ATTR, reason)
+    internals.fail_trial(study, trial)
     if RETRY_OF_ATTR not in trial.user_attrs and trial.params:
         study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
 
@@ -391,11 +385,7 @@ def _check_value(where: str, key: str, value: Any, space: dict) -> None:
     if value is _ABSENT:
         raise SweepError(f"{where}: parameter '{key}' of the search space has no value there")
     distribution = space[key]
-    try:
-        inside = distribution._contains(distribution.to_internal_repr(value))
-    except (ValueError, TypeError):
-        inside = False
-    if not inside:
+    if not internals.contains(distribution, value):
         raise SweepError(
             f"{where}: parameter '{key}' = {value!r} is outside this sweep's {distribution}"
         )
@@ -419,7 +409,9 @@ def seed_study(
         try:
             source = optuna.load_study(
                 study_name=source_name,
-                storage=study._storage if source_url == own_url else make_storage(source_url),
+                storage=internals.storage_of(study)
+                if source_url == own_url
+                else make_storage(source_url),
             )
         except KeyError:
             raise SweepError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from experiment.errors import SweepError
 from experiment.sweep_context import COMPLETE, FAIL, MEASURES_ATTR, PRUNED, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper import reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.executors import Executor, TrialResult
@@ -51,6 +52,7 @@ class TrialLoop:
 
     def run(self, executor: Executor) -> None:
         params_of = {}
+        self.stop.start_clock()
         while True:
             while executor.free and self._may_start() and (trial := self._ask()):
                 params_of[trial.number] = self._submit(trial, executor)
@@ -75,9 +77,7 @@ class TrialLoop:
             job_config = self.job_config([*self.fixed, *sampled], trial.number)
         except Exception as err:
             result = TrialResult(trial.number, FAIL, error=f"{type(err).__name__}: {err}")
-            self.study._storage.set_trial_system_attr(
-                trial._trial_id, studies.ERROR_ATTR, result.error
-            )
+            internals.set_system_attr(self.study, trial, studies.ERROR_ATTR, result.error)
             self.study.tell(trial, state=studies.TrialState.FAIL)
             self.results.append(result)
             log.info(reporting.trial_line(result, trial.params))
@@ -102,9 +102,7 @@ class TrialLoop:
             with warnings.catch_warnings():  # heartbeats serve ask-and-tell sweeps as well
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = self.study.ask(fixed_distributions=self.space)
-            self.study._storage.set_trial_system_attr(
-                trial._trial_id, studies.WORKER_ATTR, studies.this_worker()
-            )
+            internals.set_system_attr(self.study, trial, studies.WORKER_ATTR, studies.this_worker())
             return trial
 
     def _may_start(self) -> bool:
@@ -121,9 +119,8 @@ class TrialLoop:
     def _record(self, result: TrialResult):
         """Tell the study how a trial ended (once: a trial a lost heartbeat already failed
         is left as it is); the trial as it was before."""
-        study, storage = self.study, self.study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, result.number)
-        trial = storage.get_trial(trial_id)  # this one trial, not the whole study
+        study = self.study
+        trial = internals.trial_by_number(study, result.number)  # not the whole study
         if trial.state.is_finished():
             return trial
         if result.lost:  # its job ended without a result: FAIL, and queued once more
@@ -132,31 +129,30 @@ class TrialLoop:
                 if self.parent is not None:  # the run its job left RUNNING: KILLED
                     self.parent.close_orphans(study)
         elif result.state == COMPLETE:
-            self._judge(trial, trial_id)
+            self._judge(trial)
             study.tell(result.number, result.value)
         else:
             if result.error:  # the failure-rate stop names the last failed trial's error
-                storage.set_trial_system_attr(trial_id, studies.ERROR_ATTR, result.error)
+                internals.set_system_attr(study, trial, studies.ERROR_ATTR, result.error)
             if self.judge and result.state == PRUNED:  # Optuna's samplers read them too
-                self.judge.set_on(storage, trial)
+                self.judge.set_on(study, trial)
             study.tell(result.number, state=studies.TrialState[result.state])
         return trial
 
-    def _judge(self, trial, trial_id: int) -> None:
+    def _judge(self, trial) -> None:
         """A complete trial's constraints, set before the tell (a finished trial cannot be
         changed); SweepError for a task that does not record what they bound."""
         if self.judge is None:
             return
-        storage = self.study._storage
         missing = self.judge.missing(trial)
         if missing:
             message = constraining.missing_measures_message(
                 trial.number, missing, trial.user_attrs.get(MEASURES_ATTR) or {}
             )
-            storage.set_trial_system_attr(trial_id, studies.ERROR_ATTR, message)
+            internals.set_system_attr(self.study, trial, studies.ERROR_ATTR, message)
             self.study.tell(trial.number, state=studies.TrialState.FAIL)
             raise SweepError(message)
-        feasible = self.judge.set_on(storage, trial)
+        feasible = self.judge.set_on(self.study, trial)
         if self.parent is not None and "mlflow_run_id" in trial.user_attrs:
             self.parent.tag_trial_run(
                 trial.user_attrs["mlflow_run_id"], "optuna.feasible", str(feasible).lower()

@@ -12,6 +12,7 @@ import pickle
 import sys
 from pathlib import Path
 
+from experiment import durable
 from hydra_plugins.experiment_optuna_sweeper.executors import run_payload
 
 
@@ -20,9 +21,8 @@ def main(payload_file: str) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     result = run_payload(payload, heartbeat=main_rank)
     if main_rank:
-        partial = Path(payload.result_file + ".partial")
-        partial.write_bytes(pickle.dumps(result))
-        partial.replace(payload.result_file)  # the sweeper never reads half a result
+        # Durable and whole: the sweeper never reads half a result, even after a crash.
+        durable.write_bytes(Path(payload.result_file), pickle.dumps(result))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig
 
 from experiment import sweep_context
+from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper.executors import (
     TrialResult,
     execute,
@@ -113,7 +114,7 @@ class WorkerPool:
     def submit(self, trial, job_config: DictConfig, context) -> None:
         worker = next(w for w in self.workers if w["trial"] is None and w["process"].is_alive())
         context.trial = None  # rebuilt in the worker from the shared storage
-        worker["conn"].send((trial._trial_id, job_config, context))
+        worker["conn"].send((internals.trial_id(trial), job_config, context))
         worker["trial"], worker["start"] = trial.number, time.perf_counter()
 
     def next_result(self) -> TrialResult:
