@@ -401,3 +401,23 @@ def test_bad_command_line_is_reported_clearly(tmp_path, name):
     assert proc.returncode == bad.exit_code, text
     _check_message(text, bad.says, tmp_path)
     assert not [r for r in all_runs(sqlite_uri(tmp_path)) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_created_is_one_line_before_hydra_creates_it(
+    tmp_path, monkeypatch, capsys, key
+):
+    _write_bad_inputs(tmp_path)
+    folder = tmp_path / "files" / "hostname" / "outputs"
+    sweep = ["-m", "hparams_search=optuna"] if key == "hydra.sweep.dir" else []
+    args = [*sweep, f"{key}={folder}", *_with_defaults(tmp_path, ())]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["experiment.train", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    captured = capsys.readouterr()
+    _check_message(captured.err, (key, str(folder), "is a file, not a folder"), tmp_path)
+    assert len([line for line in captured.err.splitlines() if "Error" in line]) == 1
+    assert not all_runs(sqlite_uri(tmp_path))  # nothing started
