@@ -259,7 +259,7 @@ class DataBundle:
 
 
 def build_loaders(
-    cfg,
+    dataset,
     source: ImageTensors | FolderSplits,
     device: torch.device,
     *,
@@ -268,39 +268,41 @@ def build_loaders(
     ranks: Ranks = SINGLE,
     targets=None,
 ) -> DataBundle:
-    """Wrap a loaded dataset's splits in loaders for `device` (`cfg`: a `dataset` node);
-    `channels_last`: batches in the memory layout of a channels_last conv net; `ranks`:
-    this process's share of a distributed run (validation and test are split between
+    """Wrap a loaded dataset's splits in loaders for `device` (`dataset`: the run's
+    `dataset` node); `channels_last`: batches in the memory layout of a channels_last conv
+    net; `ranks`: this process's share of a distributed run (validation and test are split between
     the ranks without padding, so reduced sums count every sample once); `targets`: the
     task's form for a DataLoader batch's targets."""
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
-        scale = cfg.resized_crop_scale
-        augmentation = Augmentation(cfg.crop_padding, cfg.hflip, tuple(scale) if scale else None)
+        scale = dataset.resized_crop_scale
+        augmentation = Augmentation(
+            dataset.crop_padding, dataset.hflip, tuple(scale) if scale else None
+        )
         return BatchTransform(
-            cfg.mean,
-            cfg.std,
+            dataset.mean,
+            dataset.std,
             device,
-            augment=augmentation if train and cfg.augment else None,
+            augment=augmentation if train and dataset.augment else None,
             channels_last=channels_last,
             generator=generator,
         )
 
-    check_channels(cfg, source.input_shape)
+    check_channels(dataset, source.input_shape)
     if isinstance(source, ImageTensors):
-        return _device_bundle(cfg, source, device, transform, generator, ranks)
+        return _device_bundle(dataset, source, device, transform, generator, ranks)
     assert isinstance(source, FolderSplits), f"unexpected dataset source {type(source)}"
-    return _host_bundle(cfg, source, device, transform, seed, ranks, targets)
+    return _host_bundle(dataset, source, device, transform, seed, ranks, targets)
 
 
-def check_channels(cfg, input_shape: tuple[int, ...]) -> None:
+def check_channels(dataset, input_shape: tuple[int, ...]) -> None:
     """Per-channel `dataset.mean` / `dataset.std` of images: one number, or one per channel."""
     if len(input_shape) != 3:  # not C x H x W images: nothing is normalized per channel
         return
     channels = input_shape[0]
     for key in ("mean", "std"):
-        values = getattr(cfg, key)
+        values = getattr(dataset, key)
         if values is not None and len(values) not in (1, channels):
             raise ConfigValueError(
                 f"dataset.{key}",
@@ -309,12 +311,16 @@ def check_channels(cfg, input_shape: tuple[int, ...]) -> None:
             )
 
 
-def _device_bundle(cfg, source: ImageTensors, device, transform, generator, ranks) -> DataBundle:
+def _device_bundle(
+    dataset, source: ImageTensors, device, transform, generator, ranks
+) -> DataBundle:
     if source.val_images is not None:  # a val/ folder of its own
         train = (source.train_images, source.train_labels)
         val = (source.val_images, source.val_labels)
     else:
-        keep, held = seeded_split(len(source.train_labels), cfg.val_fraction, cfg.split_seed)
+        keep, held = seeded_split(
+            len(source.train_labels), dataset.val_fraction, dataset.split_seed
+        )
         train = (source.train_images[keep], source.train_labels[keep])
         val = (source.train_images[held], source.train_labels[held])
     on_device = {  # each rank evaluates its share
@@ -326,14 +332,18 @@ def _device_bundle(cfg, source: ImageTensors, device, transform, generator, rank
     return DataBundle(
         train=DeviceLoader(
             *on_device["train"],
-            cfg.batch_size,
+            dataset.batch_size,
             transform(True),
             shuffle=True,
             generator=generator,
             ranks=ranks,
         ),
-        val=DeviceLoader(*on_device["val"], cfg.eval_batch_size, transform(False), shuffle=False),
-        test=DeviceLoader(*on_device["test"], cfg.eval_batch_size, transform(False), shuffle=False),
+        val=DeviceLoader(
+            *on_device["val"], dataset.eval_batch_size, transform(False), shuffle=False
+        ),
+        test=DeviceLoader(
+            *on_device["test"], dataset.eval_batch_size, transform(False), shuffle=False
+        ),
         input_shape=tuple(source.train_images.shape[1:]),
         classes=source.classes,
         num_outputs=source.num_outputs,
@@ -341,13 +351,13 @@ def _device_bundle(cfg, source: ImageTensors, device, transform, generator, rank
 
 
 def _host_bundle(
-    cfg, source: FolderSplits, device, transform, seed: int, ranks, targets
+    dataset, source: FolderSplits, device, transform, seed: int, ranks, targets
 ) -> DataBundle:
     train, val = source.train, source.val
     if val is None:
-        keep, held = seeded_split(len(train), cfg.val_fraction, cfg.split_seed)
+        keep, held = seeded_split(len(train), dataset.val_fraction, dataset.split_seed)
         train, val = Subset(train, keep.tolist()), Subset(train, held.tolist())
-    workers = cfg.num_workers
+    workers = dataset.num_workers
     common = dict(
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0
     )
@@ -357,7 +367,7 @@ def _host_bundle(
         # order, as a DataLoader that shuffles by itself does.
         gen = torch.Generator().manual_seed(seed)
         batches = RankBatchSampler(
-            len(ds), cfg.batch_size, shuffle=True, generator=gen, ranks=ranks
+            len(ds), dataset.batch_size, shuffle=True, generator=gen, ranks=ranks
         )
         dl = DataLoader(ds, batch_sampler=batches, generator=gen, **common)
         return HostLoader(dl, transform(True), device, targets, generator=gen)
@@ -365,7 +375,7 @@ def _host_bundle(
     def eval_loader(ds) -> HostLoader:
         if ranks.world_size > 1:
             ds = Subset(ds, rank_share(range(len(ds)), ranks))
-        dl = DataLoader(ds, batch_size=cfg.eval_batch_size, shuffle=False, **common)
+        dl = DataLoader(ds, batch_size=dataset.eval_batch_size, shuffle=False, **common)
         return HostLoader(dl, transform(False), device, targets)
 
     return DataBundle(
