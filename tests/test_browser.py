@@ -61,6 +61,7 @@ def keep_screenshot(driver, path: Path) -> None:
         shutil.copy(path, Path(os.environ["EXPERIMENT_SCREENSHOTS"]) / path.name)
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_mlflow_ui_lists_the_parent_run_and_its_three_trials(tmp_path, browser, finished_sweep):
     root, store, _ = finished_sweep
     from mlflow import MlflowClient

@@ -165,6 +165,7 @@ REGRESSION = [
 ]
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_two_nodes_train_as_one_process_does_and_log_once(tmp_path):
     """Same global batch, same (seed, epoch) order: 2 gloo ranks on two "nodes" reproduce
     the single process (a regression; a classification's metrics across ranks: above).
@@ -233,6 +234,7 @@ def _kill_rank_after_an_epoch(tmp_path, restarts: int):
     return proc.returncode, rest, time.time() - start, sqlite_uri(tmp_path)
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_a_killed_rank_with_restarts_resumes_in_the_same_mlflow_run(tmp_path):
     code, text, _, uri = _kill_rank_after_an_epoch(tmp_path, restarts=1)
     assert code == 0, text
@@ -265,6 +267,7 @@ def test_a_bad_override_stops_every_rank_with_one_clear_line(tmp_path):
     assert all(r.info.status != "RUNNING" for r in all_runs(sqlite_uri(tmp_path)))
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = [*tracking_overrides(tmp_path), "tracking.log_plots=false"]

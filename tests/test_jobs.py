@@ -65,6 +65,7 @@ def job_sweep(
     return args, storage
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_trials_run_as_jobs_pruned_inside_and_a_killed_job_is_retried(tmp_path):
     # A threshold no accuracy reaches: every trial is pruned at its first report, in its job.
     args, storage = job_sweep(
@@ -144,6 +145,7 @@ def slurm(tmp_path_factory):
         yield env
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_trials_are_slurm_jobs_and_a_cancelled_one_fails_with_its_state_and_reruns(tmp_path, slurm):
     args, storage = job_sweep(
         tmp_path, "hydra.launcher.partition=debug", n_trials=2, launcher="submitit_slurm"

@@ -53,6 +53,7 @@ def wheel_install(tmp_path_factory) -> tuple[Path, Path]:
     return wheel, target
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folder(
     wheel_install, tmp_path
 ):

@@ -44,6 +44,7 @@ def final_metrics(workdir) -> tuple[dict, list]:
     return run, sorted((m.step, m.value) for m in history)
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_path):
     reference_dir, resumed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
     reference_dir.mkdir()

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 TRACKING_PASSWORD = "trk-s3cret-Pa55"
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
     tmp_path, postgres_url, mlflow_server
 ):
