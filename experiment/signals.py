@@ -1,18 +1,63 @@
-"""SIGTERM handled like Ctrl-C, for runs and sweeps alike (no heavy imports here: the
-sweeper serves any Hydra app)."""
+"""SIGTERM handled like Ctrl-C, for runs and sweeps alike, and never in the middle of a
+write to a store (no heavy imports here: the sweeper serves any Hydra app).
+
+A KeyboardInterrupt raised inside a database call (MLflow's SQLite store mid-transaction)
+can leave the store's connection unusable, so the run could not then be marked KILLED,
+or can be swallowed by the library. Inside `deferred()` a stopping signal is held until
+the block ends; a second one does not wait.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import signal
 import threading
+
+_deferring = 0
+_pending: int | None = None
+
+
+def _interrupt(signum, frame) -> None:
+    global _pending
+    if _deferring and _pending is None:  # the write in progress finishes first
+        _pending = signum
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def stop_on_sigterm() -> None:
     """Treat SIGTERM (a scheduler or `kill` ending the job) like Ctrl-C, so the run is
-    closed as KILLED and a sweep stops cleanly instead of vanishing mid-write."""
+    closed as KILLED and a sweep stops cleanly instead of vanishing mid-write; Ctrl-C
+    itself (where Python turns it into KeyboardInterrupt) waits for `deferred` blocks."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored
+        signal.signal(signal.SIGINT, _interrupt)
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+@contextlib.contextmanager
+def deferred():
+    """A block that a stopping signal does not cut short: it is raised when the block
+    ends (as KeyboardInterrupt, as it would have been)."""
+    global _deferring, _pending
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if not _deferring and _pending is not None:
+            signum, _pending = _pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
+
+
+def uninterrupted(method):
+    """A method run inside `deferred()`."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with deferred():
+            return method(*args, **kwargs)
+
+    return wrapper

@@ -16,6 +16,7 @@ import torch
 
 from experiment.errors import TrackingError
 from experiment.secrets import redact
+from experiment.signals import uninterrupted
 from experiment.sqlite_files import create_atomically
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class Tracker:
         _EXPERIMENT_IDS[key] = found.experiment_id
         return found.experiment_id
 
+    @uninterrupted
     def start(
         self,
         *,
@@ -184,12 +186,15 @@ class Tracker:
         self.run_id = run.info.run_id
         return True
 
+    @uninterrupted
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.mlflow.log_metrics(metrics, step=epoch)
 
+    @uninterrupted
     def log_metrics(self, metrics: dict[str, float]) -> None:
         self.mlflow.log_metrics(metrics)
 
+    @uninterrupted
     def backfill(self, history: list[dict[str, float]]) -> None:
         """Log the epochs a killed run checkpointed but did not get to log."""
         client = self.mlflow.MlflowClient(self.uri)
@@ -198,6 +203,7 @@ class Tracker:
             if epoch not in logged:
                 self.log_epoch(epoch, metrics)
 
+    @uninterrupted
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id is not None:  # the fluent API would start a new run otherwise
             self.mlflow.set_tags(tags)
@@ -246,6 +252,7 @@ class Tracker:
             serialization_format=self.model_format,
         )
 
+    @uninterrupted
     def finish(self, status: str) -> None:
         if self.run_id is not None and self.mlflow.active_run() is not None:
             self.mlflow.end_run(status)

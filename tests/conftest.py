@@ -149,9 +149,17 @@ def start_cli(
         text=True,
         env=cli_env(env),
         start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     _STARTED.append(proc)
     return proc
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A suite started in the background (`make test &`, some CI runners) has SIGINT
+    ignored, and a child inherits that: Python then never turns SIGINT into
+    KeyboardInterrupt. The CLI under test gets SIGINT as a terminal delivers it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 _STARTED: list[subprocess.Popen] = []

@@ -1,0 +1,45 @@
+"""A stopping signal never cuts a store write in half: it waits for the write's end."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from experiment import signals
+
+
+@pytest.fixture
+def handlers():
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signals.stop_on_sigterm()
+    yield
+    signal.signal(signal.SIGTERM, saved[0])
+    signal.signal(signal.SIGINT, saved[1])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_inside_a_deferred_block_is_raised_when_the_block_ends(handlers, signum):
+    done = []
+    with pytest.raises(KeyboardInterrupt), signals.deferred():
+        os.kill(os.getpid(), signum)
+        done.append("the write finished")
+    assert done == ["the write finished"]
+
+
+def test_a_second_signal_does_not_wait(handlers):
+    done = []
+    with pytest.raises(KeyboardInterrupt), signals.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        done.append("not reached")
+    assert done == []
+    with signals.deferred():  # nothing left pending
+        pass
+
+
+def test_outside_a_deferred_block_a_signal_stops_at_once(handlers):
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("not reached")
