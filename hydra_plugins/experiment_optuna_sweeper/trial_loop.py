@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from experiment.errors import SweepError
+from experiment.signals import uninterrupted
 from experiment.sweep_context import COMPLETE, FAIL, MEASURES_ATTR, PRUNED, TrialContext
 from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
@@ -92,6 +93,7 @@ class TrialLoop:
         executor.submit(trial, job_config, context)
         return trial.params
 
+    @uninterrupted  # a stopping signal waits for the study's write in progress
     def _ask(self):
         """The next trial, or None once the study holds n_trials (counted across every
         process sharing it: the count and the ask happen under the study lock)."""
@@ -116,6 +118,7 @@ class TrialLoop:
                 log.info("Stopping: %s. Running trials finish.", self.stopped.reason)
         return self.stopped is None
 
+    @uninterrupted
     def _record(self, result: TrialResult):
         """Tell the study how a trial ended (once: a trial a lost heartbeat already failed
         is left as it is); the trial as it was before."""
