@@ -13,6 +13,8 @@ from experiment import signals
 @pytest.fixture
 def handlers():
     saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    # Ctrl-C as a terminal delivers it (a suite started in the background ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signals.stop_on_sigterm()
     yield
     signal.signal(signal.SIGTERM, saved[0])

@@ -102,8 +102,9 @@ def test_sweep_records_every_trial_under_one_parent_run(tmp_path):
 
 
 def test_a_sweep_killed_twice_resumes_its_study_and_ends_with_exactly_n_trials(tmp_path):
-    """SIGKILL mid-trial, then again mid-retry; the same command then resumes the study
-    (not a new one) and the parent run, and every killed trial's configuration reruns once."""
+    """SIGKILL mid-trial, then SIGTERM mid-retry (recorded as KILLED by the sweep itself);
+    the same command then resumes the study (not a new one) and the parent run, and every
+    killed trial's configuration reruns once."""
     args = sweep(
         tmp_path, "trainer.epochs=6", "regularization.early_stopping.patience=null", n_trials=4
     )
@@ -116,10 +117,16 @@ def test_a_sweep_killed_twice_resumes_its_study_and_ends_with_exactly_n_trials(t
     assert len(running) == 1, [t.state for t in load_study(tmp_path).trials]
     first_killed = running[0].number
 
-    proc = start_cli(args, tmp_path)  # killed again while the retry of trial 1 trains
+    proc = start_cli(args, tmp_path)  # stopped while the retry of trial 1 trains
     wait_for_line(proc, "epoch 2/6")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    (parent,), children = split_runs(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    retry = [c for c in children if c.data.tags["optuna.trial"] != "0"]
+    assert {c.info.status for c in retry} == {"KILLED"}
 
     resumed = run_cli(args, tmp_path)
     assert resumed.returncode == 0, output(resumed)
@@ -191,22 +198,6 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
     assert "NonFiniteLossError" in output(proc)
 
 
-def test_sweep_exits_non_zero_when_every_trial_fails(tmp_path):
-    proc = run_cli(
-        sweep(
-            tmp_path,
-            "optimizer=sgd",
-            "scheduler=none",
-            "optimizer.lr=1e30",
-            n_trials=2,
-        ),
-        tmp_path,
-    )
-    assert proc.returncode != 0
-    assert "All 2 trials of this sweep failed" in output(proc)
-    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.FAIL] * 2
-
-
 def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
     proc = run_cli(sweep(tmp_path, "hydra.sweeper.n_jobs=2", n_trials=6), tmp_path)
     assert proc.returncode == 0, output(proc)
@@ -249,29 +240,9 @@ def test_parallel_sweep_over_an_image_folder_on_the_dataloader_path(tmp_path):
     assert "daemonic" not in output(proc)
 
 
-def test_sigterm_stops_the_sweep_and_records_it_as_killed(tmp_path):
-    args = sweep(
-        tmp_path, "trainer.epochs=8", "regularization.early_stopping.patience=null", n_trials=3
-    )
-    proc = start_cli(args, tmp_path)
-    wait_for_line(proc, "trial 0 COMPLETE", "trial 0 PRUNED")
-    wait_for_line(proc, "epoch 2/8")  # trial 1 is training
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    (parent,), children = split_runs(tmp_path)
-    assert parent.info.status == "KILLED"
-    assert not [c for c in children if c.info.status == "RUNNING"]
-    assert {c.info.status for c in children if c.data.tags["optuna.trial"] == "1"} == {"KILLED"}
-    # The interrupted trial is retried when the same command runs again.
-    assert run_cli(args, tmp_path).returncode == 0
-    study = load_study(tmp_path)
-    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
-    assert study.trials[1].system_attrs["fail_reason"] == "process killed"
-    assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, None, 1, None]
-
-
 def test_trials_whose_config_cannot_be_composed_count_as_failed(tmp_path):
+    # Every trial fails, so the sweep itself exits non-zero (whatever failed the trials:
+    # a run's own failure, NaN loss, is test_a_failing_trial_does_not_stop_the_sweep's).
     proc = run_cli(sweep(tmp_path, "model=transformer,perceiver", n_trials=2), tmp_path)
     assert proc.returncode != 0
     text = output(proc)
