@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import IO
 
 
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 def fsync_folder(folder: Path) -> None:
     """Make the folder's entries (a file renamed into it) durable."""
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -38,8 +43,7 @@ def replacing_file(path: Path) -> Iterator[Path]:
     temporary = path.with_name(f".{path.name}.writing-{os.getpid()}")
     try:
         yield temporary
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
+        fsync_file(temporary)
         os.replace(temporary, path)
     except BaseException as err:
         full = isinstance(err, OSError | RuntimeError) and _no_room(path.parent)
@@ -72,14 +76,24 @@ def fsync_files(folder: Path) -> None:
     into place whole)."""
     for path in Path(folder).iterdir():
         if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(path)
     fsync_folder(folder)
 
 
-def writable_folder_problem(folder: Path) -> str | None:
+def writable_folder_problem(folder: Path, create: bool = True) -> str | None:
     """None if `folder` can be created (if missing) and written by this process, else why
-    not; checked before a run trains, so no epoch is lost to an unwritable folder."""
+    not; checked before a run trains, so no epoch is lost to an unwritable folder. With
+    `create=False` nothing is made: the nearest existing ancestor must be a writable
+    folder (for a folder whose name another process settles later)."""
+    if not create:
+        existing = Path(folder).expanduser().absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"{existing} is not writable by this process"
+        return None
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         probe = Path(folder) / f".write-check-{os.getpid()}"

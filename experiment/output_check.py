@@ -4,26 +4,13 @@ traceback."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from experiment.durable import writable_folder_problem
 from experiment.errors import ConfigValueError
-
-
-def folder_problem(folder: Path) -> str | None:
-    """Why `folder` could not be created and written (None if it could), found without
-    creating it: its nearest existing ancestor must be a writable folder."""
-    existing = Path(folder).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable by this process"
-    return None
 
 
 class OutputFolderCheck(Callback):
@@ -35,7 +22,8 @@ class OutputFolderCheck(Callback):
 
     @staticmethod
     def _check(folder: str, key: str) -> None:
-        problem = folder_problem(Path(folder))
+        # Not created here: Hydra names a run folder by the time (${now:}) when it makes it.
+        problem = writable_folder_problem(Path(folder), create=False)
         if problem is not None:
             error = ConfigValueError(
                 key, str(folder), f"a folder this process can write ({problem})"

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from experiment.durable import fsync_folder
+from experiment.durable import fsync_file, fsync_folder
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -35,8 +35,7 @@ def create_atomically(url: str, initialize: Callable[[str], None]) -> None:
     partial.unlink(missing_ok=True)
     try:
         initialize(f"sqlite:///{partial}")
-        with open(partial, "rb") as handle:  # its tables on disk before it is in place
-            os.fsync(handle.fileno())
+        fsync_file(partial)  # its tables on disk before it is in place
         # link() fails if another process put its copy in place first: keep theirs.
         with contextlib.suppress(FileExistsError):
             os.link(partial, path)
