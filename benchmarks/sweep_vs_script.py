@@ -1,0 +1,120 @@
+"""The project's sweep against the script a user would write by hand
+(`benchmarks.plain_script`), on the same enqueued configurations, without pruning.
+
+Both: the default digits CNN, `--epochs` epochs per trial, `--workers` processes sharing
+an Optuna study in SQLite, one MLflow run per trial with its model. The two alternate for
+`--rounds` rounds; each round's wall times and the ratio project / script are printed.
+
+    .venv/bin/python -m benchmarks.sweep_vs_script [--trials 20] [--epochs 10] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+from benchmarks._common import ROOT, machine, run_cli, store_args
+
+SEARCH = """# @package _global_
+defaults:
+  - override /hydra/sweeper: experiment_optuna
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    params:
+      optimizer.lr: tag(log, interval(1e-4, 1e-1))
+      dataset.batch_size: choice(32, 64, 128, 256)
+      regularization.dropout: interval(0.0, 0.5)
+      regularization.weight_decay: tag(log, interval(1e-6, 1e-2))
+tracking:
+  model_format: pickle
+"""
+
+
+def configurations(count: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "optimizer.lr": 10 ** rng.uniform(-4, -1),
+            "dataset.batch_size": rng.choice([32, 64, 128, 256]),
+            "regularization.dropout": rng.uniform(0.0, 0.5),
+            "regularization.weight_decay": 10 ** rng.uniform(-6, -2),
+        }
+        for _ in range(count)
+    ]
+
+
+def project(work: Path, configs: list[dict], epochs: int, workers: int) -> float:
+    conf = work / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    search = yaml.safe_load(SEARCH.split("\n", 1)[1])
+    search["hydra"]["sweeper"]["enqueue_trials"] = configs
+    (conf / "bench.yaml").write_text("# @package _global_\n" + yaml.safe_dump(search))
+    seconds, _ = run_cli(
+        [
+            "--config-dir",
+            str(work / "conf"),
+            "-m",
+            "hparams_search=bench",
+            f"hydra.sweeper.n_trials={len(configs)}",
+            f"hydra.sweeper.n_jobs={workers}",
+            "hydra.sweeper.pruner=none",
+            f"hydra.sweeper.storage=sqlite:///{work / 'optuna.db'}",
+            f"hydra.sweep.dir={work / 'multirun'}",
+            f"trainer.epochs={epochs}",
+            "regularization.early_stopping.patience=null",
+            "trainer.progress=quiet",
+            *store_args(work),
+        ],
+        ROOT,  # every path above is absolute
+    )
+    return seconds
+
+
+def script(work: Path, configs: list[dict], epochs: int, workers: int) -> float:
+    storage = f"sqlite:///{work / 'optuna.db'}"
+    study = optuna.create_study(study_name="plain", storage=storage, direction="maximize")
+    for config in configs:
+        study.enqueue_trial(config)
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "benchmarks.plain_script", storage, "plain"]
+    command += [f"sqlite:///{work / 'mlflow.db'}", str(epochs), str(workers)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    configs = configurations(args.trials)
+    ratios = []
+    print(f"machine: {machine()}")
+    for index in range(args.rounds):
+        times = {}
+        for name, runner in (("project", project), ("script", script)):
+            work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+            times[name] = runner(work, configs, args.epochs, args.workers)
+        ratios.append(times["project"] / times["script"])
+        print(
+            f"round {index + 1}: project {times['project']:.1f} s, plain script "
+            f"{times['script']:.1f} s for {args.trials} trials x {args.epochs} epochs, "
+            f"{args.workers} workers; ratio project / script {ratios[-1]:.2f}"
+        )
+    print(f"median ratio project / script: {statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
