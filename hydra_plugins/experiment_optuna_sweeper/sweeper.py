@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiment.console import split_streams
 from experiment.errors import ExperimentError, SweepError
 from experiment.signals import stop_on_sigterm
-from experiment.sweep_context import FAIL
 from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
 from hydra_plugins.experiment_optuna_sweeper import objectives, reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
@@ -179,16 +178,16 @@ class ExperimentOptunaSweeper(Sweeper):
 
     def _finish(self, loop: TrialLoop, location, sweep_dir: Path, interrupted, errored):
         """The results file and the parent run's end, however the loop ended."""
-        study, results = loop.study, loop.results
-        if loop.failure_rate.exceeded(study):
+        study = loop.study
+        too_many_failed = loop.failure_rate.exceeded(study)  # read once: it reads the study
+        if too_many_failed:
             failed, finished = failure_counts(study)
             loop.stopped = Stop("max_failure_rate", f"{failed} of {finished} trials failed")
         summary = reporting.summarize(study, loop.stopped)
         results_file = sweep_dir / "optimization_results.yaml"
         reporting.write_results(results_file, location.name, summary)
         if loop.parent is not None:
-            all_failed = bool(results) and all(r.state == FAIL for r in results)
-            failed = all_failed or loop.failure_rate.exceeded(study) or errored
+            failed = loop.all_failed or too_many_failed or errored
             status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
             with loop.lock:  # the last process of a shared study to finish closes the run
                 others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
@@ -209,9 +208,9 @@ class ExperimentOptunaSweeper(Sweeper):
             reporting.best_line(summary),
             results_file,
         )
-        if loop.failure_rate.exceeded(study):
+        if loop.stopped.by == "max_failure_rate":  # as _finish recorded it
             raise SweepError(loop.failure_rate.message(study, sweep_dir))
-        if results and all(r.state == FAIL for r in results):
+        if loop.all_failed:
             raise SweepError(
                 f"All {len(results)} trials of this sweep failed; the first: "
                 f"{results[0].error}. See the trial logs under {sweep_dir}."

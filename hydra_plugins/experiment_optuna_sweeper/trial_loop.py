@@ -48,6 +48,10 @@ class TrialLoop:
     stopped: Stop | None = None
 
     @property
+    def all_failed(self) -> bool:
+        return bool(self.results) and all(r.state == FAIL for r in self.results)
+
+    @property
     def wanted_measures(self) -> tuple[str, ...]:
         return tuple(c.measure for c in self.judge.constraints) if self.judge else ()
 
