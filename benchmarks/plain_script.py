@@ -5,16 +5,19 @@ tutorial-style training loop over a DataLoader, one MLflow run per trial with it
 per-epoch metrics and a pickled model with explicit requirements. The same digits data,
 split, normalization and CNN as the project's default run, the same search space.
 
-    python -m benchmarks.plain_script STORAGE STUDY MLFLOW_URI EPOCHS WORKERS [--prune]
+    python -m benchmarks.plain_script STORAGE STUDY MLFLOW_URI EPOCHS WORKERS CONFIGS [--prune]
 
-The study must exist with its enqueued trials; the workers share them out as a user's
-processes would, `study.optimize(n_trials=N / WORKERS)` each.
+It creates the study with the configurations of the JSON file CONFIGS enqueued (a list of
+{param: value}); the workers share them out as a user's processes would,
+`study.optimize(n_trials=N / WORKERS)` each.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -88,13 +91,19 @@ def main() -> None:
         parser.add_argument(name)
     parser.add_argument("epochs", type=int)
     parser.add_argument("workers", type=int)
+    parser.add_argument("configs")
     parser.add_argument("--prune", action="store_true")
     args = parser.parse_args()
-    waiting = optuna.load_study(study_name=args.study, storage=args.storage).get_trials(
-        states=(optuna.trial.TrialState.WAITING,)
-    )
-    shares = [len(waiting) // args.workers] * args.workers
-    shares[0] += len(waiting) % args.workers
+    configs = json.loads(Path(args.configs).read_text())
+    study = optuna.create_study(study_name=args.study, storage=args.storage, direction="maximize")
+    for config in configs:
+        study.enqueue_trial(config)
+    shares = [len(configs) // args.workers] * args.workers
+    shares[0] += len(configs) % args.workers
+    # The store and its experiment made once, before the workers: two processes creating
+    # a new SQLite store at once race on its tables, and one of them fails.
+    mlflow.set_tracking_uri(args.uri)
+    mlflow.set_experiment("plain-script")
     context = mp.get_context("spawn")
     settings = (args.storage, args.study, args.uri, args.epochs, args.prune)
     processes = [context.Process(target=worker, args=(*settings, n)) for n in shares]
@@ -102,6 +111,9 @@ def main() -> None:
         process.start()
     for process in processes:
         process.join()
+    failed = [p.exitcode for p in processes if p.exitcode != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} worker(s) failed (exit codes {failed})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ an Optuna study in SQLite, one MLflow run per trial with its model. The two alte
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import subprocess
@@ -19,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
 import yaml
 
-from benchmarks._common import ROOT, machine, run_cli, store_args
+from benchmarks._common import ROOT, TRAIN, machine, run_cli, store_args
 
 SEARCH = """# @package _global_
 defaults:
@@ -53,7 +53,10 @@ def configurations(count: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def project(work: Path, configs: list[dict], epochs: int, workers: int) -> float:
+def project(
+    work: Path, configs: list[dict], epochs: int, workers: int, program=TRAIN, extra=()
+) -> float:
+    """The project's sweep (`program`: the CLI's module, `extra`: more overrides)."""
     conf = work / "conf" / "hparams_search"
     conf.mkdir(parents=True)
     search = yaml.safe_load(SEARCH.split("\n", 1)[1])
@@ -74,22 +77,33 @@ def project(work: Path, configs: list[dict], epochs: int, workers: int) -> float
             "regularization.early_stopping.patience=null",
             "trainer.progress=quiet",
             *store_args(work),
+            *extra,
         ],
         ROOT,  # every path above is absolute
+        program,
     )
     return seconds
 
 
 def script(work: Path, configs: list[dict], epochs: int, workers: int) -> float:
     storage = f"sqlite:///{work / 'optuna.db'}"
-    study = optuna.create_study(study_name="plain", storage=storage, direction="maximize")
-    for config in configs:
-        study.enqueue_trial(config)
-    start = time.perf_counter()
+    (work / "configs.json").write_text(json.dumps(configs))
+    start = time.perf_counter()  # from the command's start, as for the project
     command = [sys.executable, "-m", "benchmarks.plain_script", storage, "plain"]
     command += [f"sqlite:///{work / 'mlflow.db'}", str(epochs), str(workers)]
+    command.append(str(work / "configs.json"))
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     return time.perf_counter() - start
+
+
+def completed_trials(work: Path) -> int:
+    """COMPLETE trials in the run's study: each side must have run every configuration."""
+    import optuna
+
+    storage = f"sqlite:///{work / 'optuna.db'}"
+    summaries = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+    return len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def main() -> None:
@@ -107,6 +121,8 @@ def main() -> None:
         for name, runner in (("project", project), ("script", script)):
             work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
             times[name] = runner(work, configs, args.epochs, args.workers)
+            if completed_trials(work) != len(configs):
+                raise SystemExit(f"{name}: {completed_trials(work)} of {len(configs)} complete")
         ratios.append(times["project"] / times["script"])
         print(
             f"round {index + 1}: project {times['project']:.1f} s, plain script "

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import torch
@@ -52,12 +53,39 @@ def _few_http_retries():
             os.environ[key] = saved
 
 
+def _default_artifact_root() -> str:
+    """The artifact root MLflow itself gives the Default experiment of a new store."""
+    return Path("mlruns").resolve().as_uri()
+
+
 def _create_mlflow_tables(uri: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    # The artifact root MLflow itself gives the Default experiment of a new store.
-    store = SqlAlchemyStore(uri, default_artifact_root=Path("mlruns").resolve().as_uri())
+    store = SqlAlchemyStore(uri, default_artifact_root=_default_artifact_root())
     store.engine.dispose()
+
+
+def _point_default_experiment_here(database: Path) -> None:
+    """A store copied from the template: its Default experiment's artifacts under this
+    folder's mlruns/, as in a store MLflow made here."""
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (_default_artifact_root(),),
+        )
+
+
+def _create_store(uri: str) -> None:
+    """A new SQLite store, made whole (sqlite_files): from this MLflow version's template
+    once one exists."""
+    import mlflow
+
+    create_atomically(
+        uri,
+        _create_mlflow_tables,
+        template=f"mlflow-{mlflow.__version__}",
+        adapt=_point_default_experiment_here,
+    )
 
 
 class NullTracker:
@@ -119,7 +147,7 @@ class Tracker:
         local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
         location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
         try:
-            create_atomically(self.uri, _create_mlflow_tables)
+            _create_store(self.uri)
             with _few_http_retries():  # a server that is not there: say so in seconds
                 self.experiment_id = self._experiment_id(location)
         except Exception as err:  # any failure here means the store is unusable

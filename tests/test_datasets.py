@@ -156,3 +156,14 @@ def test_digits_is_the_real_bundled_dataset():
     total = len(loaded.train_labels) + len(loaded.test_labels)
     assert total == 1797 and loaded.train_images.shape[1:] == (1, 8, 8)
     assert loaded.train_images.max() == 255 and set(loaded.classes) == {str(i) for i in range(10)}
+
+
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from experiment.datasets import _digits_table
+
+    pixels, classes = _digits_table()
+    bunch = load_digits()
+    assert np.array_equal(pixels, bunch.images) and np.array_equal(classes, bunch.target)

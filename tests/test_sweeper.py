@@ -32,13 +32,13 @@ pytestmark = pytest.mark.slow
 STUDY = "test-study"
 
 
-def sweep(tmp_path, *extra, n_trials=4, log_model=False):
+def sweep(tmp_path, *extra, n_trials=4, log_model=False, log_plots=False):
     """A sweep with its study and MLflow store under tmp_path."""
-    # Per-run plots are checked by test_run and test_browser; sweeps here skip them.
+    # Per-run plots are checked by test_run and test_browser; most sweeps here skip them.
     tracking = [
         *tracking_overrides(tmp_path),
         f"tracking.log_model={str(log_model).lower()}",
-        "tracking.log_plots=false",
+        f"tracking.log_plots={str(log_plots).lower()}",
     ]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     return sweep_args(storage, tracking, *extra, n_trials=n_trials, study=STUDY)
@@ -56,7 +56,7 @@ def split_runs(tmp_path):
 
 
 def test_sweep_records_every_trial_under_one_parent_run(tmp_path):
-    proc = run_cli(sweep(tmp_path, log_model=True), tmp_path)
+    proc = run_cli(sweep(tmp_path, log_model=True, log_plots=True), tmp_path)
     assert proc.returncode == 0, output(proc)
     study = load_study(tmp_path)
     assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
@@ -203,7 +203,9 @@ def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
     assert proc.returncode == 0, output(proc)
     study = load_study(tmp_path)
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
-    _, children = split_runs(tmp_path)
+    (parent,), children = split_runs(tmp_path)
+    # tracking.log_plots=false holds for the study's plots too.
+    assert MlflowClient(sqlite_uri(tmp_path)).list_artifacts(parent.info.run_id, "plots") == []
     processes = [c.data.tags["process"] for c in children]
     assert len(children) == 6 and len(set(processes)) == 2  # two workers, reused
     sweep_process = study.trials[0].system_attrs["worker"]  # the process that asked
@@ -266,6 +268,7 @@ def test_multi_objective_constrained_sweep_records_the_feasible_pareto_front(tmp
             "hydra/sweeper/sampler=nsgaii",
             "hydra.sweeper.sampler.population_size=4",
             f"hydra.sweeper.constraints=['model/params <= {bound}','model/latency_ms <= 1e6']",
+            log_plots=True,
         ),
         tmp_path,
     )

@@ -119,6 +119,23 @@ def test_any_task_return_value_fails_only_its_own_trial(tmp_path):
             assert expected[trial.params["mode"]] in line, line
 
 
+def test_each_worker_warms_up_once_before_its_first_trial(tmp_path):
+    # The task module's warm_up_sweep_worker(cfg) runs in each worker, with the sweep's
+    # fixed overrides, before any trial of that worker.
+    log = tmp_path / "warm_up.log"
+    args = ["hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "~hydra.sweeper.params.mode"]
+    _, study = sweep(TASKS, tmp_path, *args, "mode=number", f"warm_up_log={log}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+    lines = log.read_text().splitlines()
+    warm = [line.split()[1] for line in lines if line.startswith("warm-up")]
+    assert len(warm) == len(set(warm)) == 2
+    assert all(line.endswith("mode=number") for line in lines if line.startswith("warm-up"))
+    trials = [(index, line.split()[1]) for index, line in enumerate(lines) if "trial" in line]
+    assert len(trials) == 6 and {pid for _, pid in trials} <= set(warm)
+    for pid in warm:
+        assert lines.index(f"warm-up {pid} mode=number") < min(i for i, p in trials if p == pid)
+
+
 def test_max_failure_rate_stops_the_sweep_with_its_records_complete(tmp_path):
     proc, study = sweep(
         TASKS,

@@ -29,3 +29,34 @@ def test_relative_sqlite_paths_become_absolute(tmp_path, monkeypatch):
     assert absolute_uri("sqlite:///runs/m.db") == f"sqlite:///{tmp_path}/runs/m.db"
     assert (tmp_path / "runs").is_dir()
     assert absolute_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_new_stores_are_copied_from_a_template_and_point_at_their_own_folder(tmp_path, monkeypatch):
+    import mlflow
+
+    from experiment.sqlite_files import template_folder
+    from experiment.tracking import Tracker
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        Tracker(f"sqlite:///{tmp_path / name / 'mlflow.db'}", None, "runs")
+    assert [p.name for p in template_folder().glob("*.db")] == [f"mlflow-{mlflow.__version__}.db"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}")
+    default = client.get_experiment("0")
+    assert default.artifact_location == (tmp_path / "second" / "mlruns").as_uri()
+    run = client.create_run(client.get_experiment_by_name("runs").experiment_id)
+    client.log_metric(run.info.run_id, "loss", 0.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
+
+
+def test_an_unwritable_template_cache_only_costs_the_speed_up(tmp_path, monkeypatch):
+    from experiment.tracking import Tracker
+
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", None, "runs")
+    assert tracker.experiment_id and (tmp_path / "mlflow.db").exists()
+    assert not list(tmp_path.glob(".mlflow.db.creating-*"))

@@ -163,6 +163,9 @@ class ExperimentOptunaSweeperConf:
     # machine) after grace_period seconds (null: 2 x heartbeat_interval); null: off.
     heartbeat_interval: int | None = 30
     grace_period: int | None = None
+    # Modules each of the n_jobs > 1 workers imports before its first trial (a missing one
+    # is skipped), besides what the task module's `warm_up_sweep_worker(cfg)` does.
+    preload: list[str] = field(default_factory=list)
 
 
 store = ConfigStore.instance()

@@ -46,6 +46,7 @@ class SweepSettings:
     target: Any = None
     patience: int | None = None
     constraints: list = field(default_factory=list)
+    preload: list = field(default_factory=list)
 
     @classmethod
     def of(cls, **values) -> "SweepSettings":
@@ -53,6 +54,7 @@ class SweepSettings:
         settings.params = settings.params or {}
         settings.enqueue_trials = settings.enqueue_trials or []
         settings.constraints = settings.constraints or []
+        settings.preload = settings.preload or []
         return settings
 
     def location(self, name: str) -> studies.StudyLocation:

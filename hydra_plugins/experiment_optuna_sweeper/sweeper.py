@@ -37,7 +37,11 @@ from hydra_plugins.experiment_optuna_sweeper.failures import FailureRate, failur
 from hydra_plugins.experiment_optuna_sweeper.groups import GroupExecutor
 from hydra_plugins.experiment_optuna_sweeper.jobs import JobExecutor
 from hydra_plugins.experiment_optuna_sweeper.locking import StudyLock
-from hydra_plugins.experiment_optuna_sweeper.settings import LAUNCHERS, SweepSettings, gpu_count
+from hydra_plugins.experiment_optuna_sweeper.settings import (
+    LAUNCHERS,
+    SweepSettings,
+    gpu_count,
+)
 from hydra_plugins.experiment_optuna_sweeper.stopping import Stop, StopConditions
 from hydra_plugins.experiment_optuna_sweeper.trial_loop import TrialLoop
 from hydra_plugins.experiment_optuna_sweeper.workers import WorkerPool
@@ -68,6 +72,7 @@ class ExperimentOptunaSweeper(Sweeper):
         target: Any = None,
         patience: int | None = None,
         constraints: list | None = None,
+        preload: list | None = None,
     ):
         self.settings = SweepSettings.of(**{k: v for k, v in locals().items() if k != "self"})
 
@@ -107,14 +112,21 @@ class ExperimentOptunaSweeper(Sweeper):
             *objectives.direction_overrides(settings.direction, self.config, directions),
         ]
         judge, pruner = self._judge_and_pruner(space, len(directions))
-        loop = self._open_study(location, directions, pruner, space, fixed, judge is not None)
-        loop.stop, loop.judge, loop.extend_space = stop, judge, extend_space
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        executor = self._executor(location, pruner, sweep_dir)
-        executor.prepare(loop.study, loop.lock)
+        # Started before the study is opened: workers get ready while the study and the
+        # parent run are set up.
+        executor = self._executor(location, pruner, sweep_dir, fixed)
+        try:
+            loop = self._open_study(location, directions, pruner, space, fixed, judge is not None)
+        except BaseException:
+            executor.close()
+            raise
+        loop.stop, loop.judge, loop.extend_space = stop, judge, extend_space
+        loop.while_waiting = loop.parent.prepare_plots if loop.parent else None
         interrupted = errored = False
         try:
+            executor.prepare(loop.study, loop.lock)
             loop.run(executor)
         except KeyboardInterrupt:
             # The trial in flight stays RUNNING: the next run of the sweep fails it and
@@ -235,7 +247,7 @@ class ExperimentOptunaSweeper(Sweeper):
         studies.make_sampler(settings.sampler, settings.seed, 0, space, constrained=True)
         return constraining.Judge(constraints), constraining.FeasibleTrialsPruner(pruner)
 
-    def _executor(self, location, pruner, sweep_dir: Path) -> Executor:
+    def _executor(self, location, pruner, sweep_dir: Path, fixed: list[str]) -> Executor:
         """Where trials run: this process (n_jobs=1), n_jobs worker processes, n_jobs
         torchrun groups of devices_per_trial ranks, or n_jobs submitit jobs (SLURM)."""
         settings, task = self.settings, self.task_function
@@ -250,7 +262,10 @@ class ExperimentOptunaSweeper(Sweeper):
             )
         if settings.n_jobs == 1:
             return InProcessExecutor(self.hydra_context, task)
-        return WorkerPool(settings.n_jobs, task, location, pruner, gpus=gpu_count())
+        warm_up_config = self._job_config(fixed, 0)  # what the workers warm up with
+        return WorkerPool(
+            settings.n_jobs, task, location, pruner, gpu_count(), warm_up_config, settings.preload
+        )
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
         job_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)

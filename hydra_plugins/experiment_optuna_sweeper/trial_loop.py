@@ -44,6 +44,9 @@ class TrialLoop:
     waits_for_lost_peers: bool = False  # heartbeats on a shared storage (see below)
     stop: StopConditions = field(default_factory=StopConditions)
     judge: constraining.Judge | None = None
+    # Called once, when the loop first waits for a result: work for the end of the sweep
+    # done while the first trials run (the parent run's plotting imports).
+    while_waiting: Callable | None = None
     results: list[TrialResult] = field(default_factory=list)
     stopped: Stop | None = None
 
@@ -67,6 +70,9 @@ class TrialLoop:
                 if self.stopped is None:
                     self.stopped = Stop("n_trials", f"the study holds {self.n_trials} trials")
                 return
+            if self.while_waiting is not None:
+                self.while_waiting, prepare = None, self.while_waiting
+                prepare()
             result = executor.next_result()
             trial = self._record(result)
             self.results.append(result)

@@ -1,21 +1,28 @@
 """n_jobs long-lived worker processes, each running one trial job after another.
 
-Workers are started once per sweep and take a new trial as soon as theirs ends; no
-Python process is started per trial.
+Workers are started once per sweep, before the study is opened, and take a new trial as
+soon as theirs ends; no Python process is started per trial. They start warm: forked
+from the sweep's process, or from a fork server, after the modules a trial needs were
+imported once (see `start_method`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
+import logging
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from multiprocessing.connection import wait
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from experiment import sweep_context
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
@@ -27,6 +34,30 @@ from hydra_plugins.experiment_optuna_sweeper.executors import (
 )
 from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
 
+log = logging.getLogger(__name__)
+
+
+def start_method(gpus: int) -> str:
+    """How the workers start. `fork` on Linux where no GPU is used and this process runs
+    one thread: a worker is ready in milliseconds with every module already imported.
+    Otherwise `forkserver`: a fresh server process imports the preloaded modules once
+    and forks each worker from itself (CUDA cannot be used in a process forked from one
+    that touched it, and forking a process with other threads can copy a lock one of them
+    holds). `spawn` where neither exists (Windows): each worker imports on its own."""
+    methods = mp.get_all_start_methods()
+    single_threaded = threading.active_count() == 1
+    if not gpus and sys.platform == "linux" and "fork" in methods and single_threaded:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def import_modules(names: list[str]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a module the runs may not need: theirs to report
+            log.debug("preload of %s skipped: %s", name, err)
+
 
 def _exit_with_parent(parent_pid: int) -> None:
     """A worker whose sweep died (SIGKILL leaves no chance to stop it) ends itself."""
@@ -36,7 +67,32 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def worker_main(conn, task_ref, location: StudyLocation, pruner, gpu, cpu_threads) -> None:
+WARM_UP = "warm_up_sweep_worker"  # a function (cfg) -> None in the task's module
+
+
+def warm_up(task_function, job_config: DictConfig | None, preload: list[str]) -> None:
+    """Before the first trial: the `preload` modules imported, and the task module's
+    `warm_up_sweep_worker(cfg)` called as a job would call the task (`job_config`: one
+    composed with the sweep's fixed overrides), where there is one. A failing warm-up
+    costs time, not the sweep: the trials report what is wrong."""
+    import_modules(preload)
+    module = sys.modules.get(getattr(task_function, "__module__", ""), None)
+    hook = getattr(module, WARM_UP, None)
+    if hook is None or job_config is None:
+        return
+    try:
+        HydraConfig.instance().set_config(job_config)  # ${hydra:...} resolves
+        task_config = copy.deepcopy(job_config)
+        with read_write(task_config), open_dict(task_config):
+            del task_config["hydra"]
+        hook(task_config)
+    except Exception as err:
+        log.debug("warm-up of the worker failed: %s", err)
+
+
+def worker_main(
+    conn, task_ref, location: StudyLocation, pruner, gpu, cpu_threads, config, preload
+) -> None:
     # A spawned process makes spawn its default start method, so a trial's DataLoader would
     # spawn its workers too, each importing torch again (seconds per loader and epoch):
     # back to the platform's default, as in a run of its own.
@@ -55,15 +111,17 @@ def worker_main(conn, task_ref, location: StudyLocation, pruner, gpu, cpu_thread
     task_function = resolve_task(*task_ref)
     from hydra._internal.callbacks import Callbacks
 
-    study = location.load(pruner)
+    warm_up(task_function, config, preload)
+    study = None  # opened at the first trial: the workers start before the study exists
     while True:
         try:
             message = conn.recv()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # the sweep ended (or stopped this worker)
             return
         if message is None:
             return
         trial_id, job_config, context = message
+        study = study or location.load(pruner)
         context.trial = optuna.Trial(study, trial_id)
         hydra_context = HydraContext(config_loader=None, callbacks=Callbacks(job_config))
         start = time.perf_counter()
@@ -79,10 +137,27 @@ def worker_main(conn, task_ref, location: StudyLocation, pruner, gpu, cpu_thread
 class WorkerPool:
     """n_jobs=K: K worker processes, each fed a new trial as soon as it finishes one."""
 
-    def __init__(self, n_jobs: int, task_function, location: StudyLocation, pruner, gpus: int = 0):
-        """`location`: the study, which each worker opens with its own connection."""
-        self.mp = mp.get_context("spawn")  # CUDA cannot be used in forked children
-        self.args = (task_reference(task_function), location, pruner)
+    def __init__(
+        self,
+        n_jobs: int,
+        task_function,
+        location: StudyLocation,
+        pruner,
+        gpus: int = 0,
+        config: DictConfig | None = None,
+        preload: list[str] = (),
+    ):
+        """`location`: the study, which each worker opens with its own connection once
+        it gets its first trial. `config` (a job config with the sweep's fixed
+        overrides) and `preload` (module names): what the workers warm up with (`warm_up`)."""
+        task = task_reference(task_function)
+        self.method = start_method(gpus)
+        self.mp = mp.get_context(self.method)
+        if self.method == "forkserver":  # imported once, in the server the workers fork from
+            named = [task[0]] if task[0] != "pickle" and not task[0].startswith("file:") else []
+            self.mp.set_forkserver_preload([*preload, __name__, *named])
+        self.args = (task, location, pruner)
+        self.warm_up_args = (config, list(preload))
         self.gpus = gpus
         self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
@@ -97,7 +172,7 @@ class WorkerPool:
             target=worker_main,
             name=f"sweep-worker-{index}",
             daemon=False,
-            args=(child_end, *self.args, gpu, self.cpu_threads),
+            args=(child_end, *self.args, gpu, self.cpu_threads, *self.warm_up_args),
         )
         process.start()
         child_end.close()

@@ -1,9 +1,11 @@
 """A Hydra app whose task returns what `mode` says: a number, None, NaN, text, a tuple of
 the wrong length, or raises. The task is a callable object, not a function, and can sleep
 (`seconds`) so that a test can catch it mid-trial, and record `x` as a measure for the
-sweep's constraints (`record_x`). For the sweeper's any-task tests."""
+sweep's constraints (`record_x`), and note its workers' warm-up (`warm_up_log`). For the
+sweeper's any-task tests."""
 
 import math
+import os
 import time
 
 import hydra
@@ -20,8 +22,18 @@ ConfigStore.instance().store(
 )
 
 
+def warm_up_sweep_worker(cfg: DictConfig) -> None:
+    """Each worker of a parallel sweep calls this once, before its first trial."""
+    if cfg.warm_up_log:
+        with open(cfg.warm_up_log, "a") as log:
+            log.write(f"warm-up {os.getpid()} mode={cfg.mode}\n")
+
+
 class Task:
     def __call__(self, cfg: DictConfig):
+        if cfg.warm_up_log:
+            with open(cfg.warm_up_log, "a") as log:
+                log.write(f"trial {os.getpid()}\n")
         time.sleep(cfg.seconds)
         if cfg.record_x:
             sweep_context.record_measures({"x": cfg.x})

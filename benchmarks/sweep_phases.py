@@ -1,0 +1,262 @@
+"""Where a parallel sweep's time goes: each phase of a trial (in its worker) and of the
+sweep (in its coordinator), timed inside the real CLI's processes.
+
+    .venv/bin/python -m benchmarks.sweep_phases [--trials 20] [--epochs 10] [--workers 2]
+                                                [HYDRA_OVERRIDE ...]
+
+The sweep is the one of `benchmarks.sweep_vs_script` (the same enqueued configurations,
+no pruning, every trial logged to MLflow with its model). The CLI runs as
+`python -m benchmarks.sweep_phases --child ...`: this module wraps the phases' functions
+with timers and then calls the CLI's own entry point. Worker processes import the parent's
+main module again (multiprocessing does so for spawn and forkserver), so the timers are in
+them too. Each timed call appends one JSON line to a file of its process; the report reads
+them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+LOG_FOLDER = "SWEEP_PHASES_LOG"
+
+# (label, owner module, attribute path): the phases of a trial, in the order they run.
+TRIAL_PHASES = [
+    ("trial job (Hydra run_job)", "hydra_plugins.experiment_optuna_sweeper.executors", "run_job"),
+    ("  config entered and checked", "experiment.run_config", "RunConfig.enter"),
+    ("  MLflow tracker opened", "experiment.train", "build_tracker"),
+    ("  data, model, optimizer built", "experiment.train", "build_parts"),
+    ("  MLflow run started (params, tags, config files)", "experiment.tracking", "Tracker.start"),
+    ("  epochs (fit, with their callbacks)", "experiment.train", "fit"),
+    ("    training steps", "experiment.engine", "train_one_epoch"),
+    ("    validation", "experiment.engine", "evaluate"),
+    ("    checkpoints (last.pt, best.pt)", "experiment.callbacks", "Checkpointer.__call__"),
+    ("      of which fsync", "experiment.durable", "fsync_file"),
+    ("    epoch metrics to MLflow", "experiment.tracking", "Tracker.log_epoch"),
+    ("    report to the trial (pruning)", "experiment.sweep_context", "report"),
+    ("  test evaluation of best.pt", "experiment.train", "evaluate_best"),
+    ("  summary metrics to MLflow", "experiment.tracking", "Tracker.log_metrics"),
+    ("  plots drawn and logged", "experiment.tracking", "Tracker.log_plots"),
+    ("  model logged", "experiment.tracking", "Tracker.log_model"),
+    ("  MLflow run ended", "experiment.tracking", "Tracker.finish"),
+]
+# Addressed through the sweeper's module: Hydra's plugin scan executes the plugin's
+# modules again, so these are wrapped once the scan is done (at the sweeper's creation).
+SWEEPER = "hydra_plugins.experiment_optuna_sweeper.sweeper"
+SWEEP_PHASES = [
+    ("sweep", SWEEPER, "ExperimentOptunaSweeper.sweep"),
+    ("study, sampler, parent run", SWEEPER, "ExperimentOptunaSweeper._open_study"),
+    ("  of which the Optuna study", SWEEPER, "studies.load_or_create"),
+    ("  of which the MLflow parent run", SWEEPER, "reporting.ParentRun.__init__"),
+    ("workers started", SWEEPER, "ExperimentOptunaSweeper._executor"),
+    ("ask (per trial)", SWEEPER, "TrialLoop._ask"),
+    ("compose the trial's config (per trial)", SWEEPER, "ExperimentOptunaSweeper._job_config"),
+    ("tell (per trial)", SWEEPER, "TrialLoop._record"),
+    ("end: results file and parent run", SWEEPER, "ExperimentOptunaSweeper._finish"),
+    ("  of which study plots", SWEEPER, "reporting.study_plots"),
+    ("end: summary table", SWEEPER, "ExperimentOptunaSweeper._report"),
+    ("workers stopped", SWEEPER, "WorkerPool.close"),
+]
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux), so start-up before Python counts."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Recorder:
+    """One file per process; a forked worker starts its own at the fork."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.write({"event": "process", "at": time.time() - _process_age()})
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.write({"event": "process", "at": time.time()})
+
+    def write(self, record: dict) -> None:
+        with open(self.folder / f"{os.getpid()}.jsonl", "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def timed(self, label: str, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            start = time.time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.write({"event": label, "at": start, "seconds": time.time() - start})
+
+        return wrapper
+
+
+def _wrap(recorder: _Recorder, phases) -> None:
+    for label, module_name, attribute in phases:
+        try:
+            owner = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        if hasattr(owner, name):
+            setattr(owner, name, recorder.timed(label, getattr(owner, name)))
+
+
+def _install() -> None:
+    """In every process of the timed CLI: wrap the phases (the modules are imported
+    here, which is what the processes would import anyway)."""
+    from hydra.core.plugins import Plugins
+
+    recorder = _Recorder(os.environ[LOG_FOLDER])
+    _wrap(recorder, TRIAL_PHASES)
+    instantiate_sweeper = Plugins.instantiate_sweeper
+
+    def instantiate_timed_sweeper(self, **kwargs):
+        plugin = [p for p in TRIAL_PHASES if p[1].startswith("hydra_plugins.")]
+        _wrap(recorder, SWEEP_PHASES + plugin)
+        return instantiate_sweeper(self, **kwargs)
+
+    Plugins.instantiate_sweeper = instantiate_timed_sweeper
+
+
+if os.environ.get(LOG_FOLDER):
+    _install()
+
+
+def child(arguments: list[str]) -> None:
+    from experiment import train
+
+    sys.argv = ["experiment.train", *arguments]
+    train.cli()
+
+
+def read(folder: Path) -> dict[int, list[dict]]:
+    records = {}
+    for path in folder.glob("*.jsonl"):
+        records[int(path.stem)] = [json.loads(line) for line in path.read_text().splitlines()]
+    return records
+
+
+JOB = TRIAL_PHASES[0][0]
+
+
+def report(records: dict[int, list[dict]], wall: float, trials: int) -> None:
+    coordinator = next(pid for pid, r in records.items() if any(e["event"] == "sweep" for e in r))
+    workers = {
+        pid: r
+        for pid, r in records.items()
+        if pid != coordinator and any(e["event"] == JOB for e in r)
+    }
+    print(f"\nsweep wall time {wall:.1f} s for {trials} trials, {len(workers)} workers")
+    report_sweep(records[coordinator], workers)
+    report_trials(workers)
+
+
+def report_sweep(events: list[dict], workers: dict[int, list[dict]]) -> None:
+    start = events[0]["at"]
+    sweep = next(e for e in events if e["event"] == "sweep")
+    print("\nthe sweep (coordinator process), seconds:")
+    print(f"  imports and Hydra's composition before the sweep: {sweep['at'] - start:6.2f}")
+    totals = defaultdict(list)
+    for event in events[1:]:
+        totals[event["event"]].append(event["seconds"])
+    for label, *_ in SWEEP_PHASES:
+        values = totals.get(label, [])
+        each = f" ({statistics.mean(values):.3f} each x {len(values)})" if len(values) > 1 else ""
+        print(f"  {label}: {sum(values):6.2f}{each}")
+    for pid, worker in sorted(workers.items()):
+        first = min(e["at"] for e in worker if e["event"] == JOB)
+        print(
+            f"  worker {pid}: started at {worker[0]['at'] - start:5.2f}, "
+            f"first trial at {first - start:5.2f}"
+        )
+    last = max(e["at"] + e["seconds"] for w in workers.values() for e in w if e["event"] == JOB)
+    end = sweep["at"] + sweep["seconds"]
+    print(f"  last trial ended at {last - start:6.2f}; the sweep ended at {end - start:6.2f}")
+
+
+def per_trial(worker: list[dict]) -> list[dict[str, float]]:
+    """Each trial of a worker: seconds per phase (the phases inside its job)."""
+    jobs = sorted((e for e in worker if e["event"] == JOB), key=lambda e: e["at"])
+    trials = []
+    for job in jobs:
+        phases = defaultdict(float, {JOB: job["seconds"]})
+        inside = (e for e in worker[1:] if job["at"] <= e["at"] <= job["at"] + job["seconds"])
+        for event in inside:
+            if event["event"] != JOB:
+                phases[event["event"]] += event["seconds"]
+        trials.append(phases)
+    return trials
+
+
+def report_trials(workers: dict[int, list[dict]]) -> None:
+    trials = [per_trial(worker) for worker in workers.values()]
+    firsts = [t[0] for t in trials]
+    steady = [trial for t in trials for trial in t[1:]]
+    print("\nper trial (in its worker), mean seconds; steady: each worker's first trial left out")
+    print(f"  {'phase':<52} {'first':>7} {'steady':>7}")
+    for label, *_ in TRIAL_PHASES:
+        first = statistics.mean(t.get(label, 0.0) for t in firsts)
+        later = statistics.mean(t.get(label, 0.0) for t in steady) if steady else float("nan")
+        print(f"  {label:<52} {first:7.3f} {later:7.3f}")
+    gaps = []
+    for worker in workers.values():
+        jobs = sorted((e for e in worker if e["event"] == JOB), key=lambda e: e["at"])
+        gaps += [b["at"] - a["at"] - a["seconds"] for a, b in zip(jobs, jobs[1:], strict=False)]
+    if gaps:
+        print(
+            "  a worker's wait between trials (the sweep telling, asking, composing): "
+            f"median {statistics.median(gaps):.3f} s"
+        )
+    training = ("    training steps", "    validation")
+    overhead = [t[JOB] - sum(t.get(k, 0.0) for k in training) for t in steady]
+    print(
+        "\n  steady overhead per trial (its job minus training steps and validation): "
+        f"median {statistics.median(overhead):.3f} s"
+    )
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2:])
+        return
+    from benchmarks import sweep_vs_script
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    args, overrides = parser.parse_known_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-phases-"))
+    folder = work / "phases"
+    folder.mkdir()
+    os.environ[LOG_FOLDER] = str(folder)
+    seconds = sweep_vs_script.project(
+        work,
+        sweep_vs_script.configurations(args.trials),
+        args.epochs,
+        args.workers,
+        program=["-m", "benchmarks.sweep_phases", "--child"],
+        extra=overrides,
+    )
+    report(read(folder), seconds, args.trials)
+
+
+if __name__ == "__main__":
+    main()
