@@ -146,3 +146,23 @@ def test_console_lines_split_warnings_and_errors_to_stderr(capsys):
     finally:
         for h in list(logger.handlers):
             logger.removeHandler(h)
+
+
+def test_workers_are_forked_only_from_a_single_threaded_process_without_gpus():
+    import sys
+    import threading
+
+    from hydra_plugins.experiment_optuna_sweeper.workers import start_method
+
+    if sys.platform != "linux":
+        pytest.skip("fork is used on Linux only")
+    assert start_method(gpus=0) == "fork"
+    assert start_method(gpus=2) == "forkserver"  # CUDA cannot be used in a forked child
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert start_method(gpus=0) == "forkserver"  # a lock another thread holds
+    finally:
+        stop.set()
+        other.join()

@@ -136,6 +136,14 @@ def test_each_worker_warms_up_once_before_its_first_trial(tmp_path):
         assert lines.index(f"warm-up {pid} mode=number") < min(i for i, p in trials if p == pid)
 
 
+def test_workers_that_cannot_start_stop_the_sweep_with_a_clear_message(tmp_path):
+    args = ["hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "~hydra.sweeper.params.mode"]
+    proc, study = sweep(TASKS, tmp_path, *args, "mode=crash_worker", check=False, split=True)
+    assert proc.returncode == 2, output(proc)
+    assert "worker process ended before its first trial (exit code 3)" in proc.stderr
+    assert not [t for t in study.trials if t.state == TrialState.COMPLETE]
+
+
 def test_max_failure_rate_stops_the_sweep_with_its_records_complete(tmp_path):
     proc, study = sweep(
         TASKS,

@@ -25,6 +25,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, open_dict, read_write
 
 from experiment import sweep_context
+from experiment.errors import SweepError
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper.executors import (
     TrialResult,
@@ -180,7 +181,22 @@ class WorkerPool:
 
     @property
     def free(self) -> int:
+        self._replace_idle_dead_workers()
         return sum(1 for w in self.workers if w["trial"] is None and w["process"].is_alive())
+
+    def _replace_idle_dead_workers(self) -> None:
+        """A worker that died between trials (the out-of-memory killer, say) is replaced;
+        one that died before its first trial could not start, and no other would."""
+        for position, worker in enumerate(self.workers):
+            if worker["trial"] is not None or worker["process"].is_alive():
+                continue
+            if not worker.get("ran"):
+                raise SweepError(
+                    f"A sweep worker process ended before its first trial (exit code "
+                    f"{worker['process'].exitcode}); its error is above. With n_jobs=1 the "
+                    "trials run in the sweep's own process."
+                )
+            self.workers[position] = self._start(worker["index"])
 
     @property
     def busy(self) -> int:
@@ -190,7 +206,7 @@ class WorkerPool:
         worker = next(w for w in self.workers if w["trial"] is None and w["process"].is_alive())
         context.trial = None  # rebuilt in the worker from the shared storage
         worker["conn"].send((internals.trial_id(trial), job_config, context))
-        worker["trial"], worker["start"] = trial.number, time.perf_counter()
+        worker["trial"], worker["start"], worker["ran"] = trial.number, time.perf_counter(), True
 
     def next_result(self) -> TrialResult:
         busy = [w for w in self.workers if w["trial"] is not None]

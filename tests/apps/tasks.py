@@ -23,7 +23,10 @@ ConfigStore.instance().store(
 
 
 def warm_up_sweep_worker(cfg: DictConfig) -> None:
-    """Each worker of a parallel sweep calls this once, before its first trial."""
+    """Each worker of a parallel sweep calls this once, before its first trial;
+    `mode=crash_worker` ends the worker there, as a crashing library would."""
+    if cfg.mode == "crash_worker":
+        os._exit(3)
     if cfg.warm_up_log:
         with open(cfg.warm_up_log, "a") as log:
             log.write(f"warm-up {os.getpid()} mode={cfg.mode}\n")
