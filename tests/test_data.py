@@ -157,3 +157,35 @@ def test_random_resized_crops_zoom_into_each_sample_differently():
     spans = out[:, 0, 16, -1] - out[:, 0, 16, 0]  # the ramp's span seen across a crop
     assert (spans < 0.8).all() and (spans > 0).all()  # zoomed in, same orientation
     assert len({round(v, 4) for v in spans.tolist()}) > 1  # each sample its own crop
+
+
+class FlattensByView(torch.nn.Module):
+    """A user's conv net that flattens its feature maps with .view(): it needs the
+    default memory layout."""
+
+    def __init__(self, num_classes: int = 10, **_):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, num_classes)
+
+    def forward(self, x):
+        features = self.conv(x)
+        return self.head(features.view(features.size(0), -1))
+
+
+@pytest.mark.parametrize(
+    ("model", "channels_last"),
+    [(["model=cnn"], True), ([f"model._target_={__name__}.FlattensByView"], False)],
+)
+def test_conv_nets_train_channels_last_on_the_cpu_unless_they_cannot(model, channels_last):
+    from experiment.builders import build_parts
+    from tests.conftest import run_config
+
+    parts = build_parts(run_config([*model, "tracking=none"]), torch.device("cpu"))
+    conv = next(m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d))
+    inputs, _ = next(iter(parts.data.train))
+    with torch.no_grad():  # the layout its feature maps come in (4 channels: unambiguous)
+        features = conv(inputs)
+    assert features.is_contiguous(memory_format=torch.channels_last) == channels_last
+    settings = FitSettings(epochs=1, device=torch.device("cpu"))
+    assert train_one_epoch(parts.model, parts.data.train, parts.optimizer, settings)["samples"]
