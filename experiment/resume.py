@@ -45,6 +45,47 @@ def _candidates(checkpoint_dir: Path, resume_dir: Path | None) -> list[Path]:
     return [p for p in found if not (p.parent / COMPLETE_MARKER).exists()]
 
 
+def for_run(trial, trainer, resolved: dict) -> tuple[ResumePoint | None, str | None]:
+    """Where a run continues from, and the MLflow run it continues in: a sweep's retry of
+    a lost trial (`trial.continues`) from that trial's last checkpoint, in its run; a run
+    of its own as `trainer.resume` says; otherwise (None, None), a new run."""
+    if trial.continues:
+        return continue_lost_attempt(trial.continues, fingerprint(resolved))
+    point = find_for(trainer, resolved) if trial.resumable else None
+    return point, point.mlflow_run_id if point else None
+
+
+def continue_lost_attempt(lost: dict, wanted: str) -> tuple[ResumePoint | None, str | None]:
+    """The lost trial's last checkpoint where it is readable from here (with the lost
+    trial's configuration), and its MLflow run; without one the retry restarts at
+    epoch 1 in that run, and says why."""
+    run_id, folder = lost.get("mlflow_run_id"), lost.get("checkpoint_dir")
+    path = Path(folder) / LAST if folder else None
+    where = f"in its MLflow run {run_id}" if run_id else "in a new MLflow run"
+    if path is None or not path.is_file():
+        log.warning(
+            f"Retry of trial {lost['trial']}: no checkpoint of it "
+            f"{f'at {path}' if path else 'was recorded'}; restarting at epoch 1 {where}."
+        )
+        return None, run_id
+    try:
+        checkpoint = Checkpoint.load(path)
+    except CheckpointError as err:
+        log.warning(f"Retry of trial {lost['trial']}: {err}; restarting at epoch 1 {where}.")
+        return None, run_id
+    if checkpoint.fingerprint != wanted:
+        log.warning(
+            f"Retry of trial {lost['trial']}: its checkpoint {path} holds another "
+            "configuration (the config files changed since); starting anew in a new MLflow run."
+        )
+        return None, None
+    point = ResumePoint(path, checkpoint)
+    log.info(
+        f"Continuing trial {lost['trial']} from {path} at epoch {point.next_epoch + 1} {where}."
+    )
+    return point, point.mlflow_run_id or run_id
+
+
 def find_for(trainer, resolved: dict) -> ResumePoint | None:
     """The checkpoint `trainer.resume` asks for (a `trainer` config node), or None.
     A run that torchrun restarted after a rank died (--max-restarts) resumes by itself."""

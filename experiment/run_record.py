@@ -86,16 +86,19 @@ def run_tags(device: torch.device) -> dict[str, str]:
     }
 
 
-def run_record(run, device, trial, point, extra_tags: dict, overrides_text: str) -> dict:
+def run_record(
+    run, device, trial, point, extra_tags: dict, overrides_text: str, continued_run_id=None
+) -> dict:
     """What the MLflow run starts with (`Tracker.start`'s arguments): name, params, tags,
-    config files, its parent (in a sweep) or the run it continues (when resuming)."""
+    config files, its parent (in a sweep) and the run it continues (`continued_run_id`:
+    a resumed run's, or a lost trial's that its retry continues)."""
     return dict(
         run_name=run.run_name or trial.run_name(default_run_name(run)),
         params=run.params(),
         tags={**run_tags(device), **trial.tags, **extra_tags},
         texts={"config.yaml": run.yaml(), "overrides.yaml": overrides_text},
         parent_run_id=trial.parent_run_id,
-        resume_run_id=point.mlflow_run_id if point else None,
+        resume_run_id=continued_run_id,
         history=point.checkpoint.loop.history if point else [],
     )
 

@@ -18,12 +18,27 @@ _deferring = 0
 _pending: int | None = None
 
 
+class Stopped(KeyboardInterrupt):
+    """The KeyboardInterrupt a stopping signal raises; `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def _interrupt(signum, frame) -> None:
     global _pending
     if _deferring and _pending is None:  # the write in progress finishes first
         _pending = signum
         return
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Stopped(signum)
+
+
+def stop_on(signum: int) -> None:
+    """Make `signum` a stopping signal as well (SLURM's warning before a time limit or a
+    preemption, say): raised as `Stopped`, never in the middle of a write."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, _interrupt)
 
 
 def stop_on_sigterm() -> None:
@@ -49,7 +64,7 @@ def deferred():
         _deferring -= 1
         if not _deferring and _pending is not None:
             signum, _pending = _pending, None
-            raise KeyboardInterrupt(f"signal {signum}")
+            raise Stopped(signum)
 
 
 def uninterrupted(method):

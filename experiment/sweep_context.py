@@ -9,6 +9,7 @@ MLflow status and tags that say how the run ended.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ class Standalone:
     resumable = True
     tags: dict[str, str] = {}
     wanted_measures: tuple[str, ...] = ()  # measures a run computes only when asked
+    # The lost attempt a sweep's retry continues: {trial, mlflow_run_id, checkpoint_dir}.
+    continues: dict | None = None
 
     def record_measures(self, measures: dict[str, float]) -> None:
         pass
@@ -35,8 +38,11 @@ class Standalone:
     def callbacks(self, metric: str) -> list:
         return []
 
-    def record_run(self, run_id: str | None) -> None:
+    def record_run(self, run_id: str | None, checkpoint_dir: str) -> None:
         pass
+
+    def restore_reports(self, history: list[dict[str, float]], metric: str) -> None:
+        """Report a resumed run's checkpointed epochs again (to a retried trial)."""
 
     def outcome(self, error: BaseException | None) -> tuple[str, dict[str, str]]:
         """The MLflow status (and tags) for a run that ended with `error` (None: success)."""
@@ -51,34 +57,70 @@ class TrialContext(Standalone):
     study_name: str
     parent_run_id: str | None = None
     quiet: bool = False  # parallel workers keep the console for the sweep's own lines
-    resumable = False  # the sweeper retries a killed trial's configuration itself
+    resumable = False  # a lost trial is continued by its retry (`continues`), not by resume
     extra_tags: dict[str, str] = field(default_factory=dict)  # e.g. the trial's job id
     # What the sweep's constraints name: a run computes these even if it would not.
     wanted_measures: tuple[str, ...] = ()
+    # The retry of a lost trial continues it: its MLflow run, from its last checkpoint.
+    continues: dict | None = None
+    # hydra.sweeper.repeats: the trial's seeds, each a run of its own (nested under the
+    # trial's run), reported to the trial by the sweeper after each seed, not per epoch.
+    repeats: int = 1
+    seed_key: str = "trainer.seed"
+    repeat: int | None = None  # the seed's index while one runs
     _measures: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def tags(self) -> dict[str, str]:
+        retry = {"optuna.retry_of": str(self.continues["trial"])} if self.continues else {}
+        seed = {"optuna.repeat": str(self.repeat)} if self.repeat is not None else {}
         return {
             "optuna.study_name": self.study_name,
             "optuna.trial": str(self.trial.number),
+            **retry,
+            **seed,
             **self.extra_tags,
         }
 
+    @property
+    def reports_epochs(self) -> bool:
+        """Whether a run reports its epochs to the trial: not one seed of several (the
+        trial's reports are then its seeds' values)."""
+        return self.repeats == 1
+
     def run_name(self, base: str) -> str:
-        return f"{base}-trial{self.trial.number}"  # no two trials share a name
+        name = f"{base}-trial{self.trial.number}"  # no two trials share a name
+        return name if self.repeat is None else f"{name}-seed{self.repeat}"
 
     def callbacks(self, metric: str) -> list:
         """An epoch callback that reports `metric` and stops the run if the pruner says so."""
+        if not self.reports_epochs:
+            return []
 
         def report_epoch(state) -> None:
             report(state.metrics[metric], state.epoch, metric)
 
         return [report_epoch]
 
-    def record_run(self, run_id: str | None) -> None:
+    def record_run(self, run_id: str | None, checkpoint_dir: str) -> None:
+        """Keep the run's id and checkpoint folder on the trial: what a retry continues
+        (one seed of several is not the trial's run: that one the sweeper made)."""
+        if not self.reports_epochs:
+            return
         if run_id is not None:
             self.trial.set_user_attr("mlflow_run_id", run_id)
+        self.trial.set_user_attr("checkpoint_dir", checkpoint_dir)
+
+    def restore_reports(self, history: list[dict[str, float]], metric: str) -> None:
+        """The epochs a retried trial continues from, reported to it as the lost trial
+        reported them: the pruner sees the whole curve."""
+        if len(self.trial.study.directions) > 1 or not self.reports_epochs:
+            return
+        with warnings.catch_warnings():  # a requeued job's trial holds them already
+            warnings.filterwarnings("ignore", message="The reported value is ignored")
+            for epoch, metrics in enumerate(history):
+                if metric in metrics:
+                    self.trial.report(metrics[metric], epoch)
 
     def record_measures(self, measures: dict[str, float]) -> None:
         """Keep `measures` (name -> number) on the trial, for the sweep's constraints; a
@@ -111,7 +153,7 @@ def report(value: float, step: int, name: str = "value") -> None:
     cannot prune), it does nothing.
     """
     context = current()
-    if context is None or len(context.trial.study.directions) > 1:
+    if context is None or len(context.trial.study.directions) > 1 or not context.reports_epochs:
         return
     import optuna
 

@@ -186,10 +186,11 @@ class Tracker:
         resume_run_id: str | None = None,
         history: list[dict[str, float]] = (),
     ) -> None:
-        """Start the run; with `resume_run_id`, reopen that run (its params are logged) and
-        log the epochs of `history` that it does not hold yet."""
+        """Start the run; with `resume_run_id`, reopen that run (its params are logged),
+        update its tags (the process, the trial that continues it) and log the epochs of
+        `history` that it does not hold yet."""
         if resume_run_id is not None and self._reopen(resume_run_id):
-            self.mlflow.set_tags({"resumed": "true"})
+            self.mlflow.set_tags({**tags, "resumed": "true"})
             self.backfill(history)
             return
         run = self.mlflow.start_run(

@@ -74,8 +74,8 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
     trial = sweep_context.current() or sweep_context.STANDALONE
     seed_everything(run.trainer.seed, run.trainer.deterministic)
     fingerprints = distributed.same_config_on_all_ranks(run.fingerprint)
-    point = distributed.from_main(
-        resume.find_for(run.trainer, run.resolved) if trial.resumable and ranks.main else None
+    point, continued_run_id = distributed.from_main(
+        resume.for_run(trial, run.trainer, run.resolved) if ranks.main else (None, None)
     )
     checkpoint_dir = point.path.parent if point else Path(run.trainer.checkpoint_dir)
     if ranks.main:  # it is rank 0 that writes them
@@ -97,9 +97,10 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
         metric=task.curve_metric,
     )
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
-        record = run_record(run, device, trial, point, ranks.tags(fingerprints), _overrides())
+        tags = ranks.tags(fingerprints)
+        record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
         tracker.start(**record)
-        trial.record_run(tracker.run_id)
+        trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
         callbacks = [
             Checkpointer(
                 checkpoint_dir,
@@ -139,6 +140,8 @@ def train(run: RunConfig, parts: Parts, settings, callbacks, state, tracker, tri
     log_trainable(trainable, state.epoch + 1 if state else 0)
     if ranks.main:  # known before any epoch, so a pruned trial has it too
         trial.record_measures({"model/params": trainable})
+        if state is not None:  # a retried trial's pruner sees the epochs it continues
+            trial.restore_reports(state.history, settings.monitor)
     if ranks.distributed:  # rank 0 decides; every rank follows (and none hangs)
         callbacks = [distributed.OnMainRank(callbacks, ranks)]
     callbacks += pretrained.thaw_callbacks(run.model, parts.model, state, log_trainable)

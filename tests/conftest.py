@@ -288,3 +288,19 @@ def mlflow_server(tmp_path):
 
     with mlflow_server(tmp_path / "mlflow-server") as server:
         yield server
+
+
+def running_trial_run(client, min_epochs: int, skip: set[str] = frozenset(), timeout: float = 180):
+    """Wait for a RUNNING trial run (id not in `skip`) of the MlflowClient's store that
+    has logged at least `min_epochs` epochs; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        running = "attributes.status = 'RUNNING'"
+        for run in client.search_runs(experiments, running) if experiments else []:
+            if run.info.run_id in skip or "optuna.trial" not in run.data.tags:
+                continue
+            if len(client.get_metric_history(run.info.run_id, "val/loss")) >= min_epochs:
+                return run
+        time.sleep(0.1)
+    raise AssertionError(f"no trial run reached {min_epochs} epochs within {timeout}s")

@@ -3,7 +3,8 @@ machine, the same flow as SLURM): asynchronous submission of at most n_jobs, pru
 inside the job, a killed job's trial failed and retried, and a killed coordinator whose
 rerun re-attaches to the jobs instead of submitting them again. With submitit_slurm on a
 real single-node SLURM (tests/slurm_cluster.py): the trials are jobs the scheduler lists,
-and an scancel'ed job's trial fails with the job's state and is retried."""
+a job warned of its preemption is requeued and continues its trial, and an scancel'ed
+job's trial fails with the job's state and its retry continues it."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.conftest import (
     all_runs,
     output,
     run_cli,
+    running_trial_run,
     sqlite_uri,
     start_cli,
+    stop_group,
     sweep_args,
     tracking_overrides,
     wait_for_line,
@@ -145,37 +149,64 @@ def slurm(tmp_path_factory):
         yield env
 
 
-@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
-def test_trials_are_slurm_jobs_and_a_cancelled_one_fails_with_its_state_and_reruns(tmp_path, slurm):
+SLURM_EPOCHS = 24
+
+
+@pytest.mark.timeout(400)  # minutes of work on 2 cores: processes, services, several runs
+def test_slurm_jobs_a_preempted_one_is_requeued_and_a_cancelled_one_continued(tmp_path, slurm):
+    """Trial A's job gets SLURM's warning before a preemption (scancel --signal=USR2): it
+    is requeued and continues trial A. Trial B's job is cancelled (scancel): B fails with
+    the job's state and its retry continues it. Both from their last checkpoint, in their
+    own MLflow run, each epoch logged once."""
     args, storage = job_sweep(
-        tmp_path, "hydra.launcher.partition=debug", n_trials=2, launcher="submitit_slurm"
+        tmp_path,
+        "hydra.launcher.partition=debug",
+        f"trainer.epochs={SLURM_EPOCHS}",
+        "regularization.early_stopping.patience=null",
+        "hydra.sweeper.pruner=none",
+        "dataset.source.num_train=2000",
+        n_trials=2,
+        launcher="submitit_slurm",
     )
+    env = {**os.environ, **slurm}
+    client = MlflowClient(sqlite_uri(tmp_path))
     proc = start_cli(args, tmp_path, env=slurm)
-    probe = wait_for_line(proc, "reach the study's storage")  # one small job first
-    line = wait_for_line(proc, "submitted as slurm job")
-    first = re.search(r"Trial (\d+) submitted as slurm job (\d+)", line)
-    assert "slurm job" in probe
-    listed = subprocess.run(
-        ["squeue", "-h", "-o", "%i"], env={**os.environ, **slurm}, capture_output=True, text=True
-    )
-    assert first.group(2) in listed.stdout.split()  # the scheduler holds it
-    subprocess.run(["scancel", first.group(2)], env={**os.environ, **slurm}, check=True)
-    rest, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, rest
+    try:
+        probe = wait_for_line(proc, "reach the study's storage")  # one small job first
+        assert "slurm job" in probe
+        preempted = running_trial_run(client, 3)
+        listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True)
+        assert preempted.data.tags["submitit.job_id"] in listed.stdout.decode().split()
+        signal_job = ["scancel", "--signal=USR2", preempted.data.tags["submitit.job_id"]]
+        subprocess.run(signal_job, env=env, check=True)
+        cancelled = running_trial_run(client, 3, skip={preempted.info.run_id})
+        subprocess.run(["scancel", cancelled.data.tags["submitit.job_id"]], env=env, check=True)
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 0, rest[-4000:]
 
     study = optuna.load_study(study_name="jobs", storage=storage)
-    cancelled = study.trials[int(first.group(1))]
-    assert cancelled.state == TrialState.FAIL
-    assert "CANCELLED" in cancelled.system_attrs["fail_reason"]
-    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == cancelled.number]
-    assert retry.params == cancelled.params
-    counted = [t for t in study.trials if t.number != cancelled.number]
+    trials = {t.number: t for t in study.trials}
+    a, b = (int(r.data.tags["optuna.trial"]) for r in (preempted, cancelled))
+    assert trials[a].state == TrialState.COMPLETE  # the same trial, continued in its job
+    assert trials[a].system_attrs["job"]["job_id"] == preempted.data.tags["submitit.job_id"]
+    assert trials[b].state == TrialState.FAIL
+    assert "CANCELLED" in trials[b].system_attrs["fail_reason"]
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == b]
+    assert retry.params == trials[b].params and retry.state == TrialState.COMPLETE
+    counted = [t for t in study.trials if t.number != b]
     assert [t.state for t in counted] == [TrialState.COMPLETE] * 2
-    runs = [r for r in all_runs(sqlite_uri(tmp_path)) if "optuna.trial" in r.data.tags]
-    jobs = {r.data.tags["optuna.trial"]: r.data.tags.get("submitit.job_id") for r in runs}
-    for trial in counted:  # each finished trial's run names its SLURM job
-        assert jobs[str(trial.number)] == trial.system_attrs["job"]["job_id"]
-    assert all(r.info.status != "RUNNING" for r in runs)
+    for run, trial in ((preempted, trials[a]), (cancelled, retry)):
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
+        assert sorted(steps) == list(range(SLURM_EPOCHS))
+    logs = "\n".join(p.read_text() for p in (tmp_path / "multirun").rglob("*.log"))
+    continued = {
+        line.split(" from ")[0] for line in logs.splitlines() if "Continuing trial" in line
+    }
+    assert {c.rsplit(" ", 1)[1] for c in continued} == {str(a), str(b)}, logs[-3000:]
 
 
 def test_a_storage_the_jobs_cannot_open_is_named_with_the_reason(tmp_path):

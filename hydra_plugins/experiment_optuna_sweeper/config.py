@@ -160,9 +160,21 @@ class ExperimentOptunaSweeperConf:
     # Another study (a name, or {study_name, storage}) whose finished trials seed a new study.
     warm_start: Any = None
     # A database storage fails trials whose process stopped sending heartbeats (a lost
-    # machine) after grace_period seconds (null: 2 x heartbeat_interval); null: off.
+    # machine) after grace_period seconds (null: 2 x heartbeat_interval); null: off. The
+    # n_jobs > 1 workers of one sweep beat to it directly: one silent for the same grace
+    # period (a minute with heartbeats off) is killed, and its trial retried.
     heartbeat_interval: int | None = 30
     grace_period: int | None = None
+    # A lost trial (its process killed or silent, its job cancelled, preempted or timed
+    # out) is failed and its configuration queued again, continuing from its checkpoint in
+    # its MLflow run; it does not count against n_trials. At most this many times each.
+    max_retries: int = 3
+    # Seeds per configuration: each trial trains `repeats` times, seed_key = its value,
+    # + 1, ... (each seed a run nested under the trial's MLflow run); its objective is the
+    # mean, `value_std` the standard deviation. Pruning (null: MeanOfSeedsPruner) acts on
+    # the seeds so far: a configuration clearly worse after two seeds gets no third.
+    repeats: int = 1
+    seed_key: str = "trainer.seed"
     # Modules each of the n_jobs > 1 workers imports before its first trial (a missing one
     # is skipped), besides what the task module's `warm_up_sweep_worker(cfg)` does.
     preload: list[str] = field(default_factory=list)

@@ -34,6 +34,7 @@ from experiment import sweep_context
 from experiment.console import split_streams
 from experiment.errors import ExperimentError
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
+from hydra_plugins.experiment_optuna_sweeper.repeats import run_repeats
 from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ class TrialResult:
     value: float | list[float] | None = None  # a list for several objectives
     error: str | None = None
     seconds: float = 0.0
-    lost: bool = False  # its job ended without a result: retried once, as a killed process
+    # Why its process ended without a result (a killed worker, a lost heartbeat, a job
+    # cancelled): the trial is failed with this reason and its configuration queued once
+    # more, to continue from its checkpoint; it does not count against n_trials.
+    lost: str | None = None
 
 
 def objective_values(value, n_objectives: int) -> float | list[float]:
@@ -97,26 +101,41 @@ def objective_values(value, n_objectives: int) -> float | list[float]:
 def execute(
     hydra_context, task_function, job_config: DictConfig, context, heartbeat: bool = True
 ) -> tuple[str, float | list[float] | None, str | None]:
-    """Run one trial job, sending heartbeats to a storage that wants them (unless
-    `heartbeat` is False: the other ranks of a trial's group); (state, value, error)."""
-    HydraConfig.instance().set_config(job_config)
+    """Run one trial job (with `context.repeats` > 1, one job per seed: repeats.py),
+    sending heartbeats to a storage that wants them (unless `heartbeat` is False: the
+    other ranks of a trial's group); (state, value, error)."""
     study = context.trial.study
     heartbeat = internals.heartbeat(study, context.trial) if heartbeat else contextlib.nullcontext()
     with sweep_context.active(context), heartbeat:
-        try:
-            ret = run_job(
-                hydra_context=hydra_context,
-                task_function=task_function,
-                config=job_config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
+        if context.repeats > 1:
+            return run_repeats(
+                lambda config: _run_job(hydra_context, task_function, config, context),
+                job_config,
+                context,
+                context.repeats,
+                context.seed_key,
             )
-        except KeyboardInterrupt:  # Ctrl-C / SIGTERM stops the sweep, not just the trial
-            raise
-        except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself
-            return sweep_context.FAIL, None, f"{type(err).__name__}: {err}"
-        finally:
-            split_streams()  # the job configured logging anew: stderr for warnings again
+        return _run_job(hydra_context, task_function, job_config, context)
+
+
+def _run_job(hydra_context, task_function, job_config: DictConfig, context):
+    """One Hydra job of the trial: (state, value, error)."""
+    HydraConfig.instance().set_config(job_config)
+    study = context.trial.study
+    try:
+        ret = run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=job_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM stops the sweep, not just the trial
+        raise
+    except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself
+        return sweep_context.FAIL, None, f"{type(err).__name__}: {err}"
+    finally:
+        split_streams()  # the job configured logging anew: stderr for warnings again
     if ret.status == JobStatus.COMPLETED:
         try:
             return (

@@ -7,14 +7,18 @@ batch barrier). Inside its job a trial reports to the shared study storage, so t
 pruner stops it there and its allocation is freed. Each trial records its job's id and
 folder, so a rerun of the sweep command re-attaches to jobs still queued or running and
 collects their results instead of submitting them again. A job that ends without a
-result (cancelled, preempted, timed out, its node lost) fails its trial with the job's
-state, and the configuration is queued once more, as for a killed process.
+result (cancelled, timed out, its node lost) fails its trial with the job's state, and
+the configuration is queued once more, as for a killed process, to continue from the
+lost trial's checkpoint (on a disk the nodes share) in its MLflow run. A job warned by
+SLURM before a time limit or a preemption (SIGUSR2) is requeued and continues its own
+trial (`TrialJob`).
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
 # outside sys.modules, where dataclasses cannot resolve string annotations.
 import datetime
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,7 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from experiment import sweep_context
+from experiment import signals, sweep_context
 from experiment.errors import SweepError
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper import slurm
@@ -53,17 +57,46 @@ _BASE_KEYS = {
 _NOT_PARAMETERS = {"_target_", "submitit_folder", "max_num_timeout", "array_parallelism"}
 
 
-def run_trial_job(payload: TrialPayload) -> TrialResult:
-    """What a job runs: the trial, its MLflow run tagged with the job and its logs."""
-    import submitit
+class TrialJob:
+    """What a job runs: the trial, its MLflow run tagged with the job and its logs.
 
-    environment = submitit.JobEnvironment()
-    tags = {
-        "submitit.job_id": str(environment.job_id),
-        "submitit.stdout": str(environment.paths.stdout),
-        "submitit.stderr": str(environment.paths.stderr),
-    }
-    return run_payload(payload, extra_tags=tags)
+    Checkpointable, as submitit means it: on the signal SLURM sends ahead of a time limit
+    or a preemption (SIGUSR2; `scancel --signal=USR2 JOB` sends it too) the trial stops
+    at once, as on SIGTERM, never mid-write (its MLflow run KILLED, its last checkpoint on
+    disk), and submitit requeues the job, which continues the same trial from that
+    checkpoint in the same MLflow run. The trial stays RUNNING meanwhile."""
+
+    def __call__(self, payload: TrialPayload) -> TrialResult:
+        import submitit
+
+        environment = submitit.JobEnvironment()
+        preemption = environment._usr_sig()
+        requeue = signal.getsignal(preemption)  # submitit's: checkpoint(), then requeue
+        signals.stop_on(preemption)
+        tags = {
+            "submitit.job_id": str(environment.job_id),
+            "submitit.stdout": str(environment.paths.stdout),
+            "submitit.stderr": str(environment.paths.stderr),
+        }
+        try:
+            return run_payload(payload, extra_tags=tags)
+        except signals.Stopped as stop:
+            if stop.signum != preemption or not callable(requeue):
+                raise
+            log.warning("Trial stopped by %s: its job is requeued to continue it", stop)
+            requeue(preemption, None)  # exits the job without a result
+            raise
+
+    def checkpoint(self, payload: TrialPayload):
+        """The requeued job's work: the same trial, continuing its own MLflow run from its
+        last checkpoint (as its run recorded them on the trial)."""
+        import submitit
+
+        study = payload.location.load(payload.pruner)
+        trial = internals.trial_by_id(study, payload.trial_id)
+        payload.context.continues = studies.continuation_of(trial)
+        payload.context.trial = None  # rebuilt in the requeued job, as in the first
+        return submitit.helpers.DelayedSubmission(self, payload)
 
 
 def storage_problem_seen_from_job(url: str, study_name: str) -> str | None:
@@ -127,7 +160,7 @@ class JobExecutor(InFlight):
         self.running: list[_Job] = []
 
     def submit(self, trial, job_config: DictConfig, context) -> None:
-        job = self.executor.submit(run_trial_job, self.payload(trial, job_config, context))
+        job = self.executor.submit(TrialJob(), self.payload(trial, job_config, context))
         record = {
             "job_id": str(job.job_id),
             "folder": str(job.paths.folder),
@@ -231,7 +264,8 @@ class JobExecutor(InFlight):
             state = slurm.job_state(str(entry.job.job_id)) if self.cluster == "slurm" else "KILLED"
             reason = f"{self.cluster} job {entry.job.job_id} ended {state} without a result"
             log.warning("Trial %d: %s (its log: %s)", entry.number, reason, entry.job.paths.stderr)
-            return TrialResult(entry.number, sweep_context.FAIL, None, reason, seconds, lost=True)
+            lost = f"{studies.JOB_LOST}: {reason}"
+            return TrialResult(entry.number, sweep_context.FAIL, None, reason, seconds, lost=lost)
         outcome, payload = pickle_load(path)
         if outcome != "success":  # the job's own code raised outside the trial
             message = str(payload).strip().splitlines()[-1][:300]

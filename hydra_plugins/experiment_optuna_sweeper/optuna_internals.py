@@ -51,6 +51,10 @@ def set_user_attr(study: optuna.Study, trial, key: str, value) -> None:
     storage_of(study).set_trial_user_attr(trial_id(trial), key, value)
 
 
+def trial_by_id(study: optuna.Study, storage_id: int) -> optuna.trial.FrozenTrial:
+    return storage_of(study).get_trial(storage_id)
+
+
 def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     """One trial, read alone."""
     storage = storage_of(study)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from experiment import durable
 from experiment.secrets import redact
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper.constraints import is_feasible
+from hydra_plugins.experiment_optuna_sweeper.repeats import STD_ATTR, VALUES_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,44 @@ class ParentRun:
 
     def tag_trial_run(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
+
+    def start_trial_run(self, trial, repeats: int) -> str:
+        """The run of a trial whose seeds are runs of their own, nested under it: its
+        params and tags now, its mean and std at its end (`end_trial_run`)."""
+        from mlflow.entities import Param
+
+        tags = {
+            "mlflow.parentRunId": self.run_id,
+            "optuna.study_name": trial.study.study_name,
+            "optuna.trial": str(trial.number),
+            "optuna.repeats": str(repeats),
+        }
+        run = self.client.create_run(
+            self.tracker.experiment_id, run_name=f"trial{trial.number}-{repeats}seeds", tags=tags
+        )
+        params = [Param(k, str(v)) for k, v in trial.params.items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def end_trial_run(self, run_id: str, trial, result) -> None:
+        """A trial run's mean and std over its seeds (each objective's), state and end."""
+        from mlflow.entities import Metric
+
+        means, stds = result.value, trial.user_attrs.get(STD_ATTR)
+        metrics = {}
+        if means is not None and stds is not None:
+            several = isinstance(means, list)
+            for i, (mean, std) in enumerate(
+                zip(means if several else [means], stds if several else [stds], strict=True)
+            ):
+                suffix = f"_{i}" if several else ""
+                metrics |= {f"value_mean{suffix}": mean, f"value_std{suffix}": std}
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+        self.client.set_tag(run_id, "optuna.state", result.state)
+        status = "KILLED" if result.lost else "FAILED" if result.state == "FAIL" else "FINISHED"
+        self.client.set_terminated(run_id, status)
 
     def close_orphans(self, study: optuna.Study) -> None:
         """Trial runs left RUNNING by a killed process: KILLED, not RUNNING forever.
@@ -204,6 +244,19 @@ def summarize(study: optuna.Study, stopped=None) -> dict:
     elif counts["COMPLETE"] and summary.get("infeasible", 0) < counts["COMPLETE"]:
         best = study.best_trial
         summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
+        if STD_ATTR in best.user_attrs:  # the best mean over seeds, and its spread
+            summary["best_value_std"] = best.user_attrs[STD_ATTR]
+    seeded = [t for t in trials if t.state == TrialState.COMPLETE and STD_ATTR in t.user_attrs]
+    if seeded:
+        summary["seeds"] = [
+            {
+                "trial": t.number,
+                "mean": t.values if len(t.values) > 1 else t.value,
+                "std": t.user_attrs[STD_ATTR],
+                "values": t.user_attrs.get(VALUES_ATTR),
+            }
+            for t in seeded
+        ]
     if stopped is not None:
         summary.update(stopped_by=stopped.by, stop_reason=stopped.reason)
     return summary
@@ -222,7 +275,7 @@ def write_results(path: Path, study_name: str, summary: dict) -> None:
     else:
         results.update(best_params=summary["best_params"], best_value=summary["best_value"])
     results["trials"] = summary["counts"]
-    for key in ("infeasible", "stopped_by", "stop_reason"):
+    for key in ("best_value_std", "seeds", "infeasible", "stopped_by", "stop_reason"):
         if key in summary:
             results[key] = summary[key]
     durable.write_text(path, OmegaConf.to_yaml(OmegaConf.create(results)))
@@ -297,7 +350,9 @@ def summary_table(study: optuna.Study, limit: int = 20) -> str:
         return (t.value is None, infeasible, value, t.number)
 
     names = sorted({k for t in trials for k in t.params})
-    header = ["trial", "state", *(["rank"] if several else []), "value", "seconds", *names]
+    seeded = any(STD_ATTR in t.user_attrs for t in trials)  # value: the mean over seeds
+    std = ["std"] if seeded else []
+    header = ["trial", "state", *(["rank"] if several else []), "value", *std, "seconds", *names]
     if constrained:
         header.insert(2, "feasible")
     rows = []
@@ -306,7 +361,9 @@ def summary_table(study: optuna.Study, limit: int = 20) -> str:
         value = "" if t.values is None else _values(t.values if several else t.value)
         rank = [str(ranks.get(t.number, ""))] if several else []
         params = [_short(t.params[k]) if k in t.params else "" for k in names]
-        row = [str(t.number), t.state.name, *rank, value, f"{seconds:.1f}", *params]
+        spread = [_values(t.user_attrs[STD_ATTR]) if STD_ATTR in t.user_attrs else ""]
+        row = [str(t.number), t.state.name, *rank, value, *(spread if seeded else [])]
+        row += [f"{seconds:.1f}", *params]
         if constrained:
             row.insert(
                 2, "" if t.state != TrialState.COMPLETE else "yes" if is_feasible(t) else "no"
@@ -326,4 +383,7 @@ def best_line(summary: dict) -> str:
         return f"Pareto front: {len(summary['solutions'])} trials."
     if summary["best_value"] is None:
         return "Best: none yet."
-    return f"Best value {summary['best_value']:.4f} with {summary['best_params']}."
+    spread = (
+        f" (std {summary['best_value_std']:.4f} over seeds)" if "best_value_std" in summary else ""
+    )
+    return f"Best value {summary['best_value']:.4f}{spread} with {summary['best_params']}."

@@ -47,6 +47,9 @@ class SweepSettings:
     patience: int | None = None
     constraints: list = field(default_factory=list)
     preload: list = field(default_factory=list)
+    max_retries: int = 3
+    repeats: int = 1
+    seed_key: str = "trainer.seed"
 
     @classmethod
     def of(cls, **values) -> "SweepSettings":
@@ -63,6 +66,23 @@ class SweepSettings:
         # process pickles only as the class study.py now holds.
         return studies.StudyLocation(self.storage, name, self.heartbeat_interval, self.grace_period)
 
+    def make_pruner(self, n_objectives: int):
+        """The configured pruner; unset with repeats, one that compares a trial's seeds
+        so far with the other trials' same seeds (repeats.py)."""
+        if self.repeats > 1 and self.pruner is None and n_objectives == 1:
+            from hydra_plugins.experiment_optuna_sweeper.repeats import MeanOfSeedsPruner
+
+            return MeanOfSeedsPruner()
+        return studies.make_pruner(self.pruner, n_objectives)
+
+    @property
+    def worker_grace_seconds(self) -> float:
+        """How long a worker process in a trial may be silent (stopped, hung) before it
+        is declared lost: grace_period, else 2 x heartbeat_interval, else a minute."""
+        if self.grace_period:
+            return float(self.grace_period)
+        return 2.0 * self.heartbeat_interval if self.heartbeat_interval else 60.0
+
     def check(self) -> None:
         if self.n_trials < 1:
             raise SweepError(f"hydra.sweeper.n_trials={self.n_trials}: needs an integer >= 1")
@@ -74,12 +94,27 @@ class SweepSettings:
                 "workers share: set hydra.sweeper.storage=sqlite:///multirun/optuna.db"
             )
         self._check_devices_per_trial()
+        self._check_counts()
         rate = self.max_failure_rate
         if not isinstance(rate, float | int) or not (0.0 <= rate <= 1.0):
             raise SweepError(
                 f"hydra.sweeper.max_failure_rate={rate}: needs a number in "
                 "[0, 1] (the share of finished trials that may fail)"
             )
+
+    def _check_counts(self) -> None:
+        """The integer settings that are not checked elsewhere, each in its range."""
+        wanted = {
+            "max_retries": (self.max_retries, 0, "an integer >= 0"),
+            "repeats": (self.repeats, 1, "an integer >= 1 (seeds per configuration)"),
+            "heartbeat_interval": (self.heartbeat_interval, 1, "null or an integer >= 1"),
+            "grace_period": (self.grace_period, 1, "null or an integer >= 1 (seconds)"),
+        }
+        for key, (value, lowest, what) in wanted.items():
+            if value is None and key in ("heartbeat_interval", "grace_period"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise SweepError(f"hydra.sweeper.{key}={value}: needs {what}")
 
     def _check_devices_per_trial(self) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would run its own sweep

@@ -43,6 +43,11 @@ HEARTBEAT_LOST = "heartbeat lost"  # the fail reason of a trial whose process we
 JOB_ATTR = "job"  # {job_id, folder, cluster} of a trial run as a submitit job
 JOB_LOST = "job ended without a result"  # cancelled, preempted, timed out, node lost
 GRID_SAMPLER = "optuna.samplers.GridSampler"
+DEFAULT_MAX_RETRIES = 3
+ATTEMPT_ATTR = "attempt"  # on a retry: 1 for the first of a configuration, then 2, ...
+CONTINUES_ATTR = "continues"  # on a retry: the lost trial's run and checkpoints
+CHECKPOINT_DIR_ATTR = "checkpoint_dir"  # where a trial's run writes its checkpoints
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 
 
 class ExhaustibleGridSampler(optuna.samplers.GridSampler):
@@ -272,45 +277,77 @@ def pid_exists(pid: int) -> bool:
     return state != "Z"
 
 
-def recover_stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def recover_stale_trials(
+    study: optuna.Study, max_retries: int = DEFAULT_MAX_RETRIES
+) -> list[optuna.trial.FrozenTrial]:
     """Mark FAIL the RUNNING trials whose process died (on this host) or went silent (any
-    host, with heartbeats); queue each configuration once more. Call it under the lock."""
+    host, with heartbeats); queue each configuration once more (see fail_and_retry). Call
+    it under the lock."""
     # RUNNING trials whose process sent no heartbeat within the grace period: a machine
     # that died, or a process stopped, wherever it ran.
     silent = internals.stale_trial_ids(study)
+    # A job's trial is watched through its job instead: it outlives the sweep process that
+    # submitted it, and a requeued job sends no heartbeats while it waits in the queue.
     stale = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if internals.trial_id(t) in silent
-        # a job's trial outlives the sweep process that submitted it: its job is watched
-        or (JOB_ATTR not in t.system_attrs and _process_is_dead(t.system_attrs.get(WORKER_ATTR)))
+        if JOB_ATTR not in t.system_attrs
+        and (internals.trial_id(t) in silent or _process_is_dead(t.system_attrs.get(WORKER_ATTR)))
     ]
     for trial in stale:
         reason = HEARTBEAT_LOST if internals.trial_id(trial) in silent else KILLED
-        fail_and_retry(study, trial, reason)
+        retried = fail_and_retry(study, trial, reason, max_retries)
         log.warning(
             "Trial %d was left RUNNING by a %s: marked FAIL%s.",
             trial.number,
             "process that stopped sending heartbeats"
             if reason == HEARTBEAT_LOST
             else "killed process",
-            "" if RETRY_OF_ATTR in trial.user_attrs else ", its configuration queued once more",
+            ", its configuration queued to continue" if retried else " (no retries left)",
         )
     return stale
 
 
-def fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+def fail_and_retry(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    reason: str,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+) -> bool:
     """Mark a trial that never finished FAIL for `reason`; queue its configuration once
-    more (unless it was itself such a re-run)."""
+    more, to continue where it was lost (`CONTINUES_ATTR`), unless the configuration was
+    retried `max_retries` times already. Whether it was queued."""
     internals.set_system_attr(study, trial, FAIL_REASON_ATTR, reason)
     internals.fail_trial(study, trial)
-    if RETRY_OF_ATTR not in trial.user_attrs and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number})
+    attempt = int(trial.user_attrs.get(ATTEMPT_ATTR, 1 if RETRY_OF_ATTR in trial.user_attrs else 0))
+    if not trial.params or attempt >= max_retries:
+        return False
+    retry = {
+        RETRY_OF_ATTR: trial.number,
+        ATTEMPT_ATTR: attempt + 1,
+        CONTINUES_ATTR: continuation_of(trial),
+    }
+    study.enqueue_trial(trial.params, user_attrs=retry)
+    return True
+
+
+def continuation_of(trial: optuna.trial.FrozenTrial) -> dict:
+    """What continues `trial` (its retry, or its requeued job): its MLflow run and
+    checkpoint folder, or, where it was lost before its run recorded them, those of the
+    attempt it continued."""
+    before = trial.user_attrs.get(CONTINUES_ATTR) or {}
+    return {
+        "trial": trial.number,
+        "mlflow_run_id": trial.user_attrs.get(RUN_ID_ATTR) or before.get("mlflow_run_id"),
+        "checkpoint_dir": trial.user_attrs.get(CHECKPOINT_DIR_ATTR) or before.get("checkpoint_dir"),
+    }
 
 
 def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial was lost (its process killed or silent, its job ended without a
+    result) rather than failed by its own task."""
     reason = str(trial.system_attrs.get(FAIL_REASON_ATTR, ""))
-    return reason in (KILLED, HEARTBEAT_LOST) or reason.startswith(JOB_LOST)
+    return reason.startswith((KILLED, HEARTBEAT_LOST, JOB_LOST))
 
 
 def is_counted(trial: optuna.trial.FrozenTrial) -> bool:

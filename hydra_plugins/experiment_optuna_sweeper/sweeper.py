@@ -37,6 +37,7 @@ from hydra_plugins.experiment_optuna_sweeper.failures import FailureRate, failur
 from hydra_plugins.experiment_optuna_sweeper.groups import GroupExecutor
 from hydra_plugins.experiment_optuna_sweeper.jobs import JobExecutor
 from hydra_plugins.experiment_optuna_sweeper.locking import StudyLock
+from hydra_plugins.experiment_optuna_sweeper.repeats import base_seed
 from hydra_plugins.experiment_optuna_sweeper.settings import (
     LAUNCHERS,
     SweepSettings,
@@ -73,6 +74,9 @@ class ExperimentOptunaSweeper(Sweeper):
         patience: int | None = None,
         constraints: list | None = None,
         preload: list | None = None,
+        max_retries: int = 3,
+        repeats: int = 1,
+        seed_key: str = "trainer.seed",
     ):
         self.settings = SweepSettings.of(**{k: v for k, v in locals().items() if k != "self"})
 
@@ -100,6 +104,8 @@ class ExperimentOptunaSweeper(Sweeper):
         self._set_up_logging()
         directions = objectives.study_directions(settings.direction, self.config)
         settings.check()
+        if settings.repeats > 1:
+            base_seed(self.config, settings.seed_key)
         stop = StopConditions.from_settings(
             settings.timeout, settings.target, settings.patience, n_objectives=len(directions)
         )
@@ -159,7 +165,7 @@ class ExperimentOptunaSweeper(Sweeper):
             studies.seed_study(
                 study, location.storage_url, settings.warm_start, settings.enqueue_trials, space
             )
-            studies.recover_stale_trials(study)
+            studies.recover_stale_trials(study, settings.max_retries)
             parent = self._parent_run(location)
             if parent is not None:
                 parent.close_orphans(study)
@@ -186,6 +192,9 @@ class ExperimentOptunaSweeper(Sweeper):
             parent=parent,
             parallel=settings.n_jobs > 1,
             waits_for_lost_peers=bool(settings.heartbeat_interval and settings.storage),
+            max_retries=settings.max_retries,
+            repeats=settings.repeats,
+            seed_key=settings.seed_key,
         )
 
     def _finish(self, loop: TrialLoop, location, sweep_dir: Path, interrupted, errored):
@@ -240,7 +249,7 @@ class ExperimentOptunaSweeper(Sweeper):
         constraints, one that compares a trial with feasible trials alone, and a sampler
         that ignores constraints refused before any study is touched."""
         settings = self.settings
-        pruner = studies.make_pruner(settings.pruner, n_objectives)
+        pruner = settings.make_pruner(n_objectives)
         constraints = constraining.parse(settings.constraints)
         if not constraints:
             return None, pruner
@@ -263,9 +272,9 @@ class ExperimentOptunaSweeper(Sweeper):
         if settings.n_jobs == 1:
             return InProcessExecutor(self.hydra_context, task)
         warm_up_config = self._job_config(fixed, 0)  # what the workers warm up with
-        return WorkerPool(
-            settings.n_jobs, task, location, pruner, gpu_count(), warm_up_config, settings.preload
-        )
+        warm_up = (warm_up_config, settings.preload)
+        grace = settings.worker_grace_seconds
+        return WorkerPool(settings.n_jobs, task, location, pruner, gpu_count(), *warm_up, grace)
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
         job_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)

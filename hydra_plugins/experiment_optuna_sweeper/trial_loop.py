@@ -44,6 +44,9 @@ class TrialLoop:
     waits_for_lost_peers: bool = False  # heartbeats on a shared storage (see below)
     stop: StopConditions = field(default_factory=StopConditions)
     judge: constraining.Judge | None = None
+    max_retries: int = studies.DEFAULT_MAX_RETRIES  # per configuration, after lost trials
+    repeats: int = 1  # seeds per configuration (repeats.py)
+    seed_key: str = "trainer.seed"
     # Called once, when the loop first waits for a result: work for the end of the sweep
     # done while the first trials run (the parent run's plotting imports).
     while_waiting: Callable | None = None
@@ -99,7 +102,14 @@ class TrialLoop:
             self.parent.run_id if self.parent else None,
             self.parallel,
             wanted_measures=self.wanted_measures,
+            continues=trial.user_attrs.get(studies.CONTINUES_ATTR),
         )
+        if self.repeats > 1:  # its seeds start anew, each a run nested under the trial's
+            context.repeats, context.seed_key, context.continues = self.repeats, self.seed_key, None
+            if self.parent is not None:
+                context.parent_run_id = self.parent.start_trial_run(trial, self.repeats)
+                run_id = context.parent_run_id
+                internals.set_user_attr(self.study, trial, studies.RUN_ID_ATTR, run_id)
         executor.submit(trial, job_config, context)
         return trial.params
 
@@ -108,7 +118,8 @@ class TrialLoop:
         """The next trial, or None once the study holds n_trials (counted across every
         process sharing it: the count and the ask happen under the study lock)."""
         with self.lock:
-            studies.recover_stale_trials(self.study)  # lost machines, seen at every ask
+            # lost machines, seen at every ask
+            studies.recover_stale_trials(self.study, self.max_retries)
             if studies.counted_trials(self.study) >= self.n_trials:
                 return None
             with warnings.catch_warnings():  # heartbeats serve ask-and-tell sweeps as well
@@ -136,9 +147,9 @@ class TrialLoop:
         trial = internals.trial_by_number(study, result.number)  # not the whole study
         if trial.state.is_finished():
             return trial
-        if result.lost:  # its job ended without a result: FAIL, and queued once more
+        if result.lost:  # its process ended without a result: FAIL, and queued once more
             with self.lock:
-                studies.fail_and_retry(study, trial, f"{studies.JOB_LOST}: {result.error}")
+                studies.fail_and_retry(study, trial, result.lost, self.max_retries)
                 if self.parent is not None:  # the run its job left RUNNING: KILLED
                     self.parent.close_orphans(study)
         elif result.state == COMPLETE:
@@ -150,6 +161,8 @@ class TrialLoop:
             if self.judge and result.state == PRUNED:  # Optuna's samplers read them too
                 self.judge.set_on(study, trial)
             study.tell(result.number, state=studies.TrialState[result.state])
+        if self.repeats > 1 and self.parent is not None and studies.RUN_ID_ATTR in trial.user_attrs:
+            self.parent.end_trial_run(trial.user_attrs[studies.RUN_ID_ATTR], trial, result)
         return trial
 
     def _judge(self, trial) -> None:

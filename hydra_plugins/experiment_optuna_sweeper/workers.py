@@ -27,6 +27,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from experiment import sweep_context
 from experiment.errors import SweepError
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
+from hydra_plugins.experiment_optuna_sweeper import study as studies
 from hydra_plugins.experiment_optuna_sweeper.executors import (
     TrialResult,
     execute,
@@ -60,10 +61,16 @@ def import_modules(names: list[str]) -> None:
             log.debug("preload of %s skipped: %s", name, err)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """A worker whose sweep died (SIGKILL leaves no chance to stop it) ends itself."""
+BEAT_SECONDS = 1.0  # how often a worker tells the sweep it is alive
+
+
+def _beat_and_exit_with_parent(parent_pid: int, beat) -> None:
+    """The worker's heartbeat (`beat`: shared memory the sweep reads; a stopped or hung
+    process stops beating), and its end where its sweep died (SIGKILL leaves no chance
+    to stop it)."""
     while True:
-        time.sleep(1.0)
+        beat.value = time.monotonic()
+        time.sleep(BEAT_SECONDS)
         if os.getppid() != parent_pid:
             os._exit(1)
 
@@ -92,7 +99,7 @@ def warm_up(task_function, job_config: DictConfig | None, preload: list[str]) ->
 
 
 def worker_main(
-    conn, task_ref, location: StudyLocation, pruner, gpu, cpu_threads, config, preload
+    conn, beat, task_ref, location: StudyLocation, pruner, gpu, cpu_threads, warm_up_args
 ) -> None:
     # A spawned process makes spawn its default start method, so a trial's DataLoader would
     # spawn its workers too, each importing torch again (seconds per loader and epoch):
@@ -105,14 +112,16 @@ def worker_main(
 
         # K workers each using every core would thrash: share the cores between them.
         torch.set_num_threads(cpu_threads)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(
+        target=_beat_and_exit_with_parent, args=(os.getppid(), beat), daemon=True
+    ).start()
     import optuna
 
     setup_globals()  # Hydra's resolvers (${now:}, ${hydra:}) for the jobs' configs
     task_function = resolve_task(*task_ref)
     from hydra._internal.callbacks import Callbacks
 
-    warm_up(task_function, config, preload)
+    warm_up(task_function, *warm_up_args)
     study = None  # opened at the first trial: the workers start before the study exists
     while True:
         try:
@@ -136,7 +145,11 @@ def worker_main(
 
 
 class WorkerPool:
-    """n_jobs=K: K worker processes, each fed a new trial as soon as it finishes one."""
+    """n_jobs=K: K worker processes, each fed a new trial as soon as it finishes one.
+
+    A worker lost mid-trial (killed, out of memory, or silent for `grace_seconds`: stopped
+    or hung, then killed) is replaced, and its trial reported lost: the trial loop fails
+    it and queues its configuration once more, to continue from its checkpoint."""
 
     def __init__(
         self,
@@ -147,10 +160,12 @@ class WorkerPool:
         gpus: int = 0,
         config: DictConfig | None = None,
         preload: list[str] = (),
+        grace_seconds: float = 60.0,
     ):
         """`location`: the study, which each worker opens with its own connection once
         it gets its first trial. `config` (a job config with the sweep's fixed
-        overrides) and `preload` (module names): what the workers warm up with (`warm_up`)."""
+        overrides) and `preload` (module names): what the workers warm up with (`warm_up`).
+        `grace_seconds`: how long a worker in a trial may go without a heartbeat."""
         task = task_reference(task_function)
         self.method = start_method(gpus)
         self.mp = mp.get_context(self.method)
@@ -160,24 +175,33 @@ class WorkerPool:
         self.args = (task, location, pruner)
         self.warm_up_args = (config, list(preload))
         self.gpus = gpus
+        self.grace_seconds = grace_seconds
         self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
 
     def _start(self, index: int) -> dict:
         parent_end, child_end = self.mp.Pipe()
+        beat = self.mp.Value("d", time.monotonic(), lock=False)
         gpu = index % self.gpus if self.gpus else None  # round-robin over the GPUs
         # Not daemonic: a trial's DataLoader starts worker processes of its own, which a
         # daemonic process may not have. Stopped all the same: close() ends them, and a
-        # worker whose sweep was killed ends itself (_exit_with_parent).
+        # worker whose sweep was killed ends itself (_beat_and_exit_with_parent).
         process = self.mp.Process(
             target=worker_main,
             name=f"sweep-worker-{index}",
             daemon=False,
-            args=(child_end, *self.args, gpu, self.cpu_threads, *self.warm_up_args),
+            args=(child_end, beat, *self.args, gpu, self.cpu_threads, self.warm_up_args),
         )
         process.start()
         child_end.close()
-        return {"index": index, "process": process, "conn": parent_end, "trial": None, "start": 0.0}
+        return {
+            "index": index,
+            "process": process,
+            "conn": parent_end,
+            "beat": beat,
+            "trial": None,
+            "start": 0.0,
+        }
 
     @property
     def free(self) -> int:
@@ -207,27 +231,50 @@ class WorkerPool:
         context.trial = None  # rebuilt in the worker from the shared storage
         worker["conn"].send((internals.trial_id(trial), job_config, context))
         worker["trial"], worker["start"], worker["ran"] = trial.number, time.perf_counter(), True
+        worker["submitted"] = time.monotonic()
 
     def next_result(self) -> TrialResult:
-        busy = [w for w in self.workers if w["trial"] is not None]
-        ready = wait([w["conn"] for w in busy] + [w["process"].sentinel for w in busy])
-        for worker in busy:
-            if worker["conn"] in ready and worker["conn"].poll():
-                result = worker["conn"].recv()
-                worker["trial"] = None
-                return result
-        for worker in busy:  # a worker died mid-trial (killed, out of memory, segfault)
-            if worker["process"].sentinel in ready:
-                number, code = worker["trial"], worker["process"].exitcode
-                self.workers[self.workers.index(worker)] = self._start(worker["index"])
-                return TrialResult(
-                    number,
-                    sweep_context.FAIL,
-                    None,
-                    f"worker process died (exit code {code})",
-                    time.perf_counter() - worker["start"],
-                )
-        return self.next_result()
+        """The next trial to end: its result, or a lost one's (`TrialResult.lost`)."""
+        while True:
+            busy = [w for w in self.workers if w["trial"] is not None]
+            ready = wait(
+                [w["conn"] for w in busy] + [w["process"].sentinel for w in busy],
+                timeout=BEAT_SECONDS,
+            )
+            for worker in busy:
+                if worker["conn"] in ready and worker["conn"].poll():
+                    try:
+                        result = worker["conn"].recv()
+                    except (EOFError, OSError):  # it died while sending: its sentinel tells
+                        continue
+                    worker["trial"] = None
+                    return result
+            for worker in busy:
+                if worker["process"].sentinel in ready:  # killed, out of memory, segfault
+                    worker["process"].join(timeout=10)  # reaped: its exit code is known
+                    code = worker["process"].exitcode
+                    return self._lost(worker, studies.KILLED, f"exit code {code}")
+                silent = time.monotonic() - max(worker["beat"].value, worker["submitted"])
+                if silent > self.grace_seconds:  # stopped (SIGSTOP) or hung: ended here
+                    worker["process"].kill()
+                    worker["process"].join(timeout=10)
+                    detail = f"no heartbeat for {silent:.0f} s; killed"
+                    return self._lost(worker, studies.HEARTBEAT_LOST, detail)
+
+    def _lost(self, worker: dict, reason: str, detail: str) -> TrialResult:
+        """The result of a trial whose worker was lost; a new worker in its place."""
+        number, pid = worker["trial"], worker["process"].pid
+        worker["conn"].close()
+        self.workers[self.workers.index(worker)] = self._start(worker["index"])
+        log.warning("Trial %d: its worker process %s was lost (%s)", number, pid, detail)
+        return TrialResult(
+            number,
+            sweep_context.FAIL,
+            None,
+            f"worker process {pid} lost: {detail}",
+            time.perf_counter() - worker["start"],
+            lost=f"{reason}: worker process {pid}, {detail}",
+        )
 
     def prepare(self, study, lock) -> None:
         pass
@@ -235,8 +282,8 @@ class WorkerPool:
     def close(self) -> None:
         """End every worker: an idle one when told to, one still in a trial (the sweep
         stopped on an error or Ctrl-C) at once, by SIGTERM (the project's runs then mark
-        their MLflow run KILLED; the next run of the sweep retries the trial); a worker that
-        does not end is killed."""
+        their MLflow run KILLED; the next run of the sweep continues the trial from its
+        checkpoint); a worker that does not end is killed."""
         for worker in self.workers:
             if worker["trial"] is not None and worker["process"].is_alive():
                 worker["process"].terminate()
