@@ -297,6 +297,13 @@ SWEEP_SETTINGS = {
     "sweep failure rate": case(
         [*SWEEP, "hydra.sweeper.max_failure_rate=2"], 2, ["max_failure_rate=2", "[0, 1]"]
     ),
+    "sweep repeats": case([*SWEEP, "hydra.sweeper.repeats=0"], 2, ["repeats=0", ">= 1"]),
+    "sweep retries": case([*SWEEP, "hydra.sweeper.max_retries=-1"], 2, ["max_retries=-1", ">= 0"]),
+    "sweep seed key": case(
+        [*SWEEP, "hydra.sweeper.repeats=2", "hydra.sweeper.seed_key=trainer.sed"],
+        2,
+        ["trainer.sed is None", "hydra.sweeper.seed_key"],
+    ),
 }
 
 

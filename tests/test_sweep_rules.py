@@ -166,3 +166,23 @@ def test_workers_are_forked_only_from_a_single_threaded_process_without_gpus():
     finally:
         stop.set()
         other.join()
+
+
+def test_mean_of_seeds_prunes_a_trial_worse_over_the_same_seeds_after_two():
+    from hydra_plugins.experiment_optuna_sweeper.repeats import MeanOfSeedsPruner
+
+    study = optuna.create_study(direction="maximize", pruner=MeanOfSeedsPruner())
+    for seeds in ([0.9, 0.8, 0.85], [0.7, 0.9, 0.8], [0.95, 0.75, 0.9]):
+        trial = study.ask()
+        for step, value in enumerate(seeds):
+            trial.report(value, step)
+        study.tell(trial, sum(seeds) / 3)
+    worse = study.ask()
+    worse.report(0.5, 0)
+    assert not worse.should_prune()  # one seed says too little
+    worse.report(0.6, 1)
+    assert worse.should_prune()  # 0.55 over seeds 0-1, against means of 0.85, 0.8, 0.85
+    better = study.ask()
+    better.report(0.9, 0)
+    better.report(0.85, 1)
+    assert not better.should_prune()
