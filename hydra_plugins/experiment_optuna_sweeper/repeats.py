@@ -1,10 +1,12 @@
 """`hydra.sweeper.repeats=K`: each configuration trained with K seeds, judged by the mean.
 
 A trial's repeats are one unit of work: they run one after another where the trial runs
-(this process, a worker, a torchrun group, a job), so a trial holds one slot of n_jobs
-and its seeds never compete with each other for it. Repeat i gets `seed_key` (default
-`trainer.seed`) = the configured seed + i and a Hydra job folder of its own
-(`<trial>/seed<i>`). After each seed its objective value is reported to the trial as
+(this process, a worker, a torchrun group, a job), so a trial holds one slot of n_jobs,
+its seeds never compete with each other for it and they reuse its warm process (spread
+over slots, K seeds would hold K workers' data and imports for one configuration, and a
+pruning decision after two seeds would have to wait for the slowest). Repeat i gets
+`seed_key` (default `trainer.seed`) = the configured seed + i and a Hydra job folder of
+its own (`<trial>/seed<i>`). After each seed its objective value is reported to the trial as
 step i: the pruner compares a configuration's seeds with the other trials' same seeds
 (`MeanOfSeedsPruner` by default; Optuna's `WilcoxonPruner` takes the same reports), so a
 configuration clearly worse after two seeds does not get a third. The trial's value is
@@ -15,6 +17,7 @@ the mean; its standard deviation and the seeds' values are user attributes.
 # outside sys.modules, where dataclasses cannot resolve string annotations.
 import copy
 import math
+import os
 import statistics
 import warnings
 
@@ -56,6 +59,10 @@ def run_repeats(run_one, job_config, context, repeats: int, seed_key: str):
     (state, mean value, error) for the trial. A seed that fails fails the trial."""
     trial = context.trial
     several = len(trial.study.directions) > 1
+    # In a torchrun group every rank runs the seeds; rank 0 alone records them, and no seed
+    # is pruned: the ranks would have to agree on it, or one would wait for the others.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    in_group = int(os.environ.get("WORLD_SIZE", "1")) > 1
     values = []
     for index in range(repeats):
         context.repeat = index
@@ -63,13 +70,15 @@ def run_repeats(run_one, job_config, context, repeats: int, seed_key: str):
         if state != sweep_context.COMPLETE:
             return state, None, f"seed {index + 1} of {repeats}: {error}"
         values.append(value)
+        if not main_rank:
+            continue
         trial.set_user_attr(VALUES_ATTR, list(values))
         if several:  # Optuna prunes single-objective studies only
             continue
         with warnings.catch_warnings():  # a requeued or retried trial reports a seed again
             warnings.filterwarnings("ignore", message="The reported value is ignored")
             trial.report(value, index)
-        if index < repeats - 1 and trial.should_prune():
+        if index < repeats - 1 and not in_group and trial.should_prune():
             mean = statistics.fmean(values)
             return (
                 sweep_context.PRUNED,
@@ -77,7 +86,8 @@ def run_repeats(run_one, job_config, context, repeats: int, seed_key: str):
                 f"pruned after {index + 1} of {repeats} seeds (mean {mean:.4f})",
             )
     mean, std = _mean_and_std(values, several)
-    trial.set_user_attr(STD_ATTR, std)
+    if main_rank:
+        trial.set_user_attr(STD_ATTR, std)
     return sweep_context.COMPLETE, mean, None
 
 
