@@ -490,6 +490,10 @@ class TrackingConf:
     # pt2: an exported graph, portable; pickle: the nn.Module itself, trainable when
     # loaded (needs this package importable) and faster to log (see BENCHMARKS.md).
     model_format: ModelFormat = ModelFormat.pt2
+    # MLflow's system metrics (CPU, memory, disk, network; the GPU in use where
+    # nvidia-ml-py finds one), sampled every system_metrics_interval seconds.
+    system_metrics: bool = False
+    system_metrics_interval: float = 10.0
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

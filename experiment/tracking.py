@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from experiment.errors import TrackingError
+from experiment.errors import ConfigValueError, TrackingError
 from experiment.secrets import redact
 from experiment.signals import uninterrupted
 from experiment.sqlite_files import create_atomically
@@ -88,6 +88,27 @@ def _create_store(uri: str) -> None:
     )
 
 
+def _system_metrics(every: float | None) -> bool:
+    """Set MLflow's system metrics up to sample every `every` seconds and log each sample
+    (its default waits for 10 samples: a short run would log none); False for None."""
+    if every is None:
+        return False
+    if isinstance(every, bool) or not isinstance(every, int | float) or every <= 0:
+        raise ConfigValueError("tracking.system_metrics_interval", every, "seconds > 0")
+    import mlflow
+
+    try:
+        import psutil  # noqa: F401  what MLflow samples the CPU, memory and disk with
+    except ImportError:
+        raise TrackingError(
+            "tracking.system_metrics=true needs psutil, which is not installed: "
+            "pip install psutil (and nvidia-ml-py for the GPU)"
+        ) from None
+    mlflow.set_system_metrics_sampling_interval(every)
+    mlflow.set_system_metrics_samples_before_logging(1)
+    return True
+
+
 class NullTracker:
     """`tracking=none`: the same calls, recorded nowhere."""
 
@@ -97,6 +118,9 @@ class NullTracker:
         pass
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_dataset(self, dataset, tags: dict[str, str]) -> None:
         pass
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
@@ -126,7 +150,10 @@ class Tracker:
         model_format: str = "pt2",
         log_plots: bool = True,
         log_model: bool = True,
+        system_metrics_every: float | None = None,
     ):
+        """`system_metrics_every`: seconds between samples of MLflow's system metrics
+        (None: none)."""
         import mlflow
 
         self.mlflow = mlflow
@@ -141,6 +168,7 @@ class Tracker:
         self.experiment_name = experiment_name
         self.model_format, self.plots_wanted, self.model_wanted = model_format, log_plots, log_model
         self.run_id: str | None = None
+        self.system_metrics = _system_metrics(system_metrics_every)
         mlflow.set_tracking_uri(self.uri)
         if redact(self.uri) != self.uri:  # MLflow prints run URLs, credentials and all
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -198,6 +226,7 @@ class Tracker:
             run_name=run_name,
             tags=tags,
             parent_run_id=parent_run_id,
+            log_system_metrics=self.system_metrics,
         )
         self.run_id = run.info.run_id
         self.mlflow.log_params(params)
@@ -208,12 +237,17 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            run = self.mlflow.start_run(run_id=run_id)
+            run = self.mlflow.start_run(run_id=run_id, log_system_metrics=self.system_metrics)
         except MlflowException as err:  # deleted, or in another store
             log.warning(f"Cannot reopen MLflow run {run_id} ({err}); starting a new run.")
             return False
         self.run_id = run.info.run_id
         return True
+
+    @uninterrupted
+    def log_dataset(self, dataset, tags: dict[str, str]) -> None:
+        """The run's data as its training input (lineage.py)."""
+        self.mlflow.log_input(dataset, context="training", tags=tags)
 
     @uninterrupted
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -306,4 +340,5 @@ def build_tracker(cfg) -> Tracker | NullTracker:
         cfg.model_format,
         log_plots=cfg.log_plots,
         log_model=cfg.log_model,
+        system_metrics_every=cfg.system_metrics_interval if cfg.system_metrics else None,
     )

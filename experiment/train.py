@@ -19,7 +19,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from experiment import distributed, plots, pretrained, resume, sources, sweep_context
+from experiment import distributed, lineage, plots, pretrained, resume, sources, sweep_context
 from experiment.api import config_dir_of_project
 from experiment.builders import Parts, build_parts, build_task, load_source
 from experiment.callbacks import Checkpointer, EarlyStopping
@@ -100,6 +100,10 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
         tags = ranks.tags(fingerprints)
         record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
         tracker.start(**record)
+        if continued_run_id is None:  # a continued run has its dataset input already
+            tracker.log_dataset(
+                *lineage.dataset_input(run.resolved["dataset"]["source"], parts.data)
+            )
         trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
         callbacks = [
             Checkpointer(

@@ -167,3 +167,36 @@ def test_compiled_model_reports_compile_time_separately(tmp_path):
     first_epoch = client.get_metric_history(finished.info.run_id, "epoch_time_s")[0].value
     assert first_epoch < metrics["compile_time_s"]
     assert 0 <= value <= 1
+
+
+def test_each_run_names_its_data_and_system_metrics_are_logged_when_asked(tmp_path):
+    """The dataset input (name, digest of the data, source, split sizes) tells runs on
+    other data apart; tracking.system_metrics=true adds MLflow's system metrics."""
+    store = store_overrides(tmp_path)
+    small = [*FAST, "trainer.epochs=1", "tracking.log_model=false", "tracking.log_plots=false"]
+    run(
+        compose_config(
+            [*small, *store, "tracking.system_metrics=true", "tracking.system_metrics_interval=0.2"]
+        )
+    )
+    run(compose_config([*small, *store]))  # the same data again
+    run(compose_config([*small, *store, "dataset.source.num_train=300"]))  # other data
+    client = MlflowClient(sqlite_uri(tmp_path))
+    runs = sorted(all_runs(sqlite_uri(tmp_path)), key=lambda r: r.info.start_time)
+    inputs = [r.inputs.dataset_inputs for r in runs]
+    assert [len(i) for i in inputs] == [1, 1, 1]
+    first, same, other = (i[0] for i in inputs)
+    assert first.dataset.name == "synthetic"  # the source's function, by default
+    assert first.dataset.digest == same.dataset.digest != other.dataset.digest
+    assert "dataset.source" in first.dataset.source and first.dataset.source_type == "code"
+    tags = {t.key: t.value for t in first.tags}
+    assert tags["mlflow.data.context"] == "training"
+    sizes = {k: int(v) for k, v in tags.items() if k.startswith("split.")}
+    assert sizes["split.train"] + sizes["split.val"] == 400 and sizes["split.test"] == 100
+    other_tags = {t.key: t.value for t in other.tags}
+    assert int(other_tags["split.train"]) + int(other_tags["split.val"]) == 300
+    system = [
+        k for k in client.get_run(runs[0].info.run_id).data.metrics if k.startswith("system/")
+    ]
+    assert "system/cpu_utilization_percentage" in system
+    assert not [k for k in runs[1].data.metrics if k.startswith("system/")]  # off by default
