@@ -3,6 +3,8 @@ MLflow SQLite store, all under tmp_path."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 
@@ -14,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from experiment.builders import build_model
+from experiment.compare import compare
 from tests.conftest import (
     FAST,
     all_runs,
@@ -30,6 +33,7 @@ from tests.test_transfer import photo_folder
 
 pytestmark = pytest.mark.slow
 STUDY = "test-study"
+COMPARE = ["-m", "experiment.compare"]
 
 
 def sweep(tmp_path, *extra, n_trials=4, log_model=False, log_plots=False):
@@ -99,6 +103,30 @@ def test_sweep_records_every_trial_under_one_parent_run(tmp_path):
     assert {m.source_run_id for m in models} == {
         c.info.run_id for c in children if c.data.tags["optuna.state"] == "COMPLETE"
     }
+
+    # experiment-compare: the sweep's trials best first, the swept params as columns.
+    uri = ["--tracking-uri", sqlite_uri(tmp_path)]
+    listed = run_cli([parent.info.run_id, "--format", "csv", *uri], tmp_path, program=COMPARE)
+    assert listed.returncode == 0, output(listed)
+    rows = list(csv.reader(io.StringIO(listed.stdout)))
+    header, rows = rows[0], rows[1:]
+    assert header[:3] == ["run", "state", "val/acc (best)"]
+    swept = {"dataset.batch_size", "optimizer.lr", "regularization.dropout"}
+    assert swept <= set(header) and "trainer.epochs" not in header  # the same in all
+    assert sorted(r[0] for r in rows) == sorted(c.info.run_name for c in children)
+    values = [float(r[2]) for r in rows if r[2]]
+    assert values == sorted(values, reverse=True) and len(values) == 4  # best first
+    by_name = {c.info.run_name: c for c in children}
+    for row in rows:
+        run = by_name[row[0]]
+        assert row[1] == run.data.tags["optuna.state"]
+        assert float(row[2]) == pytest.approx(run.data.metrics["best/value"])
+        assert row[header.index("optimizer.lr")] == run.data.params["optimizer.lr"]
+    table = compare("default", sqlite_uri(tmp_path))  # by experiment, as Markdown
+    assert table.splitlines()[1].startswith("| --- |") and len(table.splitlines()) == 2 + 4
+    unknown = run_cli(["nope", *uri], tmp_path, program=COMPARE, split_stderr=True)
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert unknown.stderr.count("\n") == 1 and "'nope' is neither" in unknown.stderr
 
 
 def test_a_sweep_killed_twice_resumes_its_study_and_ends_with_exactly_n_trials(tmp_path):
