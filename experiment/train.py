@@ -104,7 +104,8 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             tracker.log_dataset(
                 *lineage.dataset_input(run.resolved["dataset"]["source"], parts.data)
             )
-        trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
+        if ranks.main:
+            trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
         callbacks = [
             Checkpointer(
                 checkpoint_dir,

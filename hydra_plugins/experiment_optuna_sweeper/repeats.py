@@ -63,6 +63,7 @@ def run_repeats(run_one, job_config, context, repeats: int, seed_key: str):
     # is pruned: the ranks would have to agree on it, or one would wait for the others.
     main_rank = int(os.environ.get("RANK", "0")) == 0
     in_group = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    context.continues = None  # a lost repeated trial's seeds start anew (a requeued job's too)
     values = []
     for index in range(repeats):
         context.repeat = index
