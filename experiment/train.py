@@ -100,7 +100,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
         tags = ranks.tags(fingerprints)
         record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
         tracker.start(**record)
-        if continued_run_id is None:  # a continued run has its dataset input already
+        if ranks.main and continued_run_id is None:  # a continued run has its input already
             tracker.log_dataset(
                 *lineage.dataset_input(run.resolved["dataset"]["source"], parts.data)
             )
