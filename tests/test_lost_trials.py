@@ -24,14 +24,15 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
-EPOCHS = 24
+EPOCHS = 16
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_a_killed_and_a_stopped_worker_lose_no_epochs_and_no_trial(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     no_artifacts = ["tracking.log_model=false", "tracking.log_plots=false"]
     tracking = [*tracking_overrides(tmp_path), *no_artifacts]
-    data = [*FAST, "dataset.source.num_train=2000"]  # epochs long enough to stop one
+    data = [*FAST, "dataset.source.num_train=1200"]  # epochs long enough to stop one
     args = sweep_args(
         storage,
         tracking,

@@ -33,6 +33,7 @@ def configuration(lr: float, batch_size: int, dropout: float) -> str:
     )
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_repeated_trials_are_judged_by_their_mean_and_a_worse_one_is_pruned_early(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = [

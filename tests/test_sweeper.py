@@ -59,6 +59,7 @@ def split_runs(tmp_path):
     return parents, children
 
 
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_sweep_records_every_trial_under_one_parent_run(tmp_path):
     proc = run_cli(sweep(tmp_path, log_model=True, log_plots=True), tmp_path)
     assert proc.returncode == 0, output(proc)
