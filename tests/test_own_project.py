@@ -130,3 +130,13 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert study.direction.name == "MINIMIZE" and len(study.trials) == 2
     assert {t.params["model.width"] for t in study.trials} <= {8, 32, 128}
+
+    # The runs compared by the installed console script, from the project's folder.
+    compare = [str(target / "bin" / "experiment-compare")]
+    proc = run_cli(["default", "--format", "csv"], project, env=env, program=compare)
+    assert proc.returncode == 0, output(proc)
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.startswith("run,state,val/mse (best),")  # the objective most runs share
+    assert len(rows) == len(
+        [r for r in all_runs(sqlite_uri(project)) if "sweep.parent" not in r.data.tags]
+    )
