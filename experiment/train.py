@@ -99,13 +99,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
     with final_status(tracker, trial.outcome), contextlib.closing(progress):
         tags = ranks.tags(fingerprints)
         record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
-        tracker.start(**record)
-        if ranks.main and continued_run_id is None:  # a continued run has its input already
-            tracker.log_dataset(
-                *lineage.dataset_input(run.resolved["dataset"]["source"], parts.data)
-            )
-        if ranks.main:
-            trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
+        start_tracking(tracker, record, run, parts, trial, checkpoint_dir, ranks)
         callbacks = [
             Checkpointer(
                 checkpoint_dir,
@@ -135,6 +129,18 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             resume.mark_complete(checkpoint_dir)
     report(result, test, summary, settings, task, checkpoint_dir, tracker)
     return objective(run, result, summary)
+
+
+def start_tracking(tracker, record: dict, run, parts, trial, checkpoint_dir: Path, ranks):
+    """Start the MLflow run (or reopen the one it continues); on rank 0, log its data as
+    its input (a continued run has it already) and keep its id and checkpoint folder on
+    the trial, for a retry to continue."""
+    tracker.start(**record)
+    if not ranks.main:
+        return
+    if record["resume_run_id"] is None:
+        tracker.log_dataset(*lineage.dataset_input(run.resolved["dataset"]["source"], parts.data))
+    trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
 
 
 def train(run: RunConfig, parts: Parts, settings, callbacks, state, tracker, trial, ranks):
