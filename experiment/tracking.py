@@ -10,7 +10,9 @@ import contextlib
 import copy
 import logging
 import os
+import random
 import sqlite3
+import time
 from pathlib import Path
 
 import torch
@@ -245,9 +247,22 @@ class Tracker:
         return True
 
     @uninterrupted
-    def log_dataset(self, dataset, tags: dict[str, str]) -> None:
-        """The run's data as its training input (lineage.py)."""
-        self.mlflow.log_input(dataset, context="training", tags=tags)
+    def log_dataset(self, dataset, tags: dict[str, str], attempts: int = 4) -> None:
+        """The run's data as its training input (lineage.py). Runs started at once on the
+        same data race to create its one dataset record (the store's unique key): the
+        losers find it made on a retry. A store that still refuses costs the input, not
+        the run."""
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(attempts):
+            try:
+                self.mlflow.log_input(dataset, context="training", tags=tags)
+                return
+            except MlflowException as err:
+                if attempt == attempts - 1:
+                    log.warning(f"The run's dataset input was not logged: {err}")
+                    return
+                time.sleep(0.2 + random.random() * 0.5)
 
     @uninterrupted
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -48,7 +48,12 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     trials = study.trials
     assert len(trials) == 12, [(t.number, t.state) for t in trials]
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    unfinished = [
+        (t.number, t.state.name, t.system_attrs.get("fail_reason"), t.system_attrs.get("error"))
+        for t in trials
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED)
+    ]
+    assert not unfinished, "\n\n".join([str(unfinished), *outputs])
     assert sorted(t.number for t in trials) == list(range(12))
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 12
     assert study.user_attrs["coordinators"] == 3

@@ -178,6 +178,8 @@ class WorkerPool:
         self.grace_seconds = grace_seconds
         self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
+        self.closing = threading.Event()
+        threading.Thread(target=self._watch, name="sweep-worker-watchdog", daemon=True).start()
 
     def _start(self, index: int) -> dict:
         parent_end, child_end = self.mp.Pipe()
@@ -201,6 +203,7 @@ class WorkerPool:
             "beat": beat,
             "trial": None,
             "start": 0.0,
+            "submitted": 0.0,
         }
 
     @property
@@ -230,8 +233,8 @@ class WorkerPool:
         worker = next(w for w in self.workers if w["trial"] is None and w["process"].is_alive())
         context.trial = None  # rebuilt in the worker from the shared storage
         worker["conn"].send((internals.trial_id(trial), job_config, context))
+        worker["submitted"] = time.monotonic()  # before "trial": the watchdog reads both
         worker["trial"], worker["start"], worker["ran"] = trial.number, time.perf_counter(), True
-        worker["submitted"] = time.monotonic()
 
     def next_result(self) -> TrialResult:
         """The next trial to end: its result, or a lost one's (`TrialResult.lost`)."""
@@ -252,14 +255,25 @@ class WorkerPool:
             for worker in busy:
                 if worker["process"].sentinel in ready:  # killed, out of memory, segfault
                     worker["process"].join(timeout=10)  # reaped: its exit code is known
+                    if worker.get("silenced"):  # by the watchdog
+                        return self._lost(worker, studies.HEARTBEAT_LOST, worker["silenced"])
                     code = worker["process"].exitcode
                     return self._lost(worker, studies.KILLED, f"exit code {code}")
+
+    def _watch(self) -> None:
+        """The watchdog: a worker in a trial silent for the grace period (stopped, hung)
+        is killed here, on a thread of its own, even while the sweep's thread waits on
+        the storage (a stopped worker may hold a SQLite write lock: killing it frees it);
+        next_result then reports its trial lost."""
+        while not self.closing.wait(BEAT_SECONDS):
+            for worker in list(self.workers):
+                if worker["trial"] is None or worker.get("silenced"):
+                    continue
                 silent = time.monotonic() - max(worker["beat"].value, worker["submitted"])
-                if silent > self.grace_seconds:  # stopped (SIGSTOP) or hung: ended here
-                    worker["process"].kill()
-                    worker["process"].join(timeout=10)
-                    detail = f"no heartbeat for {silent:.0f} s; killed"
-                    return self._lost(worker, studies.HEARTBEAT_LOST, detail)
+                if silent > self.grace_seconds:
+                    worker["silenced"] = f"no heartbeat for {silent:.0f} s; killed"
+                    with contextlib.suppress(OSError):
+                        worker["process"].kill()
 
     def _lost(self, worker: dict, reason: str, detail: str) -> TrialResult:
         """The result of a trial whose worker was lost; a new worker in its place."""
@@ -284,6 +298,7 @@ class WorkerPool:
         stopped on an error or Ctrl-C) at once, by SIGTERM (the project's runs then mark
         their MLflow run KILLED; the next run of the sweep continues the trial from its
         checkpoint); a worker that does not end is killed."""
+        self.closing.set()
         for worker in self.workers:
             if worker["trial"] is not None and worker["process"].is_alive():
                 worker["process"].terminate()
