@@ -173,12 +173,11 @@ def test_each_run_names_its_data_and_system_metrics_are_logged_when_asked(tmp_pa
     """The dataset input (name, digest of the data, source, split sizes) tells runs on
     other data apart; tracking.system_metrics=true adds MLflow's system metrics."""
     store = store_overrides(tmp_path)
-    small = [*FAST, "trainer.epochs=1", "tracking.log_model=false", "tracking.log_plots=false"]
-    run(
-        compose_config(
-            [*small, *store, "tracking.system_metrics=true", "tracking.system_metrics_interval=0.2"]
-        )
-    )
+    small = [*FAST, "tracking.log_model=false", "tracking.log_plots=false"]
+    # Long enough (15 epochs) for the sampler, every 0.2 s, to log even on a loaded machine.
+    sampled = ["tracking.system_metrics=true", "tracking.system_metrics_interval=0.2"]
+    run(compose_config([*small, *store, *sampled, "trainer.epochs=15"]))
+    small.append("trainer.epochs=1")
     run(compose_config([*small, *store]))  # the same data again
     run(compose_config([*small, *store, "dataset.source.num_train=300"]))  # other data
     client = MlflowClient(sqlite_uri(tmp_path))
