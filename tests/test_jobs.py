@@ -206,7 +206,9 @@ def test_slurm_jobs_a_preempted_one_is_requeued_and_a_cancelled_one_continued(tm
     study = optuna.load_study(study_name="jobs", storage=storage)
     trials = {t.number: t for t in study.trials}
     a, b = (int(r.data.tags["optuna.trial"]) for r in (preempted, cancelled))
-    assert trials[a].state == TrialState.COMPLETE  # the same trial, continued in its job
+    job_log = Path(preempted.data.tags["submitit.stderr"])
+    why = (trials[a].system_attrs, job_log.read_text()[-3000:] if job_log.exists() else "")
+    assert trials[a].state == TrialState.COMPLETE, why  # the same trial, continued in its job
     assert trials[a].system_attrs["job"]["job_id"] == preempted.data.tags["submitit.job_id"]
     assert trials[b].state == TrialState.FAIL
     assert "CANCELLED" in trials[b].system_attrs["fail_reason"]

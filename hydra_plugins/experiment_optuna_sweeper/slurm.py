@@ -14,14 +14,24 @@ import subprocess
 log = logging.getLogger(__name__)
 
 
+# Every state of a job that has not ended. squeue's default lists only pending, running
+# and completing jobs: a job being requeued (REQUEUED, after `scontrol requeue` or
+# submitit's preemption handler), suspended or signalled would look ended for a moment.
+UNFINISHED_STATES = (
+    "PENDING,RUNNING,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_FED,REQUEUE_HOLD,RESIZING,"
+    "RESV_DEL_HOLD,SIGNALING,SPECIAL_EXIT,STAGE_OUT,STOPPED,SUSPENDED"
+)
+
+
 def queued_or_running(job_ids: list[str]) -> set[str]:
-    """The ids among `job_ids` that squeue still lists (pending, running, completing...).
-    If squeue cannot answer, all of them: a flaky controller must not fail trials."""
+    """The ids among `job_ids` that squeue still lists in a state that has not ended
+    (pending, running, being requeued, suspended...). If squeue cannot answer, all of
+    them: a flaky controller must not fail trials."""
     if not job_ids:
         return set()
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
+            ["squeue", "-h", "-o", "%i", "-t", UNFINISHED_STATES, "-j", ",".join(job_ids)],
             capture_output=True,
             text=True,
             timeout=60,
