@@ -14,9 +14,11 @@ import subprocess
 log = logging.getLogger(__name__)
 
 
-# Every state of a job that has not ended. squeue's default lists only pending, running
-# and completing jobs: a job being requeued (REQUEUED, after `scontrol requeue` or
-# submitit's preemption handler), suspended or signalled would look ended for a moment.
+# Every state of a job that has not ended, named rather than left to squeue's default,
+# which its manual gives as pending, running and completing only. (SLURM 22.05 with `-j`
+# also lists suspended jobs, and a requeued one reads COMPLETING then PENDING; other
+# versions and settings need not, and a job being requeued, held or suspended must not
+# look ended to the sweep.)
 UNFINISHED_STATES = (
     "PENDING,RUNNING,COMPLETING,CONFIGURING,REQUEUED,REQUEUE_FED,REQUEUE_HOLD,RESIZING,"
     "RESV_DEL_HOLD,SIGNALING,SPECIAL_EXIT,STAGE_OUT,STOPPED,SUSPENDED"
