@@ -49,8 +49,16 @@ def compose(
     if not any(o.split("=", 1)[0].lstrip("+") == "trainer.checkpoint_dir" for o in overrides):
         stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
         overrides.append(f"trainer.checkpoint_dir={Path('outputs', stamp, 'checkpoints')}")
-    with initialize_config_dir(config_dir=str(config_dir_of_project()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from experiment.errors import ConfigError
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir_of_project()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:  # a wrong override, say
+        raise ConfigError(str(err).strip().splitlines()[0]) from err
     RunConfig.enter(cfg)  # refused here, as on the command line, if it cannot run
     return cfg
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from experiment.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.distributed import SINGLE, Ranks
@@ -323,6 +323,8 @@ def _device_bundle(
         )
         train = (source.train_images[keep], source.train_labels[keep])
         val = (source.train_images[held], source.train_labels[held])
+    if dataset.train_on_val:
+        train = (torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]))
     on_device = {  # each rank evaluates its share
         "train": train,
         "val": (rank_share(val[0], ranks), rank_share(val[1], ranks)),
@@ -357,6 +359,8 @@ def _host_bundle(
     if val is None:
         keep, held = seeded_split(len(train), dataset.val_fraction, dataset.split_seed)
         train, val = Subset(train, keep.tolist()), Subset(train, held.tolist())
+    if dataset.train_on_val:
+        train = ConcatDataset([train, val])
     workers = dataset.num_workers
     common = dict(
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0

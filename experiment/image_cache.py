@@ -130,7 +130,7 @@ def _decode_split(split, files, image_size: int, channels: int, folder: Path) ->
     )
     kept, skipped = [], {}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        decoded = pool.map(lambda f: _decode(f[0], image_size, channels), files)
+        decoded = pool.map(lambda f: decode(f[0], (image_size, image_size), channels), files)
         for (path, label), result in zip(files, decoded, strict=True):
             if isinstance(result, str):
                 skipped[str(path)] = result
@@ -146,17 +146,17 @@ def _decode_split(split, files, image_size: int, channels: int, folder: Path) ->
     return skipped
 
 
-def _decode(path: Path, image_size: int, channels: int) -> np.ndarray | str:
-    """The image as uint8 C x H x W at image_size, or why it could not be read."""
+def decode(path: Path, size: tuple[int, int], channels: int) -> np.ndarray | str:
+    """The image as uint8 C x H x W at `size` (height, width), or why it could not be
+    read. Training (this cache) and experiment-predict decode images this one way."""
     from PIL import Image, UnidentifiedImageError
 
+    height, width = size
     try:
         with Image.open(path) as image:
-            image.draft(
-                "RGB" if channels == 3 else "L", (image_size, image_size)
-            )  # JPEG: decode smaller
+            image.draft("RGB" if channels == 3 else "L", (width, height))  # JPEG: decode smaller
             image = image.convert("L" if channels == 1 else "RGB")
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         return f"{type(err).__name__}: {err}"

@@ -236,6 +236,10 @@ class DatasetConf:
     eval_batch_size: int = allowed(1024, AT_LEAST_ONE)
     # Share of the training split held out for validation.
     val_fraction: float = allowed(0.1, UNIT_OPEN)
+    # Train on the validation split too (experiment-promote --train-on-val): the run then
+    # trains a fixed number of epochs and tests the last epoch's weights; its validation
+    # metrics are no held-out estimate any more.
+    train_on_val: bool = False
     # Share held out for testing from a source that returns no test split (a user's
     # source; the project's own sources have their own `source.test_fraction`).
     test_fraction: float = allowed(0.2, UNIT_OPEN)

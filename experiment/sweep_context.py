@@ -153,7 +153,9 @@ def report(value: float, step: int, name: str = "value") -> None:
     cannot prune), it does nothing.
     """
     context = current()
-    if context is None or len(context.trial.study.directions) > 1 or not context.reports_epochs:
+    if not isinstance(context, TrialContext):  # outside a sweep (or retraining a trial)
+        return
+    if len(context.trial.study.directions) > 1 or not context.reports_epochs:
         return
     import optuna
 
@@ -173,15 +175,15 @@ def record_measures(measures: dict[str, float]) -> None:
 
 
 STANDALONE = Standalone()
-_current: ContextVar[TrialContext | None] = ContextVar("trial_context", default=None)
+_current: ContextVar[Standalone | None] = ContextVar("trial_context", default=None)
 
 
-def current() -> TrialContext | None:
+def current() -> Standalone | None:
     return _current.get()
 
 
 @contextlib.contextmanager
-def active(context: TrialContext):
+def active(context: Standalone):
     token = _current.set(context)
     try:
         yield context

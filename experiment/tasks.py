@@ -85,6 +85,11 @@ class Classification:
         self.eval_loss = _loss_function(loss, CLASSIFICATION_LOSSES, 0.0)
         self.multi_label = loss == "bce_with_logits"
         self.has_classes = not self.multi_label  # else one output per label column
+        # What turns the model's outputs into probabilities in the logged model
+        # (deployable.py): a custom loss is taken to read logits, as cross-entropy does.
+        self.output_head = {"bce_with_logits": "sigmoid", "nll": "exp"}.get(
+            self.loss_name or "", "softmax"
+        )
         self.objective = (metric, direction)
 
     def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
@@ -176,6 +181,7 @@ class Regression:
 
     name = "regression"
     has_classes = False  # one output per target column
+    output_head = "identity"  # the logged model answers the predicted values
     curve_metric = "r2"
     plot_points = 5000  # the test predictions kept for the plot
 

@@ -7,7 +7,6 @@ with `tracking=none`. What the run records, and how it ends, is `experiment.run_
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import random
@@ -128,7 +127,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         pass
 
-    def log_final(self, summary, history, figure, model, example) -> None:
+    def log_final(self, summary, history, figure, package) -> None:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -299,16 +298,18 @@ class Tracker:
             draw_test(Path(folder))
             self.mlflow.log_artifacts(folder, "plots")
 
-    def log_final(self, summary, history, figure, model, example) -> None:
-        """What a finished run adds: summary metrics, plots and the model, as configured."""
+    def log_final(self, summary, history, figure, package) -> None:
+        """What a finished run adds: summary metrics, plots and the model, as configured;
+        `package()` gives the model to log: (a CPU module in eval mode, a raw input
+        example, the model's metadata), see deployable.py."""
         self.log_metrics(summary)
         if self.plots_wanted:
             self.log_plots(history, figure)
         if self.model_wanted:
-            self.log_model(model, example)
+            self.log_model(*package())
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        """Log `model` (CPU copy, eval mode) with a signature and an input example.
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor, metadata: dict) -> None:
+        """Log `model` with a signature, an input example and `metadata`.
 
         Explicit pip requirements: inferring them imports and inspects the environment,
         which costs several seconds per run.
@@ -316,18 +317,17 @@ class Tracker:
         from mlflow.models import infer_signature
 
         torch_version = torch.__version__.split("+")[0]  # no local tag such as +cu130
-        cpu_model = copy.deepcopy(model).float().cpu().eval()
-        example = example.detach().cpu().contiguous()
-        example_np = (example.float() if example.is_floating_point() else example).numpy()
+        example_np = example.detach().cpu().contiguous().numpy()
         with torch.no_grad():
-            output = cpu_model(torch.from_numpy(example_np)).numpy()
+            output = model(torch.from_numpy(example_np)).numpy()
         self.mlflow.pytorch.log_model(
-            cpu_model,
+            model,
             name="model",
             signature=infer_signature(example_np, output),
             input_example=example_np,
             pip_requirements=[f"torch=={torch_version}"],
             serialization_format=self.model_format,
+            metadata=metadata,
         )
 
     @uninterrupted

@@ -19,11 +19,20 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from experiment import distributed, lineage, plots, pretrained, resume, sources, sweep_context
+from experiment import (
+    deployable,
+    distributed,
+    lineage,
+    plots,
+    pretrained,
+    resume,
+    sources,
+    sweep_context,
+)
 from experiment.api import config_dir_of_project
 from experiment.builders import Parts, build_parts, build_task, load_source
 from experiment.callbacks import Checkpointer, EarlyStopping
-from experiment.checkpoint import BEST, check_folder, load_checkpoint
+from experiment.checkpoint import BEST, LAST, check_folder, load_checkpoint
 from experiment.console import split_streams
 from experiment.data import example_batch
 from experiment.distributed import Ranks
@@ -116,15 +125,17 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             EarlyStopping(run.regularization.early_stopping.patience),
         ]
         result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
-        test, test_totals = evaluate_best(parts, checkpoint_dir, settings, ranks)
+        test, test_totals = evaluate_best(
+            parts, checkpoint_dir, settings, ranks, run.dataset.train_on_val
+        )
         summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
         if ranks.main:
             trial.record_measures(run_measures(result, summary))
         with store_failure_keeps(checkpoint_dir, "after training"):
             # The curves' metric, and what draws the task's test figure into a folder.
             figure = (task.curve_metric, partial(task.plot, test_totals, parts.data.classes))
-            example = example_batch(parts.data.val)
-            tracker.log_final(summary, result.history, figure, parts.model, example)
+            package = partial(deployable.of_run, parts.model, parts.data, task)
+            tracker.log_final(summary, result.history, figure, package)
         if ranks.main:
             resume.mark_complete(checkpoint_dir)
     report(result, test, summary, settings, task, checkpoint_dir, tracker)
@@ -212,12 +223,14 @@ def compile_now(parts: Parts, settings: FitSettings) -> float:
 
 
 def evaluate_best(
-    parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks
+    parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks, train_on_val: bool = False
 ) -> tuple[dict, dict]:
-    """The test split, evaluated once, with the weights that were best on validation
-    (read by rank 0, which wrote them, and copied to the other ranks)."""
+    """The test split, evaluated once, with the weights that were best on validation (the
+    last epoch's where validation was trained on), read by rank 0, which wrote them, and
+    copied to the other ranks."""
     if ranks.main:
-        parts.model.load_state_dict(load_checkpoint(checkpoint_dir / BEST)["model"])
+        weights = LAST if train_on_val else BEST
+        parts.model.load_state_dict(load_checkpoint(checkpoint_dir / weights)["model"])
     distributed.copy_weights_from_main(parts.model)
     return evaluate_with_totals(
         parts.model,
