@@ -125,9 +125,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             EarlyStopping(run.regularization.early_stopping.patience),
         ]
         result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
-        test, test_totals = evaluate_best(
-            parts, checkpoint_dir, settings, ranks, run.dataset.train_on_val
-        )
+        test, test_totals = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
         summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
         if ranks.main:
             trial.record_measures(run_measures(result, summary))
@@ -223,13 +221,13 @@ def compile_now(parts: Parts, settings: FitSettings) -> float:
 
 
 def evaluate_best(
-    parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks, train_on_val: bool = False
+    parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks, dataset
 ) -> tuple[dict, dict]:
     """The test split, evaluated once, with the weights that were best on validation (the
     last epoch's where validation was trained on), read by rank 0, which wrote them, and
     copied to the other ranks."""
     if ranks.main:
-        weights = LAST if train_on_val else BEST
+        weights = LAST if dataset.train_on_val else BEST
         parts.model.load_state_dict(load_checkpoint(checkpoint_dir / weights)["model"])
     distributed.copy_weights_from_main(parts.model)
     return evaluate_with_totals(

@@ -14,7 +14,9 @@ from PIL import Image
 
 from experiment.builders import build_model
 from experiment.checkpoint import BEST, LAST, load_checkpoint
+from experiment.data import BatchTransform
 from experiment.errors import CheckpointError
+from experiment.run_config import RunConfig
 from experiment.train import run
 from tests.conftest import FAST, all_runs, compose_config, sqlite_uri, store_overrides
 
@@ -89,8 +91,13 @@ def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
     net = build_model(cfg.model, example.shape[1:], cfg.dataset.source.get("num_classes", 10))
     net.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / BEST)["model"])
     net.eval()
+    # The logged model takes the raw uint8 images and answers probabilities: the run's
+    # evaluation normalization and a softmax are inside it.
+    assert example.dtype == np.uint8
+    dataset = RunConfig.enter(cfg).dataset
+    normalize = BatchTransform(dataset.mean, dataset.std, torch.device("cpu")).normalized
     with torch.no_grad():
-        expected = net(torch.from_numpy(example)).numpy()
+        expected = net(normalize(torch.from_numpy(example))).softmax(1).numpy()
         got = loaded(torch.from_numpy(example))
     got = got.numpy() if hasattr(got, "numpy") else np.asarray(got)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -83,11 +83,13 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
         output_format="list",
     )
     model = mlflow.pytorch.load_model(logged.model_uri)
-    images = np.random.default_rng(0).standard_normal((3, 1, 12, 12)).astype(np.float32)
+    images = np.random.default_rng(0).integers(0, 256, (3, 1, 12, 12), dtype=np.uint8)
     import torch
 
     with torch.no_grad():
-        assert model(torch.from_numpy(images)).shape == (3, 4)
+        probabilities = model(torch.from_numpy(images))  # raw pixels in, probabilities out
+    assert probabilities.shape == (3, 4)
+    np.testing.assert_allclose(probabilities.sum(1).numpy(), 1.0, rtol=1e-5)
 
     # Neither password is in any log line, param or tag.
     for text in outputs:

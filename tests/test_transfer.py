@@ -19,9 +19,11 @@ from sklearn.datasets import load_sample_images
 from experiment import pretrained
 from experiment.builders import build_model, build_optimizer, build_parts
 from experiment.checkpoint import BEST, load_checkpoint
+from experiment.data import BatchTransform
 from experiment.datasets import FolderSplits, ImageTensors, image_folder
 from experiment.engine import FitSettings, fit
 from experiment.errors import ConfigError
+from experiment.run_config import RunConfig
 from experiment.train import run
 from tests.conftest import all_runs, run_config, sqlite_uri, store_overrides
 
@@ -295,8 +297,13 @@ def test_fine_tuning_a_pretrained_backbone_on_photos_is_logged_and_loadable(tmp_
     net = build_model(cfg.model, (3, 224, 224), 2)
     net.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / BEST)["model"])
     net.eval()
+    # The logged model takes the raw uint8 images and answers probabilities: the run's
+    # evaluation normalization (the model's own mean and std) and a softmax are inside it.
+    assert example.dtype == torch.uint8
+    dataset = RunConfig.enter(cfg).dataset
+    normalize = BatchTransform(dataset.mean, dataset.std, torch.device("cpu")).normalized
     with torch.no_grad():
-        expected = net(example).numpy()
+        expected = net(normalize(example)).softmax(1).numpy()
         got = loaded(example)
     got = got.numpy() if hasattr(got, "numpy") else np.asarray(got)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
