@@ -106,7 +106,8 @@ def promote(args: argparse.Namespace) -> str:
     sweep = swept_trial.find_sweep(
         client, study=args.study, storage=args.storage, parent_run=args.parent_run
     )
-    trial = swept_trial.choose_trial(swept_trial.load_study(sweep), args.trial)
+    study = swept_trial.open_study(sweep.study_name, sweep.storage)
+    trial = swept_trial.choose_trial(study, args.trial)
     swept = swept_trial.describe_trial(client, sweep, trial)
     experiment_name = client.get_experiment(sweep.experiment_id).name
     name = registry.check_name(args.name or experiment_name)

@@ -75,6 +75,7 @@ def find_sweep(client, *, study: str | None, storage: str | None, parent_run: st
     if study is None:
         raise PromoteError("Name the sweep: --study NAME (and --storage URL), or --parent-run ID.")
     storage = storage or DEFAULT_STUDIES
+    open_study(study, storage)  # a study that is not there is named as such first
     found = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.`{PARENT_TAG}` = 'true' and tags.`optuna.study_name` = '{study}'",
@@ -88,29 +89,29 @@ def find_sweep(client, *, study: str | None, storage: str | None, parent_run: st
     return Sweep(study, storage, found[0].info.run_id, found[0].info.experiment_id)
 
 
-def load_study(sweep: Sweep):
+def open_study(study_name: str, storage: str):
     """The Optuna study; PromoteError for a storage or study that is not there (a SQLite
     file is not created by looking)."""
     import optuna
 
-    if sweep.storage.startswith("sqlite:///"):
-        path = Path(sweep.storage.removeprefix("sqlite:///"))
+    if storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///"))
         if not path.is_file():
             raise PromoteError(
                 f"No Optuna storage at {path.resolve()}: give --storage URL of the sweep "
                 "(hydra.sweeper.storage)."
             )
     try:
-        return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage)
+        return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = optuna.get_all_study_names(sweep.storage)
+        names = optuna.get_all_study_names(storage)
         raise PromoteError(
-            f"No study '{sweep.study_name}' in {redact(sweep.storage)}; it holds: "
+            f"No study '{study_name}' in {redact(storage)}; it holds: "
             f"{', '.join(names) or 'no studies'}."
         ) from None
     except Exception as err:  # a URL that does not open: say which and why
         raise PromoteError(
-            f"Cannot open the Optuna storage {redact(sweep.storage)}: {type(err).__name__}: "
+            f"Cannot open the Optuna storage {redact(storage)}: {type(err).__name__}: "
             f"{redact(str(err)).splitlines()[0]}"
         ) from None
 

@@ -113,8 +113,9 @@ class Server:
     """A command serving HTTP on 127.0.0.1:`port`, in its own process group, its output in
     `root/server.log`; `start()` returns once `health_path` answers 200."""
 
-    def __init__(self, root: Path, command: list[str], port: int, health_path: str = "/"):
+    def __init__(self, root: Path, command: list[str], port: int, health_path: str = "/", env=None):
         self.root, self.command, self.port, self.health_path = root, command, port, health_path
+        self.env = env
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
         self.log = None
@@ -123,7 +124,11 @@ class Server:
         self.root.mkdir(parents=True, exist_ok=True)
         self.log = open(self.root / "server.log", "a")  # noqa: SIM115  closed in stop()
         self.process = subprocess.Popen(
-            self.command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
         )
         try:
             self._wait_until_healthy(timeout)
@@ -177,6 +182,20 @@ def mlflow_server(root: Path, backend_uri: str | None = None) -> Server:
     ]
     command += ["--artifacts-destination", str(root / "artifacts")]
     return Server(root, command, port, "/health")
+
+
+def model_server(root: Path, model_uri: str, tracking_uri: str) -> Server:
+    """`mlflow models serve` of `model_uri` (e.g. models:/NAME@champion) in this
+    environment (--env-manager local) on 127.0.0.1; its uvicorn is this venv's."""
+    port = free_port()
+    command = [_venv_tool("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    return Server(root, command, port, "/ping", env=env)
 
 
 def optuna_dashboard(root: Path, storage_url: str) -> Server:
