@@ -63,7 +63,10 @@ def _checkpoint_predictions(run_data, weights: str, images: np.ndarray) -> np.nd
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_promoted_champion_predicts_and_serves_what_its_checkpoint_predicts(tmp_path):
+def test_a_promoted_champion_predicts_and_serves_what_its_checkpoint_predicts(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # where the in-process promote writes its checkpoints
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = tracking_overrides(tmp_path)
     proc = run_cli(sweep_args(storage, tracking, study=STUDY), tmp_path)
@@ -162,11 +165,11 @@ def test_a_promoted_champion_predicts_and_serves_what_its_checkpoint_predicts(tm
     np.testing.assert_allclose(model.predict(TEST_IMAGES[:10]), last, rtol=1e-4, atol=1e-6)
 
     # Bad input: one line on stderr, exit 2, and the registry untouched.
-    _bad_promotes(tmp_path, storage, uri, study)
+    _bad_promotes(capsys, storage, uri, study)
     assert len(client.search_model_versions("name = 'synthetic-cnn'")) == 2
 
 
-def _bad_promotes(tmp_path: Path, storage: str, uri: str, study) -> None:
+def _bad_promotes(capsys, storage: str, uri: str, study) -> None:
     unfinished = study.ask().number  # a trial still RUNNING in the real storage
     cases = {
         "No study 'nope'": ["--study", "nope", "--storage", storage],
@@ -184,9 +187,10 @@ def _bad_promotes(tmp_path: Path, storage: str, uri: str, study) -> None:
     for expected, args in cases.items():
         if "--storage" not in args:
             args = [*args, "--storage", storage]
-        proc = run_cli([*args, "--tracking-uri", uri], tmp_path, program=PROMOTE, split_stderr=True)
-        assert proc.returncode == 2, output(proc)
-        assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        capsys.readouterr()
+        assert promote.main([*args, "--tracking-uri", uri]) == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_predictions_of_a_regression_model_from_csv_rows(tmp_path, capsys):
