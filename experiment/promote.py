@@ -238,7 +238,9 @@ def report_text(swept: SweptTrial, base, results, chosen: SeedResult, args) -> s
         mean, std = spread([r.metrics[name] for r in results if name in r.metrics])
         lines.append(f"  {name}: mean {mean:.4f}, std {std:.4f}")
     for r in results:
-        shown = " ".join(f"{k} {r.metrics[k]:.4f}" for k in tests if k in r.metrics)
+        shown = f"{metric} (best) {r.metrics['best/value']:.4f}  " + " ".join(
+            f"{k} {r.metrics[k]:.4f}" for k in tests if k in r.metrics
+        )
         mark = " <- registered" if r is chosen else ""
         lines.append(f"  seed {r.seed}: run {r.run_id}  {shown}{mark}")
     return "\n".join(lines)
