@@ -300,28 +300,40 @@ TRACKED_RUN_IMPORTS = (
 )
 
 
-def warm_up_sweep_worker(cfg) -> None:
-    """Called by each worker of a parallel sweep once, before its first trial, with the
-    sweep's config (the sweeper looks for this name in the task's module): the MLflow
-    store opened (created if new, while the sweep opens its study) and its experiment
-    looked up, the dataset parsed into this process's cache, and what a run imports on
-    first use imported, so the first trial costs what the next ones do."""
+def preload_sweep_workers(cfg) -> None:
+    """Called by a parallel sweep once in its own process, before it forks its workers
+    from it (the sweeper looks for this name in the task's module), with the sweep's
+    config: what a run imports and computes on first use, done once for all workers
+    instead of once in each. Nothing that opens a store or a file: those stay per process
+    (`warm_up_sweep_worker`)."""
     run_config = RunConfig.enter(cfg)
-    build_tracker(run_config.tracking)
-    task = build_task(run_config.task)
-    sources.as_splits(load_source(run_config.dataset), run_config.dataset, task)
     import torch._dynamo  # noqa: F401  (the first optimizer built imports it: ~1.5 s)
 
     if run_config.tracking.enabled:
         for name in TRACKED_RUN_IMPORTS:
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
-        if run_config.tracking.log_plots:  # the first figure loads fonts: ~0.4 s
-            plots.warm_up()
         if run_config.tracking.log_model:  # MLflow maps every installed file once: ~1.3 s
             from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
             warn_dependency_requirement_mismatches(["torch"])
+
+
+def warm_up_sweep_worker(cfg) -> None:
+    """Called by each worker of a parallel sweep once, before its first trial, with the
+    sweep's config (the sweeper looks for this name in the task's module): the MLflow
+    store opened (created if new, while the sweep opens its study) and its experiment
+    looked up, the dataset parsed into this process's cache, what a run imports on first
+    use imported (where the workers were not forked from a process that did it already,
+    `preload_sweep_workers`) and the fonts loaded, so the first trial costs what the next
+    ones do."""
+    run_config = RunConfig.enter(cfg)
+    preload_sweep_workers(cfg)
+    build_tracker(run_config.tracking)
+    task = build_task(run_config.task)
+    sources.as_splits(load_source(run_config.dataset), run_config.dataset, task)
+    if run_config.tracking.enabled and run_config.tracking.log_plots:
+        plots.warm_up()  # the first figure loads fonts: ~0.4 s
 
 
 def _overrides() -> str:

@@ -76,6 +76,9 @@ def _beat_and_exit_with_parent(parent_pid: int, beat) -> None:
 
 
 WARM_UP = "warm_up_sweep_worker"  # a function (cfg) -> None in the task's module
+# A function (cfg) -> None in the task's module, called in the sweep's own process before
+# workers are forked from it: what it imports and computes every worker then has.
+PRELOAD = "preload_sweep_workers"
 
 
 def warm_up(task_function, job_config: DictConfig | None, preload: list[str]) -> None:
@@ -84,8 +87,21 @@ def warm_up(task_function, job_config: DictConfig | None, preload: list[str]) ->
     composed with the sweep's fixed overrides), where there is one. A failing warm-up
     costs time, not the sweep: the trials report what is wrong."""
     import_modules(preload)
+    call_task_hook(task_function, WARM_UP, job_config)
+
+
+def preload_here(task_function, job_config: DictConfig | None, preload: list[str]) -> None:
+    """In the sweep's process, before workers are forked from it: the `preload` modules
+    and the task module's `preload_sweep_workers(cfg)`, once for all workers (forked
+    copies share the memory) instead of once in each."""
+    import_modules(preload)
+    call_task_hook(task_function, PRELOAD, job_config)
+
+
+def call_task_hook(task_function, name: str, job_config: DictConfig | None) -> None:
+    """The task module's function `name`, with the task's part of `job_config`."""
     module = sys.modules.get(getattr(task_function, "__module__", ""), None)
-    hook = getattr(module, WARM_UP, None)
+    hook = getattr(module, name, None)
     if hook is None or job_config is None:
         return
     try:
@@ -95,7 +111,7 @@ def warm_up(task_function, job_config: DictConfig | None, preload: list[str]) ->
             del task_config["hydra"]
         hook(task_config)
     except Exception as err:
-        log.debug("warm-up of the worker failed: %s", err)
+        log.debug("%s of the sweep's task failed: %s", name, err)
 
 
 def worker_main(
@@ -167,7 +183,9 @@ class WorkerPool:
         overrides) and `preload` (module names): what the workers warm up with (`warm_up`).
         `grace_seconds`: how long a worker in a trial may go without a heartbeat."""
         task = task_reference(task_function)
-        self.method = start_method(gpus)
+        if start_method(gpus) == "fork":  # every worker starts with what is imported here
+            preload_here(task_function, config, list(preload))
+        self.method = start_method(gpus)  # again: an import may have started a thread
         self.mp = mp.get_context(self.method)
         if self.method == "forkserver":  # imported once, in the server the workers fork from
             named = [task[0]] if task[0] != "pickle" and not task[0].startswith("file:") else []
