@@ -32,6 +32,7 @@ from experiment.signals import stop_on_sigterm
 from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
 from hydra_plugins.experiment_optuna_sweeper import objectives, reporting, search_space
 from hydra_plugins.experiment_optuna_sweeper import study as studies
+from hydra_plugins.experiment_optuna_sweeper.composition import TrialComposer
 from hydra_plugins.experiment_optuna_sweeper.executors import Executor, InProcessExecutor
 from hydra_plugins.experiment_optuna_sweeper.failures import FailureRate, failure_counts
 from hydra_plugins.experiment_optuna_sweeper.groups import GroupExecutor
@@ -118,6 +119,7 @@ class ExperimentOptunaSweeper(Sweeper):
             *objectives.direction_overrides(settings.direction, self.config, directions),
         ]
         judge, pruner = self._judge_and_pruner(space, len(directions))
+        self.composer = TrialComposer(self.hydra_context.config_loader, self.config, fixed)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         # Started before the study is opened: workers get ready while the study and the
@@ -277,7 +279,7 @@ class ExperimentOptunaSweeper(Sweeper):
         return WorkerPool(settings.n_jobs, task, location, pruner, gpu_count(), *warm_up, grace)
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
-        job_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        job_config = self.composer.compose(overrides)
         with open_dict(job_config):
             job_config.hydra.job.id = f"trial_{number}"
             job_config.hydra.job.num = number
