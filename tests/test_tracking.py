@@ -60,3 +60,31 @@ def test_an_unwritable_template_cache_only_costs_the_speed_up(tmp_path, monkeypa
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", None, "runs")
     assert tracker.experiment_id and (tmp_path / "mlflow.db").exists()
     assert not list(tmp_path.glob(".mlflow.db.creating-*"))
+
+
+def test_epoch_metrics_are_sent_in_batches_and_all_of_them_by_the_runs_end(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from experiment import tracking
+    from tests.conftest import sqlite_uri, tracking_overrides
+
+    tracking_overrides(tmp_path)  # an empty store
+    tracker = tracking.Tracker(sqlite_uri(tmp_path), str(tmp_path / "artifacts"), "batches")
+    tracker.start(run_name="r", params={}, tags={}, texts={})
+    client = MlflowClient(sqlite_uri(tmp_path))
+
+    def steps() -> list[int]:
+        return [m.step for m in client.get_metric_history(tracker.run_id, "val/loss")]
+
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 3600.0)
+    for epoch in range(3):
+        tracker.log_epoch(epoch, {"val/loss": 1.0 / (epoch + 1), "lr": 0.1})
+    assert steps() == []  # held back: one write for several epochs
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 0.0)
+    tracker.log_epoch(3, {"val/loss": 0.2, "lr": 0.1})
+    assert steps() == [0, 1, 2, 3]  # the interval passed: everything so far, at once
+    monkeypatch.setattr(tracking, "FLUSH_SECONDS", 3600.0)
+    tracker.log_epoch(4, {"val/loss": 0.1, "lr": 0.1})
+    tracker.finish("FAILED")  # a run that ends, however it ends, sends what it holds
+    assert steps() == [0, 1, 2, 3, 4]
+    assert client.get_run(tracker.run_id).info.status == "FAILED"
