@@ -62,7 +62,8 @@ def learning_curves(history: list[dict[str, float]], path: Path, metric: str = "
 
 
 def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Counts of (true class, predicted class) on the test split, with class names."""
+    """Counts of (true class, predicted class) on the test split, with class names (a
+    cell no sample fell in is left blank)."""
     n = len(classes)
     size = max(4.5, 0.45 * n + 2)
     fig = _figure(size, size)
@@ -73,12 +74,11 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path
     ax.set(xlabel="predicted", ylabel="true")
     accuracy = np.trace(matrix) / max(matrix.sum(), 1)
     ax.set_title(f"test confusion matrix (acc {accuracy:.4f})")
-    if n <= 20:  # numbers stay readable
+    if n <= 20:  # numbers stay readable; empty cells stay blank, so the errors stand out
         threshold = matrix.max() / 2
-        for i in range(n):
-            for j in range(n):
-                color = "white" if matrix[i, j] > threshold else "black"
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
+        for i, j in zip(*np.nonzero(matrix), strict=True):
+            color = "white" if matrix[i, j] > threshold else "black"
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
     label = 0.075 * max((len(str(c)) for c in classes), default=1)  # inches at 10 pt
     _margins(fig, left=0.6 + label, bottom=0.6 + (0.71 * label if n > 6 else 0.15))
     return _save(fig, path)
