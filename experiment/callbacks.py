@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from experiment.checkpoint import BEST, LAST, Checkpoint
+from experiment.checkpoint import BEST, LAST, Checkpoint, link_checkpoint
 from experiment.engine import FitState
 
 
@@ -26,9 +26,13 @@ class Checkpointer:
         checkpoint = Checkpoint.capture(
             state, self.model, self.optimizer, self.scheduler, **self.identity
         )
-        if state.improved:
+        if state.improved:  # best first: a resume finds best.pt whole
             checkpoint.save(self.directory / BEST)
-        checkpoint.save(self.directory / LAST)  # last: a resume finds best.pt whole
+            # The same content: last.pt becomes a second name of best.pt's file, until the
+            # next epoch replaces it with a file of its own.
+            if link_checkpoint(self.directory / BEST, self.directory / LAST):
+                return
+        checkpoint.save(self.directory / LAST)
 
 
 class EarlyStopping:

@@ -11,6 +11,8 @@ A file that is not such a checkpoint is refused with a `CheckpointError` that na
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,13 +130,35 @@ def save_checkpoint(path: Path, **state) -> None:
         with durable.replacing_file(path) as temporary:
             torch.save(state, temporary)
     except OSError as err:
-        why = "the disk is full" if durable.is_disk_full(err) else err.strerror or str(err)
-        raise WriteError(
-            f"Cannot write the checkpoint {path.name} in {path.parent}: {why}. The checkpoints "
-            "already there are whole. Free space there (or give trainer.checkpoint_dir a "
-            "folder with room), then run the same command with trainer.resume=auto to "
-            "continue from the last one, in the same MLflow run."
-        ) from None
+        raise _write_error(path, err) from None
+
+
+# What os.link raises where a filesystem (or its mount) has no hard links.
+_NO_HARD_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP)
+
+
+def link_checkpoint(source: Path, path: Path) -> bool:
+    """`path` made, durably, the same file as the checkpoint `source` (a hard link: no
+    second serialization and write); False where the filesystem has no hard links."""
+    try:
+        with durable.replacing_file(path) as temporary:
+            os.link(source, temporary)
+    except OSError as err:
+        if err.errno in _NO_HARD_LINKS:
+            return False
+        raise _write_error(path, err) from None
+    return True
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    """A checkpoint that cannot be written: why, and what to do."""
+    why = "the disk is full" if durable.is_disk_full(err) else err.strerror or str(err)
+    return WriteError(
+        f"Cannot write the checkpoint {path.name} in {path.parent}: {why}. The checkpoints "
+        "already there are whole. Free space there (or give trainer.checkpoint_dir a "
+        "folder with room), then run the same command with trainer.resume=auto to "
+        "continue from the last one, in the same MLflow run."
+    )
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -59,6 +59,19 @@ def test_checkpoints_hold_the_best_and_the_last_epoch(tmp_path):
         assert torch.equal(last["model"][key], tensor), key
 
 
+def test_an_improving_epochs_last_checkpoint_is_its_best_one_written_once(tmp_path):
+    parts, settings = parts_and_settings(epochs=1)
+    save = checkpointer(parts, tmp_path)
+    state = train(parts, settings, [save])  # epoch 0 is the best so far
+    assert (tmp_path / LAST).samefile(tmp_path / BEST)  # one file, two names
+    state.epoch, state.best_epoch = 1, 0  # an epoch that did not improve
+    state.history.append(state.history[-1])
+    save(state)
+    assert not (tmp_path / LAST).samefile(tmp_path / BEST)
+    assert load_checkpoint(tmp_path / LAST)["epoch"] == 1
+    assert load_checkpoint(tmp_path / BEST)["epoch"] == 0  # untouched by last.pt's write
+
+
 def test_early_stopping_ends_training_after_patience_epochs_without_a_new_best():
     parts, settings = parts_and_settings("optimizer.lr=1e-9", epochs=10)
     settings.min_delta = 0.5  # no epoch improves on the first by that much

@@ -78,9 +78,10 @@ def test_a_full_disk_stops_the_run_and_a_resume_continues_it_once_there_is_room(
     args = [*FAST, "trainer.epochs=4", "trainer.progress=quiet", *tracking_overrides(tmp_path)]
     with small_disk(tmp_path / "disk", size_kb=8192) as disk:
         size = checkpoint_size([*FAST, "trainer.checkpoint_dir=unused"])
-        # Room for two checkpoints and a half: epoch 1 writes best.pt and last.pt, the
-        # next write (the new best.pt or last.pt, beside the old one) finds no room.
-        filler = fill_leaving(disk, int(2.5 * size))
+        # Room for a checkpoint and a half: epoch 1 writes best.pt and last.pt (one file,
+        # two names), the next write (the new best.pt or last.pt, beside the old file)
+        # finds no room.
+        filler = fill_leaving(disk, int(1.5 * size))
         checkpoints = disk / "checkpoints"
         run = [*args, f"trainer.checkpoint_dir={checkpoints}"]
 
