@@ -197,14 +197,21 @@ def build_optimizer(node, model: nn.Module) -> torch.optim.Optimizer:
 
     A fused step updates every parameter in one kernel instead of several per tensor: on
     CUDA, and on the CPU too (Adam's step for the project's CNN: ~0.13 ms against
-    ~0.6 ms), unless the node sets `fused` itself. An optimizer that refuses it here (a
-    device or dtype it has no fused kernel for) is built unfused.
+    ~0.6 ms), unless the node sets `fused` itself. Not for a model with frozen
+    parameters: thawed later, they reach a fused step without the state the others have
+    (PyTorch's fused SGD then fails). An optimizer that refuses it here (a device or dtype
+    it has no fused kernel for) is built unfused.
     """
     node = as_node(node)
     backbone_lr_scale = node.pop("backbone_lr_scale", None)  # ours, not the optimizer's
     factory = instantiate(node)
     groups = list(parameter_groups(model, node["lr"], backbone_lr_scale))
-    if "fused" not in node and "fused" in inspect.signature(factory.func).parameters:
+    all_trained = all(p.requires_grad for p in model.parameters())
+    if (
+        all_trained
+        and "fused" not in node
+        and "fused" in inspect.signature(factory.func).parameters
+    ):
         try:
             return factory(groups, fused=True)
         except (RuntimeError, ValueError, TypeError):

@@ -132,6 +132,14 @@ def test_optimizer_is_fused_on_the_cpu_where_it_takes_fused(optimizer):
         torch.testing.assert_close(a, b)
 
 
+def test_a_model_with_frozen_parameters_gets_an_unfused_optimizer():
+    # Parameters thawed later reach a fused step without the others' state.
+    cfg = run_config(["optimizer=sgd"])
+    net = build_model(cfg.model, (1, 8, 8), 10)
+    next(net.parameters()).requires_grad_(False)
+    assert not build_optimizer(cfg.optimizer, net).defaults.get("fused")
+
+
 def test_an_optimizer_without_a_fused_kernel_is_built_unfused():
     cfg = run_config(["optimizer=rmsprop"])
     net = build_model(cfg.model, (1, 8, 8), 10)

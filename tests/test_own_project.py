@@ -101,6 +101,24 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     (logged,) = client.search_logged_models([run.info.experiment_id])
     model = mlflow.pytorch.load_model(logged.artifact_location)  # 10 features in, 1 out
     assert tuple(model(torch.zeros(4, 10)).shape) == (4, 1)
+    # Its predictions for rows of a CSV, through the wheel's console script.
+    rows = torch.linspace(-0.1, 0.1, 40).reshape(4, 10)
+    (project / "rows.csv").write_text("\n".join(",".join(map(str, r.tolist())) for r in rows))
+    predict = [str(target / "bin" / "experiment-predict")]
+    uri = ["--tracking-uri", sqlite_uri(project)]
+    proc = run_cli(
+        [f"runs:/{run.info.run_id}/model", "rows.csv", *uri],
+        project,
+        env=env,
+        program=predict,
+        split_stderr=True,
+    )
+    assert proc.returncode == 0, output(proc)
+    header, *lines = proc.stdout.strip().splitlines()
+    assert header == "input,target" and [line.split(",")[0] for line in lines] == list("0123")
+    with torch.no_grad():
+        expected = model(rows).squeeze(1).tolist()
+    assert [float(line.split(",")[1]) for line in lines] == pytest.approx(expected, rel=1e-4)
 
     # Classification through the console script, on the DataLoader path (a Dataset).
     script = [str(target / "bin" / "experiment-train")]  # run by this Python, as pip wrote it
