@@ -125,7 +125,7 @@ def promote(args: argparse.Namespace) -> str:
             f"trainer.checkpoint_dir={(folder / f'seed{seed}' / 'checkpoints').resolve()}",
             *args.overrides,
         ]
-        results.append(retrain(swept, overrides, args.config_dir, seed, i))
+        results.append(retrain(swept, overrides, args.config_dir, seed))
     chosen = choose(results, base, args.train_on_val)
     report = report_text(swept, base, results, chosen, args)
     version = registry.register(
@@ -151,12 +151,11 @@ def recompose(swept: SweptTrial, extra: list[str], config_dir: str | None):
     if fingerprint(now) != fingerprint(logged):
         before, after = flatten(logged), flatten(now)
         keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-        keys = [k for k in keys if not k.startswith("trainer.checkpoint_dir")]
+        key = next((k for k in keys if not k.startswith("trainer.checkpoint_dir")), "?")
         raise PromoteError(
-            f"Trial {swept.number}'s configuration does not compose the same here "
-            f"({keys[0] if keys else 'a key'}: {before.get(keys[0]) if keys else ''} in its "
-            f"run, {after.get(keys[0]) if keys else ''} here): run from the folder the sweep "
-            "ran in, with the same --config-dir."
+            f"Trial {swept.number}'s configuration does not compose the same here ({key}: "
+            f"{before.get(key)} in its run, {after.get(key)} here): run from the folder the "
+            "sweep ran in, with the same --config-dir."
         )
     return cfg
 
@@ -188,7 +187,7 @@ def promote_overrides(swept: SweptTrial, uri: str, experiment: str, on_val: bool
     return fixed
 
 
-def retrain(swept: SweptTrial, overrides: list[str], config_dir, seed: int, i: int) -> SeedResult:
+def retrain(swept: SweptTrial, overrides: list[str], config_dir, seed: int) -> SeedResult:
     """One seed's run, nested under the sweep's parent run; its final metrics."""
     import mlflow
 
