@@ -42,6 +42,7 @@ class CountingLoader:
         ["regularization.dropout=0.1", "model=cnn", "optimizer.lr=0.5"],  # interleaved
         ["optimizer=sgd", "optimizer.lr=0.01", "optimizer.momentum=0.8"],  # a group's own key
         ["trainer.seed=3", "run_name=null"],
+        ["trainer.checkpoint_dir=/tmp/elsewhere"],  # a key that resolves only in a job
     ],
 )
 def test_a_trials_job_config_is_the_one_hydra_composes(loader_and_master, sampled):

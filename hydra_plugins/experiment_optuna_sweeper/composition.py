@@ -92,4 +92,8 @@ _NOT_THERE = object()
 
 
 def _absent(cfg: DictConfig, key: str) -> bool:
-    return OmegaConf.select(cfg, key, default=_NOT_THERE) is _NOT_THERE
+    """No such key. Looked up without resolving the value: one that resolves only inside
+    a job (`${hydra:runtime.output_dir}`) is there."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=_NOT_THERE) if parent else cfg
+    return not isinstance(node, DictConfig) or leaf not in node
