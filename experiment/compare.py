@@ -21,6 +21,7 @@ from collections import Counter
 
 from experiment.errors import ExperimentError
 from experiment.secrets import redact
+from experiment.swept_trial import PARENT_TAG
 
 DEFAULT_STORE = "sqlite:///mlruns/mlflow.db"
 # A run's best value of its first optimized metric; for a sweep's trial of several
@@ -48,7 +49,7 @@ def runs_of(client, target: str, uri: str) -> tuple[list, str]:
             experiment = None
     if experiment is not None:
         runs = client.search_runs([experiment.experiment_id], max_results=50_000)
-        runs = [r for r in runs if r.data.tags.get("sweep.parent") != "true"]
+        runs = [r for r in runs if r.data.tags.get(PARENT_TAG) != "true"]
         return runs, f"experiment '{experiment.name}'"
     try:
         parent = client.get_run(target)

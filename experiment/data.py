@@ -79,12 +79,9 @@ class BatchTransform:
         need float pixels: they come here, per batch). Non-image inputs pass through."""
         if images.ndim != 4:
             return images
-        if images.dtype == torch.uint8:
-            x = images.float().mul_(self.scale).add_(self.shift)  # in place: one float copy
-        elif self.normalizes_floats:
-            x = images.float().mul(self.float_scale).add_(self.shift)
-        else:
-            x = images.float()
+        x = normalize_images(
+            images, self.scale, self.float_scale, self.shift, self.normalizes_floats
+        )
         if self.augment and self.augmentation.resized_crop_scale:
             x = random_resized_crop(x, self.augmentation.resized_crop_scale, self.generator)
         if self.channels_last:
@@ -94,6 +91,17 @@ class BatchTransform:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         augment = self.augment and images.ndim == 4
         return self.normalized(self.augmented(images) if augment else images)
+
+
+def normalize_images(images, uint8_scale, float_scale, shift, normalizes_floats: bool):
+    """Images as normalized float32: uint8 pixels by one multiply-add that folds in the
+    /255, float images by (x - mean) / std where mean and std are given, else as they
+    are. The run's batches and the logged model (deployable.py) both go through here."""
+    if images.dtype == torch.uint8:
+        return images.float().mul_(uint8_scale).add_(shift)  # in place: one float copy
+    if normalizes_floats:  # not in place: .float() of float32 is the input itself
+        return images.float().mul(float_scale).add_(shift)
+    return images.float()
 
 
 def random_crop(x: torch.Tensor, padding: int, generator=None) -> torch.Tensor:

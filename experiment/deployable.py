@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from experiment.data import BatchTransform, DeviceLoader, model_inputs
+from experiment.data import BatchTransform, DeviceLoader, model_inputs, normalize_images
 
 # The task's output head: logits to what a user reads (tasks.py names one per loss).
 HEADS = ("softmax", "sigmoid", "exp", "identity")
@@ -37,11 +37,9 @@ class Deployable(nn.Module):
         """What the run's evaluation did to a batch (data.BatchTransform.normalized)."""
         if x.ndim != 4:  # features, sequences: as the model took them
             return model_inputs(x)
-        if x.dtype == torch.uint8:
-            return x.float() * self.uint8_scale + self.shift
-        if self.normalizes_floats:
-            return x.float() * self.float_scale + self.shift
-        return x.float()
+        return normalize_images(
+            x, self.uint8_scale, self.float_scale, self.shift, self.normalizes_floats
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = self.model(self.preprocess(x)).float()

@@ -131,7 +131,8 @@ def promote(args: argparse.Namespace) -> str:
     version = registry.register(
         client, name, chosen.run_id, version_tags(swept, chosen), description=report
     )
-    return f"{report}\nRegistered {name} version {version.version} as models:/{name}@champion."
+    champion = f"models:/{name}@{registry.ALIAS}"
+    return f"{report}\nRegistered {name} version {version.version} as {champion}."
 
 
 def recompose(swept: SweptTrial, extra: list[str], config_dir: str | None):
