@@ -28,15 +28,23 @@ from collections import defaultdict
 from pathlib import Path
 
 LOG_FOLDER = "SWEEP_PHASES_LOG"
+PROFILE = "SWEEP_PHASES_PROFILE"
 
+PLUGIN = "hydra_plugins.experiment_optuna_sweeper"
 # (label, owner module, attribute path): the phases of a trial, in the order they run.
 TRIAL_PHASES = [
-    ("trial job (Hydra run_job)", "hydra_plugins.experiment_optuna_sweeper.executors", "run_job"),
+    ("trial job (its Hydra job)", f"{PLUGIN}.executors", "run_trial_job"),
+    ("  the task's config copied", f"{PLUGIN}.trial_job", "task_part"),
+    ("  the job's logging configured", f"{PLUGIN}.trial_job", "configure_log"),
+    ("  .hydra/*.yaml written", f"{PLUGIN}.trial_job", "write_job_record"),
     ("  config entered and checked", "experiment.run_config", "RunConfig.enter"),
     ("  MLflow tracker opened", "experiment.train", "build_tracker"),
     ("  data, model, optimizer built", "experiment.train", "build_parts"),
+    ("  the run's record (name, params, tags, git commit)", "experiment.train", "run_record"),
     ("  MLflow run started (params, tags, config files)", "experiment.tracking", "Tracker.start"),
+    ("  the dataset logged as the run's input", "experiment.tracking", "Tracker.log_dataset"),
     ("  epochs (fit, with their callbacks)", "experiment.train", "fit"),
+    ("    epochs seeded", "experiment.engine", "seed_epoch"),
     ("    training steps", "experiment.engine", "train_one_epoch"),
     ("    validation", "experiment.engine", "evaluate"),
     ("    checkpoints (last.pt, best.pt)", "experiment.callbacks", "Checkpointer.__call__"),
@@ -49,9 +57,10 @@ TRIAL_PHASES = [
     ("  model logged", "experiment.tracking", "Tracker.log_model"),
     ("  MLflow run ended", "experiment.tracking", "Tracker.finish"),
 ]
+GC = "  garbage collection, all through the job"
 # Addressed through the sweeper's module: Hydra's plugin scan executes the plugin's
 # modules again, so these are wrapped once the scan is done (at the sweeper's creation).
-SWEEPER = "hydra_plugins.experiment_optuna_sweeper.sweeper"
+SWEEPER = f"{PLUGIN}.sweeper"
 SWEEP_PHASES = [
     ("sweep", SWEEPER, "ExperimentOptunaSweeper.sweep"),
     ("study, sampler, parent run", SWEEPER, "ExperimentOptunaSweeper._open_study"),
@@ -104,6 +113,52 @@ class _Recorder:
 
         return wrapper
 
+    def collecting(self, label: str, function):
+        """`function` (a trial's job), recording the seconds Python's garbage collector
+        ran during it as one `label` event."""
+        import gc
+
+        started, spent = [0.0], [0.0]
+
+        def clock(phase, _info):
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                spent[0] += time.perf_counter() - started[0]
+
+        gc.callbacks.append(clock)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            start, spent[0] = time.time(), 0.0
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.write({"event": label, "at": start, "seconds": spent[0]})
+
+        return wrapper
+
+    def profiled(self, function):
+        """A worker's trial jobs under cProfile (its first job left out: imports), the
+        statistics of all later jobs of the process in one file, rewritten after each."""
+        import cProfile
+
+        profile = cProfile.Profile()
+        calls = 0
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return function(*args, **kwargs)
+            try:
+                return profile.runcall(function, *args, **kwargs)
+            finally:
+                profile.dump_stats(self.folder / f"{os.getpid()}.prof")
+
+        return wrapper
+
 
 def _wrap(recorder: _Recorder, phases) -> None:
     for label, module_name, attribute in phases:
@@ -129,6 +184,10 @@ def _install() -> None:
 
     def instantiate_timed_sweeper(self, **kwargs):
         plugin = [p for p in TRIAL_PHASES if p[1].startswith("hydra_plugins.")]
+        executors = importlib.import_module(plugin[0][1])
+        executors.run_trial_job = recorder.collecting(GC, executors.run_trial_job)
+        if os.environ.get(PROFILE):
+            executors.run_trial_job = recorder.profiled(executors.run_trial_job)
         _wrap(recorder, SWEEP_PHASES + plugin)
         return instantiate_sweeper(self, **kwargs)
 
@@ -211,7 +270,7 @@ def report_trials(workers: dict[int, list[dict]]) -> None:
     steady = [trial for t in trials for trial in t[1:]]
     print("\nper trial (in its worker), mean seconds; steady: each worker's first trial left out")
     print(f"  {'phase':<52} {'first':>7} {'steady':>7}")
-    for label, *_ in TRIAL_PHASES:
+    for label in [label for label, *_ in TRIAL_PHASES] + [GC]:
         first = statistics.mean(t.get(label, 0.0) for t in firsts)
         later = statistics.mean(t.get(label, 0.0) for t in steady) if steady else float("nan")
         print(f"  {label:<52} {first:7.3f} {later:7.3f}")
@@ -232,6 +291,17 @@ def report_trials(workers: dict[int, list[dict]]) -> None:
     )
 
 
+def print_profile(folder: Path, lines: int = 60) -> None:
+    import pstats
+
+    files = [str(path) for path in folder.glob("*.prof")]
+    if not files:
+        print("\nno worker ran more than one trial: nothing profiled")
+        return
+    print(f"\nthe workers' later trial jobs under cProfile ({len(files)} workers):")
+    pstats.Stats(*files).sort_stats("cumulative").print_stats(lines)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2:])
@@ -242,11 +312,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the workers' trial jobs (cProfile; the phases' times then include "
+        "the profiler's cost) and print the functions that took the most cumulative time",
+    )
     args, overrides = parser.parse_known_args()
     work = Path(tempfile.mkdtemp(prefix="bench-phases-"))
     folder = work / "phases"
     folder.mkdir()
     os.environ[LOG_FOLDER] = str(folder)
+    if args.profile:
+        os.environ[PROFILE] = "1"
     seconds = sweep_vs_script.project(
         work,
         sweep_vs_script.configurations(args.trials),
@@ -256,6 +334,8 @@ def main() -> None:
         extra=overrides,
     )
     report(read(folder), seconds, args.trials)
+    if args.profile:
+        print_profile(folder)
 
 
 if __name__ == "__main__":

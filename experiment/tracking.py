@@ -128,7 +128,7 @@ class NullTracker:
     def log_dataset(self, dataset, tags: dict[str, str]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
     def log_final(self, summary, history, figure, package) -> None:
@@ -290,8 +290,8 @@ class Tracker:
         self.flushed_at = time.monotonic()
 
     @uninterrupted
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        self.mlflow.log_metrics(metrics)
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics(metrics, step=step)
 
     @uninterrupted
     def backfill(self, history: list[dict[str, float]]) -> None:
@@ -322,18 +322,29 @@ class Tracker:
             self.mlflow.log_artifacts(folder, "plots")
 
     def log_final(self, summary, history, figure, package) -> None:
-        """What a finished run adds: summary metrics, plots and the model, as configured;
+        """What a finished run adds: plots, the model and summary metrics, as configured;
         `package()` gives the model to log: (a CPU module in eval mode, a raw input
         example, the model's metadata), see deployable.py."""
         self.flush()
-        self.log_metrics(summary)
-        if self.plots_wanted:
-            self.log_plots(history, figure)
-        if self.model_wanted:
-            self.log_model(*package())
+        # The model and the summary are the run's output after its last epoch: logged at
+        # that step, the summary metrics (test/*, best/*, ...) are the model's metrics in
+        # MLflow (its model page, search_logged_models). At a step with no metrics yet,
+        # MLflow's log_model has nothing of the run to copy to the model (it would
+        # rewrite each metric of its step, ~50 ms per run).
+        step = len(history)
+        try:
+            if self.plots_wanted:
+                self.log_plots(history, figure)
+            if self.model_wanted:
+                self.log_model(*package(), step=step)
+        finally:  # a plot or a model that found no room: the summary is recorded anyway
+            self.log_metrics(summary, step)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor, metadata: dict) -> None:
-        """Log `model` with a signature, an input example and `metadata`.
+    def log_model(
+        self, model: torch.nn.Module, example: torch.Tensor, metadata: dict, step: int = 0
+    ) -> None:
+        """Log `model` with a signature, an input example and `metadata`, as the run's
+        output at `step`.
 
         Explicit pip requirements: inferring them imports and inspects the environment,
         which costs several seconds per run.
@@ -352,6 +363,7 @@ class Tracker:
             pip_requirements=[f"torch=={torch_version}"],
             serialization_format=self.model_format,
             metadata=metadata,
+            step=step,
         )
 
     @uninterrupted

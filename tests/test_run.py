@@ -86,6 +86,13 @@ def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[finished.info.experiment_id], output_format="list"
     )
+    # The model is the run's output after its last epoch, its metrics the run's summary:
+    # test/*, best/* (not one epoch's values).
+    (output,) = client.get_run(finished.info.run_id).outputs.model_outputs
+    assert (output.model_id, output.step) == (logged.model_id, cfg.trainer.epochs)
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["test/acc"] == metrics["test/acc"] and "best/value" in linked
+    assert not {"train/loss", "val/acc", "lr"} & set(linked)
     loaded = mlflow.pytorch.load_model(logged.model_uri)
     example = np.asarray(mlflow.models.Model.load(logged.model_uri).load_input_example())
     net = build_model(cfg.model, example.shape[1:], cfg.dataset.source.get("num_classes", 10))

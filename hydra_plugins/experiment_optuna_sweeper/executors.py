@@ -1,11 +1,11 @@
 """How a trial runs, wherever it runs: the executor interface, the trial job itself, and
 what is handed to another process to run one.
 
-A trial is one Hydra job (`run_job`: its own output folder, logging and `.hydra/`
-record) executed with a TrialContext set, so the run reports to its trial. The sweep's
-trial loop talks to every executor through `Executor`: in this process
-(`InProcessExecutor`), long-lived worker processes (workers.py), torchrun groups
-(groups.py) or submitit jobs (jobs.py).
+A trial is one Hydra job (trial_job.py, Hydra's `run_job` without its copies: its own
+output folder, logging and `.hydra/` record) executed with a TrialContext set, so the
+run reports to its trial. The sweep's trial loop talks to every executor through
+`Executor`: in this process (`InProcessExecutor`), long-lived worker processes
+(workers.py), torchrun groups (groups.py) or submitit jobs (jobs.py).
 """
 
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
@@ -25,8 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobStatus, run_job, setup_globals
+from hydra.core.utils import JobStatus, setup_globals
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +35,7 @@ from experiment.errors import ExperimentError
 from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
 from hydra_plugins.experiment_optuna_sweeper.repeats import run_repeats
 from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
+from hydra_plugins.experiment_optuna_sweeper.trial_job import run_trial_job
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,9 @@ def execute(
 
 def _run_job(hydra_context, task_function, job_config: DictConfig, context):
     """One Hydra job of the trial: (state, value, error)."""
-    HydraConfig.instance().set_config(job_config)
     study = context.trial.study
     try:
-        ret = run_job(
-            hydra_context=hydra_context,
-            task_function=task_function,
-            config=job_config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        ret = run_trial_job(hydra_context, task_function, job_config)
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM stops the sweep, not just the trial
         raise
     except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself

@@ -9,7 +9,6 @@ imported once (see `start_method`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import logging
 import multiprocessing as mp
@@ -22,7 +21,7 @@ from multiprocessing.connection import wait
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
 
 from experiment import sweep_context
 from experiment.errors import SweepError
@@ -35,6 +34,7 @@ from hydra_plugins.experiment_optuna_sweeper.executors import (
     task_reference,
 )
 from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
+from hydra_plugins.experiment_optuna_sweeper.trial_job import task_part
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ def call_task_hook(task_function, name: str, job_config: DictConfig | None) -> N
         return
     try:
         HydraConfig.instance().set_config(job_config)  # ${hydra:...} resolves
-        task_config = copy.deepcopy(job_config)
-        with read_write(task_config), open_dict(task_config):
-            del task_config["hydra"]
-        hook(task_config)
+        hook(task_part(job_config))
     except Exception as err:
         log.debug("%s of the sweep's task failed: %s", name, err)
 
