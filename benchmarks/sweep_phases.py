@@ -53,7 +53,11 @@ TRIAL_PHASES = [
     ("    report to the trial (pruning)", "experiment.sweep_context", "report"),
     ("  test evaluation of best.pt", "experiment.train", "evaluate_best"),
     ("  summary metrics to MLflow", "experiment.tracking", "Tracker.log_metrics"),
-    ("  plots drawn and logged", "experiment.tracking", "Tracker.log_plots"),
+    (
+        "  plots drawn and logged (in the worker, or the figure process)",
+        "experiment.run_figures",
+        "RunFigures.log",
+    ),
     ("  model logged", "experiment.tracking", "Tracker.log_model"),
     ("  MLflow run ended", "experiment.tracking", "Tracker.finish"),
 ]
@@ -70,6 +74,7 @@ SWEEP_PHASES = [
     ("ask (per trial)", SWEEPER, "TrialLoop._ask"),
     ("compose the trial's config (per trial)", SWEEPER, "ExperimentOptunaSweeper._job_config"),
     ("tell (per trial)", SWEEPER, "TrialLoop._record"),
+    ("end: the figure process's last plots", f"{PLUGIN}.figures", "FigureWriter.drain"),
     ("end: results file and parent run", SWEEPER, "ExperimentOptunaSweeper._finish"),
     ("  of which study plots", SWEEPER, "reporting.study_plots"),
     ("end: summary table", SWEEPER, "ExperimentOptunaSweeper._report"),
@@ -224,7 +229,20 @@ def report(records: dict[int, list[dict]], wall: float, trials: int) -> None:
     }
     print(f"\nsweep wall time {wall:.1f} s for {trials} trials, {len(workers)} workers")
     report_sweep(records[coordinator], workers)
+    for pid, events in records.items():  # the figure process, say
+        if pid != coordinator and pid not in workers and len(events) > 1:
+            report_helper(pid, events[1:])
     report_trials(workers)
+
+
+def report_helper(pid: int, events: list[dict]) -> None:
+    totals = defaultdict(list)
+    for event in events:
+        totals[event["event"]].append(event["seconds"])
+    print(f"\nanother process of the sweep ({pid}), seconds:")
+    for label, values in totals.items():
+        each = f" ({statistics.mean(values):.3f} each x {len(values)})" if len(values) > 1 else ""
+        print(f"  {label.strip()}: {sum(values):6.2f}{each}")
 
 
 def report_sweep(events: list[dict], workers: dict[int, list[dict]]) -> None:

@@ -9,6 +9,7 @@ MLflow status and tags that say how the run ended.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -31,6 +32,11 @@ class Standalone:
 
     def record_measures(self, measures: dict[str, float]) -> None:
         pass
+
+    def defer_figures(self, figures) -> bool:
+        """Take the run's figures (a RunFigures) to draw elsewhere; False: the run draws
+        them itself."""
+        return False
 
     def run_name(self, base: str) -> str:
         return base
@@ -68,6 +74,9 @@ class TrialContext(Standalone):
     repeats: int = 1
     seed_key: str = "trainer.seed"
     repeat: int | None = None  # the seed's index while one runs
+    # In a worker process of a local sweep: the runs' figures, pickled, for the sweep's
+    # process to draw while this worker trains its next trial (None: runs draw their own).
+    figures_elsewhere: list[bytes] | None = None
     _measures: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -127,6 +136,15 @@ class TrialContext(Standalone):
         later call adds to and replaces the earlier ones."""
         self._measures.update({name: float(value) for name, value in measures.items()})
         self.trial.set_user_attr(MEASURES_ATTR, dict(self._measures))
+
+    def defer_figures(self, figures) -> bool:
+        if self.figures_elsewhere is None:
+            return False
+        try:
+            self.figures_elsewhere.append(pickle.dumps(figures))
+        except Exception:  # e.g. a task of one's own that holds a lambda: drawn here
+            return False
+        return True
 
     def outcome(self, error: BaseException | None) -> tuple[str, dict[str, str]]:
         if error is None:

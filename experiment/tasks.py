@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,6 +34,10 @@ CLASSIFICATION_LOSSES = ("cross_entropy", "nll", "bce_with_logits")
 REGRESSION_LOSSES = ("mse", "l1", "smooth_l1")
 
 
+def _bce_with_logits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype))
+
+
 def _loss_function(spec, allowed: tuple[str, ...], label_smoothing: float) -> Callable:
     """A loss by name, or any `_target_` node (a loss module or a function of
     (outputs, targets) returning the batch's mean loss)."""
@@ -41,10 +46,12 @@ def _loss_function(spec, allowed: tuple[str, ...], label_smoothing: float) -> Ca
             raise ConfigValueError(
                 "task.loss", spec, f"one of {', '.join(allowed)}, or a node with _target_"
             )
+        # Module-level functions, not lambdas: a task pickles (a sweep's worker sends its
+        # runs' figures, drawn by the task, to the sweep's process).
         if spec == "cross_entropy":
-            return lambda out, y: F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            return partial(F.cross_entropy, label_smoothing=label_smoothing)
         if spec == "bce_with_logits":
-            return lambda out, y: F.binary_cross_entropy_with_logits(out, y.to(out.dtype))
+            return _bce_with_logits
         return {
             "nll": F.nll_loss,
             "mse": F.mse_loss,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from experiment.errors import ConfigValueError, TrackingError
+from experiment.run_figures import RunFigures
 from experiment.secrets import redact
 from experiment.signals import uninterrupted
 from experiment.sqlite_files import create_atomically
@@ -131,7 +132,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
-    def log_final(self, summary, history, figure, package) -> None:
+    def log_final(self, summary, history, figure, package, defer_figures=None) -> None:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -308,21 +309,11 @@ class Tracker:
         if self.run_id is not None:  # the fluent API would start a new run otherwise
             self.mlflow.set_tags(tags)
 
-    def log_plots(self, history: list[dict], figure) -> None:
-        """Learning curves and the task's test figure, as PNG under `plots/`; `figure`:
-        (metric the curves show, a function that draws the test figure into a folder)."""
-        import tempfile
-
-        from experiment import plots
-
-        metric, draw_test = figure
-        with tempfile.TemporaryDirectory() as folder:
-            plots.learning_curves(history, Path(folder) / "learning_curves.png", metric)
-            draw_test(Path(folder))
-            self.mlflow.log_artifacts(folder, "plots")
-
-    def log_final(self, summary, history, figure, package) -> None:
-        """What a finished run adds: plots, the model and summary metrics, as configured;
+    def log_final(self, summary, history, figure, package, defer_figures=None) -> None:
+        """What a finished run adds: plots, the model and summary metrics, as configured.
+        `figure`: (the metric the learning curves show, a function that draws the task's
+        test figure into a folder); `defer_figures(RunFigures)`: True if it takes the
+        figures to draw elsewhere (a sweep's process), else they are drawn here.
         `package()` gives the model to log: (a CPU module in eval mode, a raw input
         example, the model's metadata), see deployable.py."""
         self.flush()
@@ -334,7 +325,9 @@ class Tracker:
         step = len(history)
         try:
             if self.plots_wanted:
-                self.log_plots(history, figure)
+                figures = RunFigures(self.uri, self.run_id, history, *figure)
+                if defer_figures is None or not defer_figures(figures):
+                    figures.log()
             if self.model_wanted:
                 self.log_model(*package(), step=step)
         finally:  # a plot or a model that found no room: the summary is recorded anyway

@@ -133,7 +133,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             # The curves' metric, and what draws the task's test figure into a folder.
             figure = (task.curve_metric, partial(task.plot, test_totals, parts.data.classes))
             package = partial(deployable.of_run, parts.model, parts.data, task)
-            tracker.log_final(summary, result.history, figure, package)
+            tracker.log_final(summary, result.history, figure, package, trial.defer_figures)
         if ranks.main:
             resume.mark_complete(checkpoint_dir)
     report(result, test, summary, settings, task, checkpoint_dir, tracker)

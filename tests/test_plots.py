@@ -4,6 +4,7 @@ figure does: nothing of the previous run (its values, limits, cells, title) show
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -105,3 +106,18 @@ def test_other_classes_get_a_figure_of_their_own(tmp_path):
         names = [str(i) for i in range(n + 1)]
         plots.confusion_matrix(np.eye(n + 1, dtype=int), names, tmp_path / "x.png")
     assert len(plots._kept) == plots.KEEP_AT_MOST
+
+
+def test_figures_left_to_the_sweep_are_pickled_or_else_drawn_by_the_run(tmp_path):
+    from experiment.run_figures import RunFigures
+    from experiment.sweep_context import STANDALONE, TrialContext
+
+    figures = RunFigures("sqlite:///x.db", "run", history(3, 1.0), "acc", str)
+    left = TrialContext(trial=None, study_name="s", figures_elsewhere=[])
+    assert left.defer_figures(figures) and len(left.figures_elsewhere) == 1
+    assert pickle.loads(left.figures_elsewhere[0]) == figures
+    local = RunFigures("sqlite:///x.db", "run", [], "acc", lambda folder: None)
+    assert not left.defer_figures(local)  # a lambda does not pickle: the run draws it
+    assert len(left.figures_elsewhere) == 1
+    assert not TrialContext(trial=None, study_name="s").defer_figures(figures)
+    assert not STANDALONE.defer_figures(figures)

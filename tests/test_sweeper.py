@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import signal
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from PIL import Image
 
 from experiment.builders import build_model
 from experiment.compare import compare
@@ -197,9 +199,11 @@ def test_pruned_trials_are_pruned_in_optuna_and_tagged_in_mlflow(tmp_path):
     study = load_study(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
     assert all(list(t.intermediate_values) == [0] for t in study.trials)
-    _, children = split_runs(tmp_path)
+    (parent,), children = split_runs(tmp_path)
     assert {c.data.tags["optuna.state"] for c in children} == {"PRUNED"}
     assert "trial 0 PRUNED" in output(proc)
+    # tracking.log_plots=false holds for the study's plots too.
+    assert MlflowClient(sqlite_uri(tmp_path)).list_artifacts(parent.info.run_id, "plots") == []
 
 
 def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
@@ -228,13 +232,35 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
 
 
 def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
-    proc = run_cli(sweep(tmp_path, "hydra.sweeper.n_jobs=2", n_trials=6), tmp_path)
+    # The runs' figures drawn by the sweep's figure process (not the workers).
+    figures = "hydra.sweeper.figure_process=true"
+    proc = run_cli(
+        sweep(tmp_path, "hydra.sweeper.n_jobs=2", figures, n_trials=6, log_plots=True), tmp_path
+    )
     assert proc.returncode == 0, output(proc)
     study = load_study(tmp_path)
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     (parent,), children = split_runs(tmp_path)
-    # tracking.log_plots=false holds for the study's plots too.
-    assert MlflowClient(sqlite_uri(tmp_path)).list_artifacts(parent.info.run_id, "plots") == []
+    client = MlflowClient(sqlite_uri(tmp_path))
+    drawn = {}
+    for child in children:
+        if child.data.tags["optuna.state"] != "COMPLETE":
+            continue
+        folder = Path(
+            client.download_artifacts(child.info.run_id, "plots", str(tmp_path / child.info.run_id))
+        )
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "confusion_matrix.png",
+            "learning_curves.png",
+        ]
+        for png in folder.iterdir():
+            with Image.open(png) as image:
+                assert image.format == "PNG" and min(image.size) > 300
+        drawn[child.info.run_id] = (folder / "learning_curves.png").read_bytes()
+    assert len(drawn) >= 2 and len(set(drawn.values())) == len(drawn)  # each its own run's
+    assert {"plots/optimization_history.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots")
+    }
     processes = [c.data.tags["process"] for c in children]
     assert len(children) == 6 and len(set(processes)) == 2  # two workers, reused
     sweep_process = study.trials[0].system_attrs["worker"]  # the process that asked

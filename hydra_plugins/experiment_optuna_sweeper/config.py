@@ -178,6 +178,11 @@ class ExperimentOptunaSweeperConf:
     # Modules each of the n_jobs > 1 workers imports before its first trial (a missing one
     # is skipped), besides what the task module's `warm_up_sweep_worker(cfg)` does.
     preload: list[str] = field(default_factory=list)
+    # Where the n_jobs > 1 workers' runs draw their figures (learning curves, the test
+    # figure): true, a figure process of the sweep's (the worker starts its next trial at
+    # once); false, each worker after its trial; null, the figure process where the
+    # workers leave a CPU core free (trials on GPUs, or more cores than their threads).
+    figure_process: bool | None = None
 
 
 store = ConfigStore.instance()

@@ -22,7 +22,7 @@ import pickle
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from hydra.core.utils import JobStatus, setup_globals
@@ -74,6 +74,8 @@ class TrialResult:
     # cancelled): the trial is failed with this reason and its configuration queued once
     # more, to continue from its checkpoint; it does not count against n_trials.
     lost: str | None = None
+    # The runs' figures a worker left to the sweep's process (pickled RunFigures).
+    figures: list[bytes] = field(default_factory=list)
 
 
 def objective_values(value, n_objectives: int) -> float | list[float]:

@@ -50,6 +50,7 @@ class SweepSettings:
     max_retries: int = 3
     repeats: int = 1
     seed_key: str = "trainer.seed"
+    figure_process: bool | None = None
 
     @classmethod
     def of(cls, **values) -> "SweepSettings":

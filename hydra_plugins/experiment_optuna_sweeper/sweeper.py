@@ -78,6 +78,7 @@ class ExperimentOptunaSweeper(Sweeper):
         max_retries: int = 3,
         repeats: int = 1,
         seed_key: str = "trainer.seed",
+        figure_process: bool | None = None,
     ):
         self.settings = SweepSettings.of(**{k: v for k, v in locals().items() if k != "self"})
 
@@ -276,7 +277,16 @@ class ExperimentOptunaSweeper(Sweeper):
         warm_up_config = self._job_config(fixed, 0)  # what the workers warm up with
         warm_up = (warm_up_config, settings.preload)
         grace = settings.worker_grace_seconds
-        return WorkerPool(settings.n_jobs, task, location, pruner, gpu_count(), *warm_up, grace)
+        return WorkerPool(
+            settings.n_jobs,
+            task,
+            location,
+            pruner,
+            gpu_count(),
+            warm_up,
+            grace,
+            figure_process=settings.figure_process,
+        )
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
         job_config = self.composer.compose(overrides)

@@ -33,6 +33,7 @@ from hydra_plugins.experiment_optuna_sweeper.executors import (
     resolve_task,
     task_reference,
 )
+from hydra_plugins.experiment_optuna_sweeper.figures import FigureWriter
 from hydra_plugins.experiment_optuna_sweeper.study import StudyLocation
 from hydra_plugins.experiment_optuna_sweeper.trial_job import task_part
 
@@ -152,8 +153,16 @@ def worker_main(
             state, value, error = execute(hydra_context, task_function, job_config, context)
         except KeyboardInterrupt:  # the sweep ended this worker mid-trial (close())
             return
+        seconds = time.perf_counter() - start
         conn.send(
-            TrialResult(context.trial.number, state, value, error, time.perf_counter() - start)
+            TrialResult(
+                context.trial.number,
+                state,
+                value,
+                error,
+                seconds,
+                figures=context.figures_elsewhere or [],
+            )
         )
 
 
@@ -171,15 +180,18 @@ class WorkerPool:
         location: StudyLocation,
         pruner,
         gpus: int = 0,
-        config: DictConfig | None = None,
-        preload: list[str] = (),
+        warm_up: tuple[DictConfig | None, list[str]] = (None, []),
         grace_seconds: float = 60.0,
+        figure_process: bool | None = None,
     ):
         """`location`: the study, which each worker opens with its own connection once
-        it gets its first trial. `config` (a job config with the sweep's fixed
-        overrides) and `preload` (module names): what the workers warm up with (`warm_up`).
-        `grace_seconds`: how long a worker in a trial may go without a heartbeat."""
+        it gets its first trial. `warm_up`: (a job config with the sweep's fixed
+        overrides, `preload` module names), what the workers warm up with (`warm_up`).
+        `grace_seconds`: how long a worker in a trial may go without a heartbeat.
+        `figure_process`: whether the runs' figures are drawn by a process of their own
+        (figures.py); None: where the workers leave a CPU core free."""
         task = task_reference(task_function)
+        config, preload = warm_up
         if start_method(gpus) == "fork":  # every worker starts with what is imported here
             preload_here(task_function, config, list(preload))
         self.method = start_method(gpus)  # again: an import may have started a thread
@@ -193,6 +205,9 @@ class WorkerPool:
         self.grace_seconds = grace_seconds
         self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
+        if figure_process is None:  # on CPU trials every core trains: no gain, a cost
+            figure_process = bool(gpus) or (os.cpu_count() or 1) > n_jobs * self.cpu_threads
+        self.figures = FigureWriter(self.mp) if figure_process else None
         self.closing = threading.Event()
         threading.Thread(target=self._watch, name="sweep-worker-watchdog", daemon=True).start()
 
@@ -247,6 +262,7 @@ class WorkerPool:
     def submit(self, trial, job_config: DictConfig, context) -> None:
         worker = next(w for w in self.workers if w["trial"] is None and w["process"].is_alive())
         context.trial = None  # rebuilt in the worker from the shared storage
+        context.figures_elsewhere = [] if self.figures is not None else None
         worker["conn"].send((internals.trial_id(trial), job_config, context))
         worker["submitted"] = time.monotonic()  # before "trial": the watchdog reads both
         worker["trial"], worker["start"], worker["ran"] = trial.number, time.perf_counter(), True
@@ -266,6 +282,9 @@ class WorkerPool:
                     except (EOFError, OSError):  # it died while sending: its sentinel tells
                         continue
                     worker["trial"] = None
+                    if self.figures is not None:
+                        self.figures.submit(result.figures)
+                    result.figures = []
                     return result
             for worker in busy:
                 if worker["process"].sentinel in ready:  # killed, out of memory, segfault
@@ -325,3 +344,5 @@ class WorkerPool:
             if worker["process"].is_alive():
                 worker["process"].kill()
                 worker["process"].join(timeout=5)
+        if self.figures is not None:
+            self.figures.drain()  # the trials' figures, before the sweep's own plots
