@@ -39,10 +39,10 @@ def exit_status(code) -> int:
 
 
 def leave(code: int) -> NoReturn:
-    main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main and not thread.daemon:
-            thread.join()
+    # The interpreter's own first step of an exit: threading's exit hooks (a thread pool
+    # tells its idle workers to end: MLflow's artifact uploads keep one), then every
+    # non-daemon thread joined. Joining without those hooks waits forever on such a pool.
+    threading._shutdown()
     atexit._run_exitfuncs()  # what a normal exit runs: MLflow's end of runs, logging's flush
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to tell

@@ -274,18 +274,10 @@ class ExperimentOptunaSweeper(Sweeper):
             )
         if settings.n_jobs == 1:
             return InProcessExecutor(self.hydra_context, task)
-        warm_up_config = self._job_config(fixed, 0)  # what the workers warm up with
-        warm_up = (warm_up_config, settings.preload)
-        grace = settings.worker_grace_seconds
+        warm_up = (self._job_config(fixed, 0), settings.preload)  # what the workers warm up with
+        at_most, figures = settings.worker_grace_seconds, settings.figure_process
         return WorkerPool(
-            settings.n_jobs,
-            task,
-            location,
-            pruner,
-            gpu_count(),
-            warm_up,
-            grace,
-            figure_process=settings.figure_process,
+            settings.n_jobs, task, location, pruner, gpu_count(), warm_up, at_most, figures
         )
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
