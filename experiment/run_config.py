@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiment import pretrained
+from experiment import pretrained, yaml_text
 from experiment.allowed import check_fields
 from experiment.errors import ConfigError, ConfigValueError
 from experiment.schema import Config
@@ -104,7 +104,7 @@ class RunConfig:
         return {key: redact(str(value)) for key, value in flatten(self.resolved).items()}
 
     def yaml(self) -> str:
-        return OmegaConf.to_yaml(self.resolved)
+        return yaml_text.to_yaml(self.resolved)
 
     def fit_settings(self, device, task, amp_dtype):
         """How `fit` trains this run (engine.FitSettings) on `device`."""

@@ -134,3 +134,26 @@ def test_the_task_gets_a_copy(tmp_path, conf_dir):
     ret = run_trial_job(context, changes, config)
     assert ret.return_value == 0.5
     assert config.optimizer.lr == original.optimizer.lr == 0.02
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=mlp", "optimizer=sgd"],
+        ["run_name='1e5'"],
+        ["run_name='true'"],
+        ["run_name='café'"],
+    ],
+)
+def test_yaml_text_is_omegaconfs(overrides):
+    """The run's config.yaml (and the job's .hydra files) on libyaml's emitter: the text
+    OmegaConf writes, strings that read as numbers or booleans quoted."""
+    from experiment.api import compose
+    from experiment.run_config import RunConfig
+    from experiment.yaml_text import to_yaml
+
+    run = RunConfig.enter(compose(overrides))
+    assert run.yaml() == OmegaConf.to_yaml(run.resolved)
+    tricky = {"a": "1", "b": "true", "c": "null", "d": [1.5, "2.5", None], "e": "x: y"}
+    assert to_yaml(tricky) == OmegaConf.to_yaml(tricky)

@@ -16,7 +16,6 @@ import copy
 import os
 from pathlib import Path
 
-import yaml
 from hydra import version
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
@@ -28,7 +27,8 @@ from hydra.core.utils import (
     env_override,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf._utils import get_omega_conf_dumper
+
+from experiment import yaml_text
 
 
 def task_part(config: DictConfig) -> DictConfig:
@@ -42,33 +42,14 @@ def task_part(config: DictConfig) -> DictConfig:
         config.__dict__["_content"] = content  # the very dict it had: nothing changed
 
 
-def _dumper():
-    """OmegaConf's YAML dumper (strings that read as numbers or booleans quoted), on
-    libyaml's emitter where PyYAML has it: the same text, in a third of the time."""
-    if not getattr(yaml, "__with_libyaml__", False):
-        return get_omega_conf_dumper()
-
-    class Dumper(yaml.CDumper):
-        pass
-
-    Dumper.add_representer(str, get_omega_conf_dumper().str_representer)
-    return Dumper
-
-
-_DUMPER = _dumper()
-
-
 def to_yaml(node) -> str:
     """`OmegaConf.to_yaml(node)`: what Hydra writes into `.hydra/`."""
-    container = node if isinstance(node, dict) else OmegaConf.to_container(node, enum_to_str=True)
-    return yaml.dump(
-        container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_DUMPER
-    )
+    return yaml_text.to_yaml(OmegaConf.to_container(node, enum_to_str=True))
 
 
 def hydra_yaml(config: DictConfig) -> str:
     """`.hydra/hydra.yaml` as Hydra writes it (the `hydra` node alone, unresolved)."""
-    return to_yaml({"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)})
+    return yaml_text.to_yaml({"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)})
 
 
 def write_job_record(config: DictConfig, task_config: DictConfig) -> None:
