@@ -150,8 +150,7 @@ def test_yaml_text_is_omegaconfs(overrides):
     """The run's config.yaml (and the job's .hydra files) on libyaml's emitter: the text
     OmegaConf writes, strings that read as numbers or booleans quoted."""
     from experiment.api import compose
-    from experiment.run_config import RunConfig
-    from experiment.yaml_text import to_yaml
+    from experiment.run_config import RunConfig, to_yaml
 
     run = RunConfig.enter(compose(overrides))
     assert run.yaml() == OmegaConf.to_yaml(run.resolved)

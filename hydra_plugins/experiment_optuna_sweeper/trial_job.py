@@ -28,7 +28,7 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from experiment import yaml_text
+from experiment.run_config import to_yaml as yaml_of
 
 
 def task_part(config: DictConfig) -> DictConfig:
@@ -44,12 +44,12 @@ def task_part(config: DictConfig) -> DictConfig:
 
 def to_yaml(node) -> str:
     """`OmegaConf.to_yaml(node)`: what Hydra writes into `.hydra/`."""
-    return yaml_text.to_yaml(OmegaConf.to_container(node, enum_to_str=True))
+    return yaml_of(OmegaConf.to_container(node, enum_to_str=True))
 
 
 def hydra_yaml(config: DictConfig) -> str:
     """`.hydra/hydra.yaml` as Hydra writes it (the `hydra` node alone, unresolved)."""
-    return yaml_text.to_yaml({"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)})
+    return yaml_of({"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)})
 
 
 def write_job_record(config: DictConfig, task_config: DictConfig) -> None:
