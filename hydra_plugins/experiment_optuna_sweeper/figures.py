@@ -38,22 +38,38 @@ def draw_figures(pending, parent_pid: int) -> None:
             return
         if figures is None:
             return
-        try:
-            pickle.loads(figures).log()
-        except Exception as err:  # a full disk, a store gone: the trial stands
-            log.warning("A trial's figures were not logged: %s: %s", type(err).__name__, err)
+        draw_one(figures)
+
+
+def draw_one(figures: bytes) -> None:
+    try:
+        pickle.loads(figures).log()
+    except Exception as err:  # a full disk, a store gone: the trial stands
+        log.warning("A trial's figures were not logged: %s: %s", type(err).__name__, err)
 
 
 class FigureWriter:
     def __init__(self, context):
         """`context`: the multiprocessing context the workers start with."""
         self.pending = context.Queue()
+        self.warned = False
         self.process = context.Process(
             target=draw_figures, args=(self.pending, os.getpid()), name="trial-figures", daemon=True
         )
         self.process.start()
 
     def submit(self, pickled: list[bytes]) -> None:
+        if not self.process.is_alive():  # killed (out of memory, say): drawn here instead
+            if not self.warned:
+                log.warning(
+                    "The figure process ended (exit code %s); the sweep's process draws "
+                    "the trials' figures from now on.",
+                    self.process.exitcode,
+                )
+                self.warned = True
+            for figures in pickled:
+                draw_one(figures)
+            return
         for figures in pickled:
             self.pending.put(figures)
 
