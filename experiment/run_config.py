@@ -194,7 +194,7 @@ def fingerprint(resolved: dict) -> str:
 
 
 def overrides_yaml(overrides: list[str]) -> str:
-    return OmegaConf.to_yaml(list(overrides))
+    return to_yaml(list(overrides))
 
 
 def as_node(value: Any) -> Any:

@@ -2,8 +2,9 @@
 drawn and logged under the run's `plots/` artifact folder.
 
 The run's own process does the job at its end; in a sweep whose trials run in worker
-processes, the trial hands it (pickled) to the sweep's process, which draws it on a
-thread of its own while the worker starts its next trial (sweep_context.defer_figures).
+processes, the trial may hand it (pickled) to the sweep's figure process, which draws it
+while the worker starts its next trial (sweep_context.defer_figures, the sweeper's
+figures.py).
 """
 
 from __future__ import annotations
