@@ -220,13 +220,19 @@ def read(folder: Path) -> dict[int, list[dict]]:
 JOB = TRIAL_PHASES[0][0]
 
 
-def report(records: dict[int, list[dict]], wall: float, trials: int) -> None:
+def coordinator_and_workers(records: dict[int, list[dict]]) -> tuple[int, dict[int, list]]:
+    """The sweep's process id and the workers' records (the processes that ran jobs)."""
     coordinator = next(pid for pid, r in records.items() if any(e["event"] == "sweep" for e in r))
     workers = {
         pid: r
         for pid, r in records.items()
         if pid != coordinator and any(e["event"] == JOB for e in r)
     }
+    return coordinator, workers
+
+
+def report(records: dict[int, list[dict]], wall: float, trials: int) -> None:
+    coordinator, workers = coordinator_and_workers(records)
     print(f"\nsweep wall time {wall:.1f} s for {trials} trials, {len(workers)} workers")
     report_sweep(records[coordinator], workers)
     for pid, events in records.items():  # the figure process, say
@@ -301,12 +307,19 @@ def report_trials(workers: dict[int, list[dict]]) -> None:
             "  a worker's wait between trials (the sweep telling, asking, composing): "
             f"median {statistics.median(gaps):.3f} s"
         )
-    training = ("    training steps", "    validation")
-    overhead = [t[JOB] - sum(t.get(k, 0.0) for k in training) for t in steady]
     print(
         "\n  steady overhead per trial (its job minus training steps and validation): "
-        f"median {statistics.median(overhead):.3f} s"
+        f"median {steady_overhead(workers):.3f} s"
     )
+
+
+def steady_overhead(workers: dict[int, list[dict]]) -> float:
+    """The median, over the trials after each worker's first, of a trial's job minus its
+    training steps and validation: what the project adds to the training per trial."""
+    steady = [trial for worker in workers.values() for trial in per_trial(worker)[1:]]
+    training = ("    training steps", "    validation")
+    overheads = [t[JOB] - sum(t.get(k, 0.0) for k in training) for t in steady]
+    return statistics.median(overheads) if overheads else float("nan")
 
 
 def print_profile(folder: Path, lines: int = 60) -> None:

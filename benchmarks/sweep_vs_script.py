@@ -4,14 +4,21 @@
 Both: the default digits CNN, `--epochs` epochs per trial, `--workers` processes sharing
 an Optuna study in SQLite, one MLflow run per trial with its model. The two alternate for
 `--rounds` rounds; each round's wall times and the ratio project / script are printed.
+With `--phases` the project's sweep runs under `benchmarks.sweep_phases`' timers, and each
+round prints its per-trial overhead too (a trial's job minus its training steps and
+validation, median of the trials after each worker's first): both of the sweep's figures
+from the same run. The timers' own cost (a line appended to a file per timed call) counts
+against the project.
 
     .venv/bin/python -m benchmarks.sweep_vs_script [--trials 20] [--epochs 10] [--rounds 1]
+                                                   [--workers 2] [--phases]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -106,30 +113,62 @@ def completed_trials(work: Path) -> int:
     return len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
 
 
+def timed_project(work: Path, configs: list[dict], epochs: int, workers: int) -> float:
+    """`project`, its processes timed per phase by benchmarks.sweep_phases (their records
+    in work/phases)."""
+    from benchmarks import sweep_phases
+
+    folder = work / "phases"
+    folder.mkdir()
+    os.environ[sweep_phases.LOG_FOLDER] = str(folder)
+    try:
+        return project(
+            work, configs, epochs, workers, program=["-m", "benchmarks.sweep_phases", "--child"]
+        )
+    finally:
+        del os.environ[sweep_phases.LOG_FOLDER]
+
+
+def steady_overhead(work: Path) -> float:
+    from benchmarks import sweep_phases
+
+    _, workers = sweep_phases.coordinator_and_workers(sweep_phases.read(work / "phases"))
+    return sweep_phases.steady_overhead(workers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--phases", action="store_true", help="also the project's per-trial overhead"
+    )
     args = parser.parse_args()
     configs = configurations(args.trials)
-    ratios = []
+    ratios, overheads = [], []
     print(f"machine: {machine()}")
     for index in range(args.rounds):
         times = {}
-        for name, runner in (("project", project), ("script", script)):
+        sides = (("project", timed_project if args.phases else project), ("script", script))
+        for name, runner in sides:
             work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
             times[name] = runner(work, configs, args.epochs, args.workers)
             if completed_trials(work) != len(configs):
                 raise SystemExit(f"{name}: {completed_trials(work)} of {len(configs)} complete")
+            if name == "project" and args.phases:
+                overheads.append(steady_overhead(work))
         ratios.append(times["project"] / times["script"])
+        overhead = f"; per-trial overhead {overheads[-1]:.3f} s" if args.phases else ""
         print(
             f"round {index + 1}: project {times['project']:.1f} s, plain script "
             f"{times['script']:.1f} s for {args.trials} trials x {args.epochs} epochs, "
-            f"{args.workers} workers; ratio project / script {ratios[-1]:.2f}"
+            f"{args.workers} workers; ratio project / script {ratios[-1]:.2f}{overhead}"
         )
     print(f"median ratio project / script: {statistics.median(ratios):.2f}")
+    if overheads:
+        print(f"median per-trial overhead of the project: {statistics.median(overheads):.3f} s")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,20 @@ def test_other_classes_get_a_figure_of_their_own(tmp_path):
     assert len(plots._kept) == plots.KEEP_AT_MOST
 
 
+def test_titles_sit_where_matplotlibs_automatic_placement_puts_them(tmp_path, monkeypatch):
+    """The titles' fixed height spares the automatic placement's measuring, not a pixel."""
+    points = np.array([[1.0, 1.2], [2.0, 1.9], [3.5, 3.0]])
+    figures = {
+        "curves": lambda p: plots.learning_curves(history(10, 1.0), p),
+        "confusion": lambda p: plots.confusion_matrix(np.diag([4, 5]), ["a", "b"], p),
+        "regression": lambda p: plots.predicted_vs_true(points, p),
+    }
+    fixed = {name: drawn_new(draw, tmp_path / f"{name}.png") for name, draw in figures.items()}
+    monkeypatch.setattr(plots, "_title", lambda ax, text: ax.set_title(text))
+    for name, draw in figures.items():
+        assert drawn_new(draw, tmp_path / f"auto-{name}.png") == fixed[name], name
+
+
 def test_figures_left_to_the_sweep_are_pickled_or_else_drawn_by_the_run(tmp_path):
     from experiment.run_figures import RunFigures
     from experiment.sweep_context import STANDALONE, TrialContext
