@@ -20,7 +20,6 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_omega_conf_dumper
 
-from experiment import pretrained
 from experiment.allowed import check_fields
 from experiment.errors import ConfigError, ConfigValueError
 from experiment.schema import Config
@@ -79,6 +78,10 @@ class RunConfig:
         ):
             check_fields(getattr(config, name), name)
         objectives = _objectives(config.optimized_metric, config.optimized_direction)
+        # Here, not at the module's top: the sweeper's trial job imports this module for
+        # its YAML writer, and a sweep of a task of one's own does not need torch.
+        from experiment import pretrained
+
         pretrained.check_fine_tuning(config.model)
         pretrained.match_data_to_model(config.dataset, config.model)  # normalization=model
         resolved = plain(config)

@@ -193,11 +193,13 @@ def test_slurm_jobs_a_preempted_one_is_requeued_and_a_cancelled_one_continued(tm
         preempted = running_trial_run(client, 3)
         listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True)
         assert preempted.data.tags["submitit.job_id"] in listed.stdout.decode().split()
+        # Both trials found while they train, then both signalled: a cancel sent only after
+        # the preemption's requeue could reach a trial that already finished.
+        cancelled = running_trial_run(client, 3, skip={preempted.info.run_id})
         job_id = preempted.data.tags["submitit.job_id"]
         subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-        start_requeued_job_now(job_id, env)
-        cancelled = running_trial_run(client, 3, skip={preempted.info.run_id})
         subprocess.run(["scancel", cancelled.data.tags["submitit.job_id"]], env=env, check=True)
+        start_requeued_job_now(job_id, env)
         rest, _ = proc.communicate(timeout=300)
     finally:
         stop_group(proc)

@@ -21,11 +21,14 @@ CONDITIONAL = [str(ROOT / "examples" / "conditional" / "conditional.py")]
 TASKS = [str(ROOT / "tests" / "apps" / "tasks.py")]
 
 
-def sweep(program, tmp_path, *args, study="study", storage="optuna.db", check=True, split=False):
+def sweep(
+    program, tmp_path, *args, study="study", storage="optuna.db", check=True, split=False, env=None
+):
     url = f"sqlite:///{tmp_path / storage}"
     proc = run_cli(
         ["-m", f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study}", *args],
         tmp_path,
+        env=env,
         program=program,
         timeout=240,
         split_stderr=split,
@@ -173,11 +176,22 @@ NUMBERS = ["mode=number", "~hydra.sweeper.params.mode", "hydra.sweeper.n_trials=
 
 def test_stop_conditions_end_a_sweep_early_and_a_rerun_resumes_it(tmp_path):
     # target: the first trial at or below 0.2 ends the sweep (it minimizes x).
-    proc, study = sweep(TASKS, tmp_path, *NUMBERS, "hydra.sweeper.target=0.2", study="target")
+    proc, study = sweep(
+        TASKS,
+        tmp_path,
+        *NUMBERS,
+        "hydra.sweeper.target=0.2",
+        study="target",
+        split=True,
+        env={"PYTHONPROFILEIMPORTTIME": "1"},  # every module the sweep imports, on stderr
+    )
     values = [t.value for t in study.trials]
     assert values[-1] <= 0.2 and all(v > 0.2 for v in values[:-1]) and len(values) < 30
     assert results(tmp_path)["stopped_by"] == "target"
-    assert f"stopped by target: trial {len(values) - 1} reached" in proc.stdout
+    assert f"stopped by target: trial {len(values) - 1} reached" in proc.stdout + proc.stderr
+    # A task of one's own that needs neither torch nor MLflow waits for neither.
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "optuna" in imported and not imported & {"torch", "mlflow", "matplotlib"}
     higher = [*NUMBERS[:2], "hydra.sweeper.n_trials=8", "hydra.sweeper.target=1e-5"]
     _, study = sweep(TASKS, tmp_path, *higher, study="target")
     assert len(study.trials) == 8  # a higher bar: the same study goes on
