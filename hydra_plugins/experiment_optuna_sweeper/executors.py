@@ -151,13 +151,9 @@ def _run_job(hydra_context, task_function, job_config: DictConfig, context):
 
 def _release_memory() -> None:
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    torch = sys.modules.get("torch")  # a task that never imported torch holds no CUDA memory
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
