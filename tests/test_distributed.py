@@ -283,9 +283,10 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
     assert proc.returncode == 0, output(proc)
     study = optuna.load_study(study_name="ranks", storage=storage)
     groups = sorted(tmp_path.glob("multirun/*/*/.trial_groups/*.log"))
-    why = [t.system_attrs.get("fail_reason") for t in study.trials], [
-        log.read_text()[-3000:] for log in groups
-    ]
+    why = (
+        [t.system_attrs.get("fail_reason") for t in study.trials],
+        [log.read_text()[-3000:] for log in groups],
+    )
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2, why
     runs = {r.data.tags.get("optuna.trial"): r for r in all_runs(sqlite_uri(tmp_path))}
     for trial in study.trials:
