@@ -241,14 +241,23 @@ def report(records: dict[int, list[dict]], wall: float, trials: int) -> None:
     report_trials(workers)
 
 
-def report_helper(pid: int, events: list[dict]) -> None:
-    totals = defaultdict(list)
+def totals(events: list[dict]) -> dict[str, list[float]]:
+    """Each event's label -> the seconds of its calls."""
+    seconds = defaultdict(list)
     for event in events:
-        totals[event["event"]].append(event["seconds"])
+        seconds[event["event"]].append(event["seconds"])
+    return seconds
+
+
+def total_line(label: str, values: list[float]) -> str:
+    each = f" ({statistics.mean(values):.3f} each x {len(values)})" if len(values) > 1 else ""
+    return f"  {label}: {sum(values):6.2f}{each}"
+
+
+def report_helper(pid: int, events: list[dict]) -> None:
     print(f"\nanother process of the sweep ({pid}), seconds:")
-    for label, values in totals.items():
-        each = f" ({statistics.mean(values):.3f} each x {len(values)})" if len(values) > 1 else ""
-        print(f"  {label.strip()}: {sum(values):6.2f}{each}")
+    for label, values in totals(events).items():
+        print(total_line(label.strip(), values))
 
 
 def report_sweep(events: list[dict], workers: dict[int, list[dict]]) -> None:
@@ -256,13 +265,9 @@ def report_sweep(events: list[dict], workers: dict[int, list[dict]]) -> None:
     sweep = next(e for e in events if e["event"] == "sweep")
     print("\nthe sweep (coordinator process), seconds:")
     print(f"  imports and Hydra's composition before the sweep: {sweep['at'] - start:6.2f}")
-    totals = defaultdict(list)
-    for event in events[1:]:
-        totals[event["event"]].append(event["seconds"])
+    seconds = totals(events[1:])
     for label, *_ in SWEEP_PHASES:
-        values = totals.get(label, [])
-        each = f" ({statistics.mean(values):.3f} each x {len(values)})" if len(values) > 1 else ""
-        print(f"  {label}: {sum(values):6.2f}{each}")
+        print(total_line(label, seconds.get(label, [])))
     for pid, worker in sorted(workers.items()):
         first = min(e["at"] for e in worker if e["event"] == JOB)
         print(
@@ -309,14 +314,18 @@ def report_trials(workers: dict[int, list[dict]]) -> None:
         )
     print(
         "\n  steady overhead per trial (its job minus training steps and validation): "
-        f"median {steady_overhead(workers):.3f} s"
+        f"median {overhead(steady):.3f} s"
     )
 
 
 def steady_overhead(workers: dict[int, list[dict]]) -> float:
-    """The median, over the trials after each worker's first, of a trial's job minus its
-    training steps and validation: what the project adds to the training per trial."""
-    steady = [trial for worker in workers.values() for trial in per_trial(worker)[1:]]
+    """`overhead` of the trials after each worker's first."""
+    return overhead([trial for worker in workers.values() for trial in per_trial(worker)[1:]])
+
+
+def overhead(steady: list[dict[str, float]]) -> float:
+    """The median over `steady` (trials' phases) of a trial's job minus its training
+    steps and validation: what the project adds to the training per trial."""
     training = ("    training steps", "    validation")
     overheads = [t[JOB] - sum(t.get(k, 0.0) for k in training) for t in steady]
     return statistics.median(overheads) if overheads else float("nan")

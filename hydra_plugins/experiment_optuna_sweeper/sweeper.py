@@ -275,9 +275,9 @@ class ExperimentOptunaSweeper(Sweeper):
         if settings.n_jobs == 1:
             return InProcessExecutor(self.hydra_context, task)
         warm_up = (self._job_config(fixed, 0), settings.preload)  # what the workers warm up with
-        at_most, figures = settings.worker_grace_seconds, settings.figure_process
+        grace, figures = settings.worker_grace_seconds, settings.figure_process
         return WorkerPool(
-            settings.n_jobs, task, location, pruner, gpu_count(), warm_up, at_most, figures
+            settings.n_jobs, task, location, pruner, gpu_count(), warm_up, grace, figures
         )
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
