@@ -24,7 +24,9 @@ install: $(STAMP)  ## create .venv and install the project with its dev tools
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# compat: the checkout itself on sys.path, so Hydra's plugin scan finds
+	# hydra_plugins/ from any folder (setuptools' default editable finder hides it).
+	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
 	rm -f $(VENV)/.installed-* && touch $@
 
 train: $(STAMP)  ## the default run: cnn on the bundled digits, tracked in MLflow

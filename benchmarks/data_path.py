@@ -19,7 +19,7 @@ from torchvision import transforms
 
 from benchmarks._common import machine
 from benchmarks.loop_vs_reference import PilImages
-from experiment.data import Augmentation, BatchTransform, DeviceLoader
+from experiment.data.loaders import Augmentation, BatchTransform, DeviceLoader
 
 N, C, H, W = 60_000, 1, 28, 28
 BATCH = 128

@@ -24,10 +24,10 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from benchmarks._common import ROOT, machine
-from experiment.data import build_loaders
-from experiment.datasets import image_folder
-from experiment.run_config import RunConfig
-from experiment.schema import register_configs
+from experiment.config.run_config import RunConfig
+from experiment.config.schema import register_configs
+from experiment.data.datasets import image_folder
+from experiment.data.loaders import build_loaders
 
 SIZE = 224
 

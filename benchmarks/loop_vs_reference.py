@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from benchmarks._common import machine
-from experiment.data import BatchTransform, DeviceLoader
-from experiment.engine import FitSettings, train_one_epoch
-from experiment.models import CNN
-from experiment.runtime import autocast_dtype, seed_everything
+from experiment.data.loaders import BatchTransform, DeviceLoader
+from experiment.models.nets import CNN
+from experiment.runtime.device import autocast_dtype, seed_everything
+from experiment.training.engine import FitSettings, train_one_epoch
 
 SHAPES = {"mnist": (60_000, 1, 28, 28), "cifar": (50_000, 3, 32, 32)}
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiment.datasets import digits, seeded_split
-from experiment.models import CNN
+from experiment.data.datasets import digits, seeded_split
+from experiment.models.nets import CNN
 
 MEAN, STD = 0.3053, 0.3759  # the digits option's normalization
 

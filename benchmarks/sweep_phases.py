@@ -30,54 +30,69 @@ from pathlib import Path
 LOG_FOLDER = "SWEEP_PHASES_LOG"
 PROFILE = "SWEEP_PHASES_PROFILE"
 
-PLUGIN = "hydra_plugins.experiment_optuna_sweeper"
+PLUGIN = "experiment.sweep"
 # (label, owner module, attribute path): the phases of a trial, in the order they run.
 TRIAL_PHASES = [
     ("trial job (its Hydra job)", f"{PLUGIN}.executors", "run_trial_job"),
     ("  the task's config copied", f"{PLUGIN}.trial_job", "task_part"),
     ("  the job's logging configured", f"{PLUGIN}.trial_job", "configure_log"),
     ("  .hydra/*.yaml written", f"{PLUGIN}.trial_job", "write_job_record"),
-    ("  config entered and checked", "experiment.run_config", "RunConfig.enter"),
-    ("  MLflow tracker opened", "experiment.train", "build_tracker"),
-    ("  data, model, optimizer built", "experiment.train", "build_parts"),
-    ("  the run's record (name, params, tags, git commit)", "experiment.train", "run_record"),
-    ("  MLflow run started (params, tags, config files)", "experiment.tracking", "Tracker.start"),
-    ("  the dataset logged as the run's input", "experiment.tracking", "Tracker.log_dataset"),
-    ("  epochs (fit, with their callbacks)", "experiment.train", "fit"),
-    ("    epochs seeded", "experiment.engine", "seed_epoch"),
-    ("    training steps", "experiment.engine", "train_one_epoch"),
-    ("    validation", "experiment.engine", "evaluate"),
-    ("    checkpoints (last.pt, best.pt)", "experiment.callbacks", "Checkpointer.__call__"),
-    ("      of which fsync", "experiment.durable", "fsync_file"),
-    ("    epoch metrics to MLflow", "experiment.tracking", "Tracker.log_epoch"),
-    ("    report to the trial (pruning)", "experiment.sweep_context", "report"),
-    ("  test evaluation of best.pt", "experiment.train", "evaluate_best"),
-    ("  summary metrics to MLflow", "experiment.tracking", "Tracker.log_metrics"),
+    ("  config entered and checked", "experiment.config.run_config", "RunConfig.enter"),
+    ("  MLflow tracker opened", "experiment.training.run", "build_tracker"),
+    ("  data, model, optimizer built", "experiment.training.run", "build_parts"),
+    (
+        "  the run's record (name, params, tags, git commit)",
+        "experiment.training.run",
+        "run_record",
+    ),
+    (
+        "  MLflow run started (params, tags, config files)",
+        "experiment.tracking.tracker",
+        "Tracker.start",
+    ),
+    (
+        "  the dataset logged as the run's input",
+        "experiment.tracking.tracker",
+        "Tracker.log_dataset",
+    ),
+    ("  epochs (fit, with their callbacks)", "experiment.training.run", "fit"),
+    ("    epochs seeded", "experiment.training.engine", "seed_epoch"),
+    ("    training steps", "experiment.training.engine", "train_one_epoch"),
+    ("    validation", "experiment.training.engine", "evaluate"),
+    (
+        "    checkpoints (last.pt, best.pt)",
+        "experiment.training.callbacks",
+        "Checkpointer.__call__",
+    ),
+    ("      of which fsync", "experiment.system.durable", "fsync_file"),
+    ("    epoch metrics to MLflow", "experiment.tracking.tracker", "Tracker.log_epoch"),
+    ("    report to the trial (pruning)", "experiment.sweep.context", "report"),
+    ("  test evaluation of best.pt", "experiment.training.run", "evaluate_best"),
+    ("  summary metrics to MLflow", "experiment.tracking.tracker", "Tracker.log_metrics"),
     (
         "  plots drawn and logged (in the worker, or the figure process)",
-        "experiment.run_figures",
+        "experiment.tracking.run_figures",
         "RunFigures.log",
     ),
-    ("  model logged", "experiment.tracking", "Tracker.log_model"),
-    ("  MLflow run ended", "experiment.tracking", "Tracker.finish"),
+    ("  model logged", "experiment.tracking.tracker", "Tracker.log_model"),
+    ("  MLflow run ended", "experiment.tracking.tracker", "Tracker.finish"),
 ]
 GC = "  garbage collection, all through the job"
-# Addressed through the sweeper's module: Hydra's plugin scan executes the plugin's
-# modules again, so these are wrapped once the scan is done (at the sweeper's creation).
+# Addressed through the engine's module, where the sweeper looks them up.
 SWEEPER = f"{PLUGIN}.sweeper"
 SWEEP_PHASES = [
-    ("sweep", SWEEPER, "ExperimentOptunaSweeper.sweep"),
-    ("study, sampler, parent run", SWEEPER, "ExperimentOptunaSweeper._open_study"),
+    ("sweep", SWEEPER, "SweepEngine.sweep"),
+    ("study, sampler, parent run", SWEEPER, "SweepEngine._open_study"),
     ("  of which the Optuna study", SWEEPER, "studies.load_or_create"),
     ("  of which the MLflow parent run", SWEEPER, "reporting.ParentRun.__init__"),
-    ("workers started", SWEEPER, "ExperimentOptunaSweeper._executor"),
+    ("workers started", SWEEPER, "SweepEngine._executor"),
     ("ask (per trial)", SWEEPER, "TrialLoop._ask"),
-    ("compose the trial's config (per trial)", SWEEPER, "ExperimentOptunaSweeper._job_config"),
+    ("compose the trial's config (per trial)", SWEEPER, "SweepEngine._job_config"),
     ("tell (per trial)", SWEEPER, "TrialLoop._record"),
     ("end: the figure process's last plots", f"{PLUGIN}.figures", "FigureWriter.drain"),
-    ("end: results file and parent run", SWEEPER, "ExperimentOptunaSweeper._finish"),
+    ("end: results file and parent run", SWEEPER, "SweepEngine._finish"),
     ("  of which study plots", SWEEPER, "reporting.study_plots"),
-    ("end: summary table", SWEEPER, "ExperimentOptunaSweeper._report"),
+    ("end: summary table", SWEEPER, "SweepEngine._report"),
     ("workers stopped", SWEEPER, "WorkerPool.close"),
 ]
 
@@ -181,22 +196,12 @@ def _wrap(recorder: _Recorder, phases) -> None:
 def _install() -> None:
     """In every process of the timed CLI: wrap the phases (the modules are imported
     here, which is what the processes would import anyway)."""
-    from hydra.core.plugins import Plugins
-
     recorder = _Recorder(os.environ[LOG_FOLDER])
-    _wrap(recorder, TRIAL_PHASES)
-    instantiate_sweeper = Plugins.instantiate_sweeper
-
-    def instantiate_timed_sweeper(self, **kwargs):
-        plugin = [p for p in TRIAL_PHASES if p[1].startswith("hydra_plugins.")]
-        executors = importlib.import_module(plugin[0][1])
-        executors.run_trial_job = recorder.collecting(GC, executors.run_trial_job)
-        if os.environ.get(PROFILE):
-            executors.run_trial_job = recorder.profiled(executors.run_trial_job)
-        _wrap(recorder, SWEEP_PHASES + plugin)
-        return instantiate_sweeper(self, **kwargs)
-
-    Plugins.instantiate_sweeper = instantiate_timed_sweeper
+    _wrap(recorder, TRIAL_PHASES + SWEEP_PHASES)
+    executors = importlib.import_module(f"{PLUGIN}.executors")
+    executors.run_trial_job = recorder.collecting(GC, executors.run_trial_job)
+    if os.environ.get(PROFILE):
+        executors.run_trial_job = recorder.profiled(executors.run_trial_job)
 
 
 if os.environ.get(LOG_FOLDER):

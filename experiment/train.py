@@ -1,4 +1,4 @@
-"""The entry point: compose the config, build the run, train, evaluate, return the metric.
+"""The command line of a run: compose the config, then `experiment.training.run`.
 
 python -m experiment.train [group=option ...] [key=value ...]
 python -m experiment.train -m hparams_search=optuna      # a sweep
@@ -6,352 +6,37 @@ python -m experiment.train -m hparams_search=optuna      # a sweep
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import os
-import sys
-import time
-from functools import partial
-from pathlib import Path
 
 import hydra
-import torch
-from hydra.core.hydra_config import HydraConfig
 
-from experiment import (
-    deployable,
-    distributed,
-    lineage,
-    plots,
-    pretrained,
-    resume,
-    sources,
-    sweep_context,
-)
-from experiment.api import config_dir_of_project
-from experiment.builders import Parts, build_parts, build_task, load_source
-from experiment.callbacks import Checkpointer, EarlyStopping
-from experiment.checkpoint import BEST, LAST, check_folder, load_checkpoint
-from experiment.console import split_streams
-from experiment.data import example_batch
-from experiment.distributed import Ranks
-from experiment.engine import (
-    FitSettings,
-    FitState,
-    evaluate_with_totals,
-    fit,
-    latency_per_image_ms,
-    warm_up,
-)
-from experiment.errors import ConfigValueError, ExperimentError
-from experiment.process_exit import run_then_exit
-from experiment.progress import EpochProgress
-from experiment.run_config import RunConfig, overrides_yaml
-from experiment.run_record import epoch_logger, final_status, run_record, store_failure_keeps
-from experiment.runtime import (
-    autocast_dtype,
-    peak_memory_mb,
-    resolve_device,
-    seed_everything,
-)
-from experiment.schema import register_configs
-from experiment.signals import stop_on_sigterm
-from experiment.tracking import NullTracker, build_tracker
+from experiment.config.project import config_dir_of_project, importable_from_here
+from experiment.config.schema import register_configs
+from experiment.errors import ExperimentError
+from experiment.sweep import context as sweep_context
+from experiment.system.console import split_streams
+from experiment.system.process_exit import run_then_exit
+from experiment.system.signals import stop_on_sigterm
+
+# The sweeper looks for the workers' preload and warm-up hooks in the task's module.
+from experiment.training.run import preload_sweep_workers, run, warm_up_sweep_worker
+
+__all__ = [
+    "cli",
+    "main",
+    "preload_sweep_workers",
+    "run",
+    "run_reporting_errors",
+    "warm_up_sweep_worker",
+]
 
 log = logging.getLogger("experiment")
 register_configs()
 
-
-def run(cfg) -> float | list[float]:
-    """Train and test one configuration (a composed DictConfig, or an entered RunConfig);
-    return the best value of `optimized_metric` (for a list of metrics, their values at
-    the best epoch of the first: see `objective`).
-
-    Inside a sweep the current TrialContext adds what a trial needs (reporting to the
-    trial, the parent run, the trial's tags and state); outside one, nothing is added.
-    Under torchrun every rank runs this; rank 0 alone tracks, checkpoints and reports.
-    """
-    run_config = RunConfig.enter(cfg)  # typed and checked, before any data is touched
-    with distributed.joined(run_config.trainer, run_config.dataset.batch_size) as (ranks, device):
-        if device is None:  # not under torchrun: the run's own choice
-            device = resolve_device(run_config.trainer.device)
-        return train_and_test(run_config, ranks, device)
-
-
-def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float | list[float]:
-    trial = sweep_context.current() or sweep_context.STANDALONE
-    seed_everything(run.trainer.seed, run.trainer.deterministic)
-    fingerprints = distributed.same_config_on_all_ranks(run.fingerprint)
-    point, continued_run_id = distributed.from_main(
-        resume.for_run(trial, run.trainer, run.resolved) if ranks.main else (None, None)
-    )
-    checkpoint_dir = point.path.parent if point else Path(run.trainer.checkpoint_dir)
-    if ranks.main:  # it is rank 0 that writes them
-        check_folder(checkpoint_dir)
-    # An unreachable store fails here, before training; other ranks track nothing.
-    tracker = build_tracker(run.tracking) if ranks.main else NullTracker()
-    task = build_task(run.task)
-    parts = build_parts(run, device, ranks, task)
-    check_objectives_exist(run, task, parts.data.num_outputs)
-    state = None
-    if point is not None:
-        state = point.checkpoint.restore(parts.model, parts.optimizer, parts.scheduler)
-    settings = run.fit_settings(device, task, autocast_dtype(run.trainer.precision, device))
-    progress = EpochProgress(
-        run.trainer.epochs,
-        settings.monitor,
-        "quiet" if trial.quiet or not ranks.main else run.trainer.progress,
-        first_epoch=point.next_epoch if point else 0,
-        metric=task.curve_metric,
-    )
-    with final_status(tracker, trial.outcome), contextlib.closing(progress):
-        tags = ranks.tags(fingerprints)
-        record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
-        start_tracking(tracker, record, run, parts, trial, checkpoint_dir, ranks)
-        callbacks = [
-            Checkpointer(
-                checkpoint_dir,
-                parts.model,
-                parts.optimizer,
-                parts.scheduler,
-                config=run.resolved,
-                fingerprint=run.fingerprint,
-                mlflow_run_id=tracker.run_id,
-            ),
-            progress,
-            epoch_logger(tracker, checkpoint_dir),
-            *trial.callbacks(settings.monitor),
-            EarlyStopping(run.regularization.early_stopping.patience),
-        ]
-        result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
-        test, test_totals = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
-        summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
-        if ranks.main:
-            trial.record_measures(run_measures(result, summary))
-        with store_failure_keeps(checkpoint_dir, "after training"):
-            # The curves' metric, and what draws the task's test figure into a folder.
-            figure = (task.curve_metric, partial(task.plot, test_totals, parts.data.classes))
-            package = partial(deployable.of_run, parts.model, parts.data, task)
-            tracker.log_final(summary, result.history, figure, package, trial.defer_figures)
-        if ranks.main:
-            resume.mark_complete(checkpoint_dir)
-    report(result, test, summary, settings, task, checkpoint_dir, tracker)
-    return objective(run, result, summary)
-
-
-def start_tracking(tracker, record: dict, run, parts, trial, checkpoint_dir: Path, ranks):
-    """Start the MLflow run (or reopen the one it continues); on rank 0, log its data as
-    its input (a continued run has it already) and keep its id and checkpoint folder on
-    the trial, for a retry to continue."""
-    tracker.start(**record)
-    if not ranks.main:
-        return
-    if record["resume_run_id"] is None:
-        tracker.log_dataset(*lineage.dataset_input(run.resolved["dataset"]["source"], parts.data))
-    trial.record_run(tracker.run_id, str(checkpoint_dir.resolve()))
-
-
-def train(run: RunConfig, parts: Parts, settings, callbacks, state, tracker, trial, ranks):
-    """The epochs, from `state` (a resumed run's) or the first: the loop's final state
-    and the summary so far (training time; compile time, logged on its own)."""
-    log_trainable = trainable_logger(tracker)
-    trainable = pretrained.trainable_parameters(parts.model)
-    log_trainable(trainable, state.epoch + 1 if state else 0)
-    if ranks.main:  # known before any epoch, so a pruned trial has it too
-        trial.record_measures({"model/params": trainable})
-        if state is not None:  # a retried trial's pruner sees the epochs it continues
-            trial.restore_reports(state.history, settings.monitor)
-    if ranks.distributed:  # rank 0 decides; every rank follows (and none hangs)
-        callbacks = [distributed.OnMainRank(callbacks, ranks)]
-    callbacks += pretrained.thaw_callbacks(run.model, parts.model, state, log_trainable)
-    if settings.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(settings.device)
-    if run.trainer.compile:  # compile outside the timed epochs, and report it on its own
-        tracker.log_metrics({"compile_time_s": compile_now(parts, settings)})
-    start = time.perf_counter()
-    result = fit(
-        parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
-    )
-    return result, {"train_time_s": time.perf_counter() - start}
-
-
-def report(result: FitState, test: dict, summary: dict, settings, task, checkpoint_dir, tracker):
-    shown = settings.monitor.removeprefix("val/")
-    shown = shown if shown in test else task.curve_metric
-    log.info(
-        f"best {settings.monitor} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
-        f"test/{shown} {test[shown]:.4f}; trained {summary['train_time_s']:.1f}s over "
-        f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}. "
-        f"Checkpoints: {checkpoint_dir}"
-    )
-    log.info(tracker.describe())
-
-
-def trainable_logger(tracker):
-    def log_trainable(count: int, epoch: int) -> None:
-        tracker.log_epoch(epoch, {"model/trainable_params": count})
-
-    return log_trainable
-
-
-def check_objectives_exist(run: RunConfig, task, num_outputs: int) -> None:
-    """Every validation metric among the objectives is one the task computes (known once
-    the data is: top5_acc needs more than 5 classes); refused before training."""
-    names = [f"val/{name}" for name in task.metric_names(num_outputs)]
-    for metric in (o.metric for o in run.objectives):
-        if metric.startswith("val/") and metric not in names:
-            raise ConfigValueError(
-                "optimized_metric",
-                metric,
-                f"a metric of task={task.name}: {', '.join(names)} (or a run measure)",
-            )
-
-
-def compile_now(parts: Parts, settings: FitSettings) -> float:
-    seconds = warm_up(
-        parts.model,
-        parts.forward,
-        next(iter(parts.data.train)),
-        device=settings.device,
-        amp_dtype=settings.amp_dtype,
-    )
-    log.info(f"torch.compile: {seconds:.1f}s")
-    return seconds
-
-
-def evaluate_best(
-    parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks, dataset
-) -> tuple[dict, dict]:
-    """The test split, evaluated once, with the weights that were best on validation (the
-    last epoch's where validation was trained on), read by rank 0, which wrote them, and
-    copied to the other ranks."""
-    if ranks.main:
-        weights = LAST if dataset.train_on_val else BEST
-        parts.model.load_state_dict(load_checkpoint(checkpoint_dir / weights)["model"])
-    distributed.copy_weights_from_main(parts.model)
-    return evaluate_with_totals(
-        parts.model,
-        parts.data.test,
-        device=settings.device,
-        amp_dtype=settings.amp_dtype,
-        task=settings.task,
-        points=getattr(settings.task, "plot_points", 0),
-    )
-
-
-def final_metrics(
-    result: FitState,
-    test: dict,
-    parts: Parts,
-    settings: FitSettings,
-    run: RunConfig,
-    wanted: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """The run's summary metrics; `wanted`: measures a sweep's constraints name, computed
-    even where no objective needs them (the latency)."""
-    metrics = {
-        **{f"test/{k}": v for k, v in test.items()},
-        "best/epoch": result.best_epoch,
-        "best/value": result.best_value,
-        "epochs_run": result.epochs_run,
-        "model/params": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
-        **peak_memory_mb(settings.device),
-    }
-    if "model/latency_ms" in wanted or run.wants("model/latency_ms"):
-        images = example_batch(parts.data.val, size=64).to(settings.device)
-        metrics["model/latency_ms"] = latency_per_image_ms(
-            parts.model, images, device=settings.device, amp_dtype=settings.amp_dtype
-        )
-    return metrics
-
-
-def run_measures(result: FitState, summary: dict) -> dict[str, float]:
-    """What a sweep's constraints may bound: the run's own measures and the best epoch's
-    metrics; never a test metric (the test split is not used for selection)."""
-    best_epoch = result.history[result.best_epoch] if result.history else {}
-    measures = {**best_epoch, **summary}
-    return {
-        name: float(value)
-        for name, value in measures.items()
-        if not name.startswith("test/") and isinstance(value, int | float)
-    }
-
-
-def objective(run: RunConfig, result: FitState, summary: dict) -> float | list[float]:
-    """The value a sweep optimizes: the best epoch's value of `optimized_metric`; for a
-    list, each entry's value at the best epoch of the first (validation metrics) or the
-    run's own measure (model/params, model/latency_ms, train_time_s)."""
-    if not run.several_objectives:
-        return float(result.best_value)
-    best_epoch = result.history[result.best_epoch]
-    return [float(best_epoch.get(o.metric, summary.get(o.metric))) for o in run.objectives]
-
-
-# What a tracked run imports on first use (the store's schema check, the model flavour
-# and its signature, GitPython for the source tags, matplotlib): ~2 s of a first run.
-TRACKED_RUN_IMPORTS = (
-    "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.pytorch",
-    "mlflow.pyfunc",
-    "mlflow.models.signature",
-    "git",
-    "matplotlib.backends.backend_agg",
-)
-
-
-def preload_sweep_workers(cfg) -> None:
-    """Called by a parallel sweep once in its own process, before it forks its workers
-    from it (the sweeper looks for this name in the task's module), with the sweep's
-    config: what a run imports and computes on first use, done once for all workers
-    instead of once in each. Nothing that opens a store or a file: those stay per process
-    (`warm_up_sweep_worker`)."""
-    run_config = RunConfig.enter(cfg)
-    import torch._dynamo  # noqa: F401  (the first optimizer built imports it: ~1.5 s)
-
-    if run_config.tracking.enabled:
-        for name in TRACKED_RUN_IMPORTS:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
-        if run_config.tracking.log_model:  # MLflow maps every installed file once: ~1.3 s
-            from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
-
-            warn_dependency_requirement_mismatches(["torch"])
-
-
-def warm_up_sweep_worker(cfg) -> None:
-    """Called by each worker of a parallel sweep once, before its first trial, with the
-    sweep's config (the sweeper looks for this name in the task's module): the MLflow
-    store opened (created if new, while the sweep opens its study) and its experiment
-    looked up, the dataset parsed into this process's cache, what a run imports on first
-    use imported (where the workers were not forked from a process that did it already,
-    `preload_sweep_workers`) and the fonts loaded, so the first trial costs what the next
-    ones do."""
-    run_config = RunConfig.enter(cfg)
-    preload_sweep_workers(cfg)
-    build_tracker(run_config.tracking)
-    task = build_task(run_config.task)
-    sources.as_splits(load_source(run_config.dataset), run_config.dataset, task)
-    if run_config.tracking.enabled and run_config.tracking.log_plots:
-        plots.warm_up()  # the first figure loads fonts: ~0.4 s
-
-
-def _overrides() -> str:
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return overrides_yaml(overrides)
-
-
 # An absolute path, so the console script finds conf/ as `python -m` does: the installed
 # package's own, or the checkout's.
 CONFIG_DIR = str(config_dir_of_project())
-
-
-def importable_from_here() -> None:
-    """Modules in the folder the command runs from are importable by `_target_` (a user's
-    own models and datasets), for the console script as for `python -m`."""
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)
 
 
 def run_reporting_errors(cfg) -> float:

@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import experiment.train  # noqa: F401  registers the schemas in Hydra's ConfigStore
-from experiment.run_config import RunConfig
+from experiment.config.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores

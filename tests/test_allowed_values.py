@@ -14,9 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from experiment.allowed import RULE, check_fields
+from experiment.config.allowed import RULE, check_fields
+from experiment.config.run_config import RunConfig
 from experiment.errors import ConfigValueError
-from experiment.run_config import RunConfig
 from tests.conftest import CONF, compose_config
 
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "task"]

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from hydra_plugins.experiment_optuna_sweeper.composition import TrialComposer
+from experiment.sweep.composition import TrialComposer
 from tests.conftest import CONF
 
 FIXED = ["hparams_search=optuna", "trainer.epochs=3"]

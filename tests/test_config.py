@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiment.builders import build_model, build_optimizer, build_scheduler
-from experiment.run_config import RunConfig, as_node
+from experiment.config.run_config import RunConfig, as_node
+from experiment.training.builders import build_model, build_optimizer, build_scheduler
 from tests.conftest import CONF, compose_config, run_config
 
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking", "task"]

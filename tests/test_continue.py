@@ -8,9 +8,9 @@ import logging
 
 import torch
 
-from experiment.checkpoint import LAST, Checkpoint
-from experiment.engine import FitState
-from experiment.resume import continue_lost_attempt
+from experiment.training.checkpoint import LAST, Checkpoint
+from experiment.training.engine import FitState
+from experiment.training.resume import continue_lost_attempt
 
 RUN_ID = "0123456789abcdef"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiment.data import (
+from experiment.data.loaders import (
     Augmentation,
     BatchTransform,
     DeviceLoader,
@@ -14,9 +14,9 @@ from experiment.data import (
     random_hflip,
     random_resized_crop,
 )
-from experiment.engine import FitSettings, evaluate, train_one_epoch
-from experiment.models import CNN
-from experiment.runtime import autocast_dtype
+from experiment.models.nets import CNN
+from experiment.runtime.device import autocast_dtype
+from experiment.training.engine import FitSettings, evaluate, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -178,7 +178,7 @@ class FlattensByView(torch.nn.Module):
     [(["model=cnn"], True), ([f"model._target_={__name__}.FlattensByView"], False)],
 )
 def test_conv_nets_train_channels_last_on_the_cpu_unless_they_cannot(model, channels_last):
-    from experiment.builders import build_parts
+    from experiment.training.builders import build_parts
     from tests.conftest import run_config
 
     parts = build_parts(run_config([*model, "tracking=none"]), torch.device("cpu"))

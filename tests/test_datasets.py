@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10
 
-from experiment import datasets
-from experiment.builders import load_source
-from experiment.data import build_loaders
+from experiment.data import datasets
+from experiment.data.loaders import build_loaders
 from experiment.errors import DataError
+from experiment.training.builders import load_source
 from tests.conftest import compose_config
 
 
@@ -162,7 +162,7 @@ def test_digits_read_from_scikit_learns_file_equal_load_digits():
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from experiment.datasets import _digits_table
+    from experiment.data.datasets import _digits_table
 
     pixels, classes = _digits_table()
     bunch = load_digits()

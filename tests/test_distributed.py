@@ -18,11 +18,11 @@ import torch.distributed as dist
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from experiment import distributed
-from experiment.checkpoint import load_checkpoint
-from experiment.engine import FitState, evaluate
 from experiment.errors import DistributedError
-from experiment.tasks import Classification, Regression
+from experiment.runtime import distributed
+from experiment.training.checkpoint import load_checkpoint
+from experiment.training.engine import FitState, evaluate
+from experiment.training.tasks import Classification, Regression
 from tests.conftest import (
     FAST,
     all_runs,

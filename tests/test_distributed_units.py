@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiment.builders import use_sync_batchnorm
-from experiment.data import Augmentation, BatchTransform, DeviceLoader, build_loaders
-from experiment.datasets import ImageTensors
-from experiment.distributed import Ranks, per_rank_batch
+from experiment.config.schema import DatasetConf
+from experiment.data.datasets import ImageTensors
+from experiment.data.loaders import Augmentation, BatchTransform, DeviceLoader, build_loaders
 from experiment.errors import ConfigValueError
-from experiment.schema import DatasetConf
+from experiment.runtime.distributed import Ranks, per_rank_batch
+from experiment.training.builders import use_sync_batchnorm
 
 CPU = torch.device("cpu")
 
@@ -99,7 +99,7 @@ def test_image_folders_without_the_cache_count_each_sample_once_across_ranks(tmp
     seeded order on every rank, every world_size-th sample each, no repeats."""
     from torch.utils.data import TensorDataset
 
-    from experiment.datasets import FolderSplits
+    from experiment.data.datasets import FolderSplits
 
     images = torch.zeros(30, 1, 2, 2, dtype=torch.uint8)
     source = FolderSplits(
@@ -133,7 +133,7 @@ def test_both_data_paths_share_out_an_epoch_by_the_same_rule():
     is a batch of its own; of 25 = 3 x 8 + 1, the one sample joins the last batch)."""
     from torch.utils.data import TensorDataset
 
-    from experiment.datasets import FolderSplits
+    from experiment.data.datasets import FolderSplits
 
     expected = {31: [[4, 4, 4, 4], [4, 4, 4, 3]], 25: [[4, 4, 5], [4, 4, 4]]}  # per rank
     for samples, sizes in expected.items():
@@ -180,9 +180,9 @@ def test_sync_batchnorm_follows_the_option_on_gpus_and_is_refused_on_cpu():
 
 def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(monkeypatch):
     from experiment.errors import SweepError
-    from hydra_plugins.experiment_optuna_sweeper.sweeper import ExperimentOptunaSweeper
+    from experiment.sweep.sweeper import SweepEngine
 
-    sweeper = ExperimentOptunaSweeper(None, 2, 1, None, None, None, 0, None, None)
+    sweeper = SweepEngine(None, 2, 1, None, None, None, 0, None, None)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SweepError, match="devices_per_trial"):
         sweeper.settings.check()

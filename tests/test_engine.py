@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from experiment import resume
-from experiment.builders import build_parts
-from experiment.callbacks import Checkpointer, EarlyStopping
-from experiment.checkpoint import BEST, LAST, load_checkpoint
-from experiment.engine import FitSettings, fit
 from experiment.errors import NonFiniteLossError
+from experiment.training import resume
+from experiment.training.builders import build_parts
+from experiment.training.callbacks import Checkpointer, EarlyStopping
+from experiment.training.checkpoint import BEST, LAST, load_checkpoint
+from experiment.training.engine import FitSettings, fit
 from tests.conftest import FAST, compose_config
 
 CPU = torch.device("cpu")

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from experiment import plots
-from experiment.run_figures import RunFigures
-from experiment.tracking import Tracker
-from hydra_plugins.experiment_optuna_sweeper.figures import FigureWriter
+from experiment.sweep.figures import FigureWriter
+from experiment.tracking import plots
+from experiment.tracking.run_figures import RunFigures
+from experiment.tracking.tracker import Tracker
 
 
 def draw_counts(folder: Path) -> Path:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from experiment.builders import build_parts
-from experiment.checkpoint import LAST, Checkpoint, load_checkpoint
-from experiment.engine import FitState
+from experiment.training.builders import build_parts
+from experiment.training.checkpoint import LAST, Checkpoint, load_checkpoint
+from experiment.training.engine import FitState
 from tests.conftest import (
     FAST,
     all_runs,

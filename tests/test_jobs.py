@@ -231,7 +231,7 @@ def test_slurm_jobs_a_preempted_one_is_requeued_and_a_cancelled_one_continued(tm
 
 
 def test_a_storage_the_jobs_cannot_open_is_named_with_the_reason(tmp_path):
-    from hydra_plugins.experiment_optuna_sweeper.jobs import (
+    from experiment.sweep.jobs import (
         storage_problem_seen_from_job as check_storage,
     )
 

@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.experiment_optuna_sweeper import optuna_internals as internals
+from experiment.sweep import optuna_internals as internals
 
 
 @pytest.fixture

@@ -61,6 +61,8 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (ROOT / "conf").rglob("*.yaml"):
         assert f"experiment/conf/{config.relative_to(ROOT / 'conf')}" in names, config
+    for module in (ROOT / "experiment").rglob("*.py"):
+        assert str(module.relative_to(ROOT)) in names, module  # every subpackage ships
     assert "hydra_plugins/experiment_optuna_sweeper/sweeper.py" in names
     assert not [n for n in names if n.startswith(("tests/", "examples/", "benchmarks/"))]
 
@@ -70,7 +72,7 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     where = run_cli(
         [
             "-c",
-            "import experiment, hydra_plugins.experiment_optuna_sweeper.sweeper as s;"
+            "import experiment, experiment.sweep.sweeper as s;"
             "print(experiment.__file__); print(s.__file__)",
         ],
         project,

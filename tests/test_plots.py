@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiment import plots
+from experiment.tracking import plots
 
 
 def history(epochs: int, scale: float, metric: str = "acc") -> list[dict[str, float]]:
@@ -123,8 +123,8 @@ def test_titles_sit_where_matplotlibs_automatic_placement_puts_them(tmp_path, mo
 
 
 def test_figures_left_to_the_sweep_are_pickled_or_else_drawn_by_the_run(tmp_path):
-    from experiment.run_figures import RunFigures
-    from experiment.sweep_context import STANDALONE, TrialContext
+    from experiment.sweep.context import STANDALONE, TrialContext
+    from experiment.tracking.run_figures import RunFigures
 
     figures = RunFigures("sqlite:///x.db", "run", history(3, 1.0), "acc", str)
     left = TrialContext(trial=None, study_name="s", figures_elsewhere=[])

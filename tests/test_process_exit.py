@@ -10,7 +10,7 @@ import pytest
 PROGRAM = """
 import atexit, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
-from experiment.process_exit import run_then_exit
+from experiment.system.process_exit import run_then_exit
 
 def note(text):
     with open(sys.argv[1], "a") as file:

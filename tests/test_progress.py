@@ -12,7 +12,7 @@ import termios
 import optuna
 import pytest
 
-from hydra_plugins.experiment_optuna_sweeper.reporting import summary_table
+from experiment.sweep.reporting import summary_table
 from tests.conftest import FAST, output, run_cli, start_cli
 
 

@@ -17,13 +17,13 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from experiment import predict, promote
-from experiment.builders import build_model
-from experiment.checkpoint import BEST, LAST, load_checkpoint
-from experiment.data import BatchTransform
-from experiment.datasets import synthetic
-from experiment.run_config import RunConfig
+from experiment.config.run_config import RunConfig
+from experiment.data.datasets import synthetic
+from experiment.data.loaders import BatchTransform
+from experiment.serving import predict, promote
 from experiment.train import run
+from experiment.training.builders import build_model
+from experiment.training.checkpoint import BEST, LAST, load_checkpoint
 from tests.conftest import (
     FAST,
     compose_config,
@@ -36,8 +36,8 @@ from tests.conftest import (
 )
 from tests.services import model_server
 
-PROMOTE = ["-m", "experiment.promote"]
-PREDICT = ["-m", "experiment.predict"]
+PROMOTE = ["-m", "experiment.serving.promote"]
+PREDICT = ["-m", "experiment.serving.predict"]
 STUDY = "promote-study"
 # The test split of FAST's synthetic images, as the dataset makes it.
 TEST_IMAGES = synthetic(400, 100, 1, 12, 12, 4).test_images.numpy()

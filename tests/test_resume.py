@@ -10,8 +10,8 @@ import signal
 import pytest
 from mlflow import MlflowClient
 
-from experiment import resume
-from experiment.checkpoint import load_checkpoint
+from experiment.training import resume
+from experiment.training.checkpoint import load_checkpoint
 from tests.conftest import all_runs, output, run_cli, sqlite_uri, start_cli, wait_for_line
 
 pytestmark = pytest.mark.slow

@@ -12,12 +12,12 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from experiment.builders import build_model
-from experiment.checkpoint import BEST, LAST, load_checkpoint
-from experiment.data import BatchTransform
+from experiment.config.run_config import RunConfig
+from experiment.data.loaders import BatchTransform
 from experiment.errors import CheckpointError
-from experiment.run_config import RunConfig
 from experiment.train import run
+from experiment.training.builders import build_model
+from experiment.training.checkpoint import BEST, LAST, load_checkpoint
 from tests.conftest import FAST, all_runs, compose_config, sqlite_uri, store_overrides
 
 EPOCH_METRICS = [

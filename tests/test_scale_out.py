@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from experiment.checkpoint import load_checkpoint
+from experiment.training.checkpoint import load_checkpoint
 from tests.conftest import FAST, start_cli, stop_group, sweep_args, wait_for_line
 from tests.services import POSTGRES_PASSWORD
 

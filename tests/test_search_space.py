@@ -6,7 +6,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from experiment.errors import SearchSpaceError
-from hydra_plugins.experiment_optuna_sweeper.search_space import build
+from experiment.sweep.search_space import build
 
 
 def space(**params):
@@ -68,7 +68,7 @@ def test_shuffled_range_is_categorical_as_in_the_official_plugin():
 
 
 def test_a_grid_lists_every_choice_and_range_value():
-    from hydra_plugins.experiment_optuna_sweeper.search_space import grid
+    from experiment.sweep.search_space import grid
 
     assert grid(space(a="choice(x, y)", b="range(0, 6, 2)", c="range(0.5, 1.5, 0.5)")) == {
         "a": ["x", "y"],
@@ -80,7 +80,7 @@ def test_a_grid_lists_every_choice_and_range_value():
 
 
 def test_the_search_space_line_keeps_bounds_equal_to_zero():
-    from hydra_plugins.experiment_optuna_sweeper.search_space import describe
+    from experiment.sweep.search_space import describe
 
     text = describe(space(x="interval(0.0, 0.5)")["x"])
     assert "'low': 0.0" in text and "'high': 0.5" in text and "log" not in text

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from experiment import signals
+from experiment.system import signals
 
 
 @pytest.fixture

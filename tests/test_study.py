@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from experiment.errors import SweepError
-from hydra_plugins.experiment_optuna_sweeper.study import make_pruner, make_sampler, make_storage
+from experiment.sweep.study import make_pruner, make_sampler, make_storage
 
 
 def first_suggestions(sampler, n=5):
@@ -64,8 +64,8 @@ def test_every_sampler_option_builds_from_its_config_node(name):
 
 
 def test_a_grid_sampler_takes_its_grid_from_the_search_space_and_never_stops_the_study():
-    from hydra_plugins.experiment_optuna_sweeper.search_space import build
-    from hydra_plugins.experiment_optuna_sweeper.study import grid_size
+    from experiment.sweep.search_space import build
+    from experiment.sweep.study import grid_size
 
     space = build({"x": "choice(1, 2)", "y": "range(0, 3)"}, [])[0]
     sampler = make_sampler("grid", 0, space=space)
@@ -87,8 +87,8 @@ def test_several_objectives_take_no_pruner():
 
 
 def test_warm_start_copies_finished_trials_of_a_compatible_study_only():
-    from hydra_plugins.experiment_optuna_sweeper.search_space import build
-    from hydra_plugins.experiment_optuna_sweeper.study import warm_start
+    from experiment.sweep.search_space import build
+    from experiment.sweep.study import warm_start
 
     space = build({"x": "interval(0, 1)"}, [])[0]
     source = optuna.create_study(study_name="source")
@@ -118,7 +118,7 @@ def test_warm_start_copies_finished_trials_of_a_compatible_study_only():
     ],
 )
 def test_task_return_values_become_objective_values(returned, n, expected):
-    from hydra_plugins.experiment_optuna_sweeper.executors import objective_values
+    from experiment.sweep.executors import objective_values
 
     assert objective_values(returned, n) == expected
 
@@ -136,14 +136,14 @@ def test_task_return_values_become_objective_values(returned, n, expected):
     ],
 )
 def test_other_task_return_values_are_refused_by_name(returned, n, message):
-    from hydra_plugins.experiment_optuna_sweeper.executors import objective_values
+    from experiment.sweep.executors import objective_values
 
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         objective_values(returned, n)
 
 
 def test_pareto_ranks_peel_the_front_off_layer_by_layer():
-    from hydra_plugins.experiment_optuna_sweeper.reporting import pareto_ranks
+    from experiment.sweep.reporting import pareto_ranks
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     for values in ([1, 4], [2, 2], [4, 1], [3, 3], [5, 5]):

@@ -10,11 +10,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from experiment.console import split_streams
 from experiment.errors import SweepError
-from hydra_plugins.experiment_optuna_sweeper import constraints as constraining
-from hydra_plugins.experiment_optuna_sweeper.stopping import StopConditions
-from hydra_plugins.experiment_optuna_sweeper.study import make_sampler
+from experiment.sweep import constraints as constraining
+from experiment.sweep.stopping import StopConditions
+from experiment.sweep.study import make_sampler
+from experiment.system.console import split_streams
 
 X = {"x": optuna.distributions.FloatDistribution(0, 1)}
 
@@ -152,7 +152,7 @@ def test_workers_are_forked_only_from_a_single_threaded_process_without_gpus():
     import sys
     import threading
 
-    from hydra_plugins.experiment_optuna_sweeper.workers import start_method
+    from experiment.sweep.workers import start_method
 
     if sys.platform != "linux":
         pytest.skip("fork is used on Linux only")
@@ -169,7 +169,7 @@ def test_workers_are_forked_only_from_a_single_threaded_process_without_gpus():
 
 
 def test_mean_of_seeds_prunes_a_trial_worse_over_the_same_seeds_after_two():
-    from hydra_plugins.experiment_optuna_sweeper.repeats import MeanOfSeedsPruner
+    from experiment.sweep.repeats import MeanOfSeedsPruner
 
     study = optuna.create_study(direction="maximize", pruner=MeanOfSeedsPruner())
     for seeds in ([0.9, 0.8, 0.85], [0.7, 0.9, 0.8], [0.95, 0.75, 0.9]):

@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from PIL import Image
 
-from experiment.builders import build_model
-from experiment.compare import compare
+from experiment.serving.compare import compare
+from experiment.training.builders import build_model
 from tests.conftest import (
     FAST,
     all_runs,
@@ -35,7 +35,7 @@ from tests.test_transfer import photo_folder
 
 pytestmark = pytest.mark.slow
 STUDY = "test-study"
-COMPARE = ["-m", "experiment.compare"]
+COMPARE = ["-m", "experiment.serving.compare"]
 
 
 def sweep(tmp_path, *extra, n_trials=4, log_model=False, log_plots=False):

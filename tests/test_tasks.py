@@ -10,10 +10,10 @@ import torch
 from sklearn.metrics import f1_score, r2_score
 
 import experiment
-from experiment.builders import build_parts
-from experiment.engine import evaluate
-from experiment.tasks import Classification, Regression
 from experiment.train import run_reporting_errors
+from experiment.training.builders import build_parts
+from experiment.training.engine import evaluate
+from experiment.training.tasks import Classification, Regression
 from tests.conftest import ROOT, all_runs, sqlite_uri, tracking_overrides
 from tests.test_transfer import photo_folder
 
@@ -204,7 +204,7 @@ def _open_factory(**kwargs):
 def test_models_get_by_name_only_what_their_signature_takes():
     from omegaconf import OmegaConf
 
-    from experiment.builders import build_model
+    from experiment.training.builders import build_model
 
     taking = build_model(
         OmegaConf.create({"_target_": f"{__name__}._TakesChannels"}), (3, 8, 8), 5, 0.1
@@ -215,7 +215,7 @@ def test_models_get_by_name_only_what_their_signature_takes():
 
 
 def test_image_steps_apply_to_image_batches_only_and_as_configured():
-    from experiment.data import BatchTransform
+    from experiment.data.loaders import BatchTransform
 
     features = torch.randn(4, 10)
     assert BatchTransform(None, None, CPU)(features) is features  # tabular: as it is

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from experiment.run_config import RunConfig, flatten
-from experiment.secrets import redact
-from experiment.tracking import absolute_uri
+from experiment.config.run_config import RunConfig, flatten
+from experiment.system.secrets import redact
+from experiment.tracking.tracker import absolute_uri
 
 
 def test_flatten_gives_dotted_keys_and_keeps_lists_whole():
@@ -34,8 +34,8 @@ def test_relative_sqlite_paths_become_absolute(tmp_path, monkeypatch):
 def test_new_stores_are_copied_from_a_template_and_point_at_their_own_folder(tmp_path, monkeypatch):
     import mlflow
 
-    from experiment.sqlite_files import template_folder
-    from experiment.tracking import Tracker
+    from experiment.system.sqlite_files import template_folder
+    from experiment.tracking.tracker import Tracker
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for name in ("first", "second"):
@@ -52,7 +52,7 @@ def test_new_stores_are_copied_from_a_template_and_point_at_their_own_folder(tmp
 
 
 def test_an_unwritable_template_cache_only_costs_the_speed_up(tmp_path, monkeypatch):
-    from experiment.tracking import Tracker
+    from experiment.tracking.tracker import Tracker
 
     (tmp_path / "cache").write_text("a file where the cache folder would be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -65,7 +65,7 @@ def test_an_unwritable_template_cache_only_costs_the_speed_up(tmp_path, monkeypa
 def test_epoch_metrics_are_sent_in_batches_and_all_of_them_by_the_runs_end(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from experiment import tracking
+    from experiment.tracking import tracker as tracking
     from tests.conftest import sqlite_uri, tracking_overrides
 
     tracking_overrides(tmp_path)  # an empty store

@@ -16,15 +16,15 @@ from PIL import Image
 from safetensors.torch import save_file
 from sklearn.datasets import load_sample_images
 
-from experiment import pretrained
-from experiment.builders import build_model, build_optimizer, build_parts
-from experiment.checkpoint import BEST, load_checkpoint
-from experiment.data import BatchTransform
-from experiment.datasets import FolderSplits, ImageTensors, image_folder
-from experiment.engine import FitSettings, fit
+from experiment.config.run_config import RunConfig
+from experiment.data.datasets import FolderSplits, ImageTensors, image_folder
+from experiment.data.loaders import BatchTransform
 from experiment.errors import ConfigError
-from experiment.run_config import RunConfig
+from experiment.models import pretrained
 from experiment.train import run
+from experiment.training.builders import build_model, build_optimizer, build_parts
+from experiment.training.checkpoint import BEST, load_checkpoint
+from experiment.training.engine import FitSettings, fit
 from tests.conftest import all_runs, run_config, sqlite_uri, store_overrides
 
 CPU = torch.device("cpu")

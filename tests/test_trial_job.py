@@ -17,7 +17,7 @@ from hydra.core.utils import JobStatus, run_job, setup_globals
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
-from hydra_plugins.experiment_optuna_sweeper.trial_job import run_trial_job
+from experiment.sweep.trial_job import run_trial_job
 from tests.conftest import CONF
 
 
@@ -150,7 +150,7 @@ def test_yaml_text_is_omegaconfs(overrides):
     """The run's config.yaml (and the job's .hydra files) on libyaml's emitter: the text
     OmegaConf writes, strings that read as numbers or booleans quoted."""
     from experiment.api import compose
-    from experiment.run_config import RunConfig, to_yaml
+    from experiment.config.run_config import RunConfig, to_yaml
 
     run = RunConfig.enter(compose(overrides))
     assert run.yaml() == OmegaConf.to_yaml(run.resolved)

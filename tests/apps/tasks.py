@@ -12,7 +12,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from experiment import sweep_context
+from experiment.sweep import context as sweep_context
 
 # A launcher the sweeper does not use, to show that it says so.
 ConfigStore.instance().store(

@@ -1,0 +1,144 @@
+"""What a `dataset.source` may return, turned into the splits the data module serves.
+
+A source (any `_target_`, the project's own or a user's) returns one of:
+- `ImageTensors` or `FolderSplits` (the project's own sources),
+- a `torch.utils.data.Dataset` of (input, target) pairs: served by a DataLoader,
+- a pair `(inputs, targets)` of tensors or NumPy arrays of any shape and dtype: held in
+  memory on the training device (the fast path),
+- a dict of such with `train` and optionally `val` and `test`.
+
+A missing test split is split off train by `dataset.test_fraction`, a missing validation
+split by `dataset.val_fraction`, both seeded by `dataset.split_seed`, so a source function
+takes no split arguments. Inputs keep their shape; floating inputs become float32 (uint8
+images stay uint8 until the device normalizes them). Targets are made what the task
+needs: int64 class indices, or float32 columns N x D for regression and multi-label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from experiment.data.loaders import model_inputs
+from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
+from experiment.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def as_splits(result, cfg, task, target: str = "dataset.source"):
+    """The source's `result` as ImageTensors (tensors) or FolderSplits (Datasets); `cfg`
+    is the `dataset` node, `task` the run's task (it decides the targets' form)."""
+    if isinstance(result, ImageTensors | FolderSplits):
+        return result
+    splits = _as_split_dict(result, target)
+    if all(_is_pair(v) for v in splits.values()):
+        tensors = {k: _pair_tensors(v, k, target, task) for k, v in splits.items()}
+        return _tensor_splits(tensors, cfg, task)
+    datasets = {k: _as_dataset(v, k, target, task) for k, v in splits.items()}
+    return _dataset_splits(datasets, cfg, task)
+
+
+def _as_split_dict(result, target: str) -> dict:
+    if isinstance(result, Mapping):
+        unknown = sorted(set(result) - set(SPLITS))
+        if "train" not in result or unknown:
+            raise DataError(
+                f"{target} returned a dict with keys {sorted(result)}: expected 'train' and "
+                "optionally 'val' and 'test', each a Dataset or an (inputs, targets) pair."
+            )
+        return {k: result[k] for k in SPLITS if result.get(k) is not None}
+    if isinstance(result, Dataset) or _is_pair(result):
+        return {"train": result}
+    raise DataError(
+        f"{target} returned {type(result).__name__}: expected a torch.utils.data.Dataset, "
+        "a pair (inputs, targets) of tensors or NumPy arrays, or a dict of such with "
+        "train (and optionally val, test)."
+    )
+
+
+def _is_pair(value) -> bool:
+    return (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, torch.Tensor | np.ndarray) for v in value)
+    )
+
+
+def _pair_tensors(pair, split: str, target: str, task) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
+    if len(inputs) != len(targets) or len(inputs) == 0:
+        raise DataError(
+            f"{target}: the {split} split has {len(inputs)} inputs and {len(targets)} "
+            "targets; they must be as many, and more than none."
+        )
+    return model_inputs(inputs), task.prepare_targets(targets)
+
+
+def _tensor_splits(tensors: dict, cfg, task) -> ImageTensors:
+    train_x, train_y = tensors["train"]
+    if "test" in tensors:
+        test_x, test_y = tensors["test"]
+    else:
+        keep, held = seeded_split(len(train_y), cfg.test_fraction, cfg.split_seed)
+        test_x, test_y = train_x[held], train_y[held]
+        train_x, train_y = train_x[keep], train_y[keep]
+    val_x, val_y = tensors.get("val", (None, None))
+    labels = [y for y in (train_y, val_y, test_y) if y is not None]
+    classes = _class_names(task, labels, None)
+    return ImageTensors(train_x, train_y, test_x, test_y, classes, val_x, val_y)
+
+
+def _class_names(task, labels: list[torch.Tensor], named) -> list[str] | None:
+    """Class names for single-label classification (the source's own, else 0..C-1);
+    None for tasks whose outputs are the targets' columns."""
+    if not task.has_classes:
+        return None
+    if named is not None:
+        return [str(c) for c in named]
+    if any(y.dtype.is_floating_point or y.ndim != 1 for y in labels):
+        return None  # the task's check names the problem
+    return [str(i) for i in range(int(max(int(y.max()) for y in labels)) + 1)]
+
+
+def _as_dataset(value, split: str, target: str, task) -> Dataset:
+    if isinstance(value, Dataset):
+        return value
+    inputs, targets = _pair_tensors(value, split, target, task)
+    return TensorDataset(inputs, targets)
+
+
+def _dataset_splits(datasets: dict, cfg, task) -> FolderSplits:
+    train = datasets["train"]
+    if len(train) == 0:
+        raise DataError("dataset.source: the train split is empty.")
+    test = datasets.get("test")
+    if test is None:
+        keep, held = seeded_split(len(train), cfg.test_fraction, cfg.split_seed)
+        train, test = Subset(train, keep.tolist()), Subset(train, held.tolist())
+    first_input, first_target = datasets["train"][0]
+    input_shape = tuple(torch.as_tensor(np.asarray(first_input)).shape)
+    named = getattr(datasets["train"], "classes", None)
+    labels = _known_labels(datasets["train"])
+    classes = _class_names(task, labels, named) if named or labels else None
+    if classes is None and task.has_classes:
+        labels = [torch.as_tensor([int(y) for _, y in datasets["train"]])]  # one pass
+        classes = _class_names(task, labels, None)
+    width = None if classes else _target_width(first_target)
+    return FolderSplits(train, datasets.get("val"), test, classes, input_shape, width)
+
+
+def _known_labels(dataset) -> list[torch.Tensor]:
+    """A dataset's labels without reading its samples, where it exposes them."""
+    found = getattr(dataset, "targets", None)
+    if found is None and isinstance(dataset, TensorDataset):
+        found = dataset.tensors[1]
+    return [torch.as_tensor(np.asarray(found))] if found is not None else []
+
+
+def _target_width(target) -> int:
+    target = torch.as_tensor(np.asarray(target))
+    return 1 if target.ndim == 0 else int(target.shape[-1])

@@ -1,0 +1,173 @@
+"""The sweeper's settings (`hydra.sweeper.*`), checked before any study is touched."""
+
+# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
+# outside sys.modules, where dataclasses cannot resolve string annotations.
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from experiment.errors import SweepError
+from experiment.sweep import study as studies
+
+log = logging.getLogger(__name__)
+# hydra/launcher options whose jobs the sweeper submits itself (jobs.py), by cluster.
+LAUNCHERS = {"submitit_slurm": "slurm", "submitit_local": "local"}
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python values."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+@dataclass
+class SweepSettings:
+    """`hydra.sweeper.*` as plain values (see config.py for each key's meaning)."""
+
+    direction: Any
+    n_trials: int
+    n_jobs: int
+    study_name: str | None
+    storage: str | None
+    sampler: Any
+    seed: int | None
+    pruner: Any
+    params: dict = field(default_factory=dict)
+    max_failure_rate: float = 1.0
+    custom_search_space: str | None = None
+    enqueue_trials: list = field(default_factory=list)
+    warm_start: Any = None
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+    devices_per_trial: int = 1
+    timeout: float | None = None
+    target: Any = None
+    patience: int | None = None
+    constraints: list = field(default_factory=list)
+    preload: list = field(default_factory=list)
+    max_retries: int = 3
+    repeats: int = 1
+    seed_key: str = "trainer.seed"
+    figure_process: bool | None = None
+
+    @classmethod
+    def of(cls, **values) -> "SweepSettings":
+        settings = cls(**{key: plain(value) for key, value in values.items()})
+        settings.params = settings.params or {}
+        settings.enqueue_trials = settings.enqueue_trials or []
+        settings.constraints = settings.constraints or []
+        settings.preload = settings.preload or []
+        return settings
+
+    def location(self, name: str) -> studies.StudyLocation:
+        # By the module's attribute, not an imported name: Hydra's plugin scan executes
+        # study.py again after this module imported it, and a location handed to another
+        # process pickles only as the class study.py now holds.
+        return studies.StudyLocation(self.storage, name, self.heartbeat_interval, self.grace_period)
+
+    def make_pruner(self, n_objectives: int):
+        """The configured pruner; unset with repeats, one that compares a trial's seeds
+        so far with the other trials' same seeds (repeats.py)."""
+        if self.repeats > 1 and self.pruner is None and n_objectives == 1:
+            from experiment.sweep.repeats import MeanOfSeedsPruner
+
+            return MeanOfSeedsPruner()
+        return studies.make_pruner(self.pruner, n_objectives)
+
+    @property
+    def worker_grace_seconds(self) -> float:
+        """How long a worker process in a trial may be silent (stopped, hung) before it
+        is declared lost: grace_period, else 2 x heartbeat_interval, else a minute."""
+        if self.grace_period:
+            return float(self.grace_period)
+        return 2.0 * self.heartbeat_interval if self.heartbeat_interval else 60.0
+
+    def check(self) -> None:
+        if self.n_trials < 1:
+            raise SweepError(f"hydra.sweeper.n_trials={self.n_trials}: needs an integer >= 1")
+        if self.n_jobs < 1:
+            raise SweepError(f"hydra.sweeper.n_jobs={self.n_jobs}: needs an integer >= 1")
+        if self.n_jobs > 1 and not self.storage:
+            raise SweepError(
+                "hydra.sweeper.n_jobs > 1 needs a database storage that the "
+                "workers share: set hydra.sweeper.storage=sqlite:///multirun/optuna.db"
+            )
+        self._check_devices_per_trial()
+        self._check_counts()
+        rate = self.max_failure_rate
+        if not isinstance(rate, float | int) or not (0.0 <= rate <= 1.0):
+            raise SweepError(
+                f"hydra.sweeper.max_failure_rate={rate}: needs a number in "
+                "[0, 1] (the share of finished trials that may fail)"
+            )
+
+    def _check_counts(self) -> None:
+        """The integer settings that are not checked elsewhere, each in its range."""
+        wanted = {
+            "max_retries": (self.max_retries, 0, "an integer >= 0"),
+            "repeats": (self.repeats, 1, "an integer >= 1 (seeds per configuration)"),
+            "heartbeat_interval": (self.heartbeat_interval, 1, "null or an integer >= 1"),
+            "grace_period": (self.grace_period, 1, "null or an integer >= 1 (seconds)"),
+        }
+        for key, (value, lowest, what) in wanted.items():
+            if value is None and key in ("heartbeat_interval", "grace_period"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise SweepError(f"hydra.sweeper.{key}={value}: needs {what}")
+
+    def _check_devices_per_trial(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would run its own sweep
+            raise SweepError(
+                "a sweep does not run under torchrun: start it as one command and set "
+                "hydra.sweeper.devices_per_trial=K to train each trial on K devices"
+            )
+        k = self.devices_per_trial
+        if not isinstance(k, int) or k < 1:
+            raise SweepError(f"hydra.sweeper.devices_per_trial={k}: needs an integer >= 1")
+        if k > 1 and not self.storage:
+            raise SweepError(
+                "hydra.sweeper.devices_per_trial > 1 runs each trial as its own process "
+                "group, which reports through a database storage: set "
+                "hydra.sweeper.storage=sqlite:///multirun/optuna.db"
+            )
+        gpus = gpu_count() if k > 1 else 0  # torch is imported only where it is needed
+        if k > 1 and gpus and k * self.n_jobs > gpus:
+            raise SweepError(
+                f"hydra.sweeper.devices_per_trial={k} x n_jobs={self.n_jobs} needs "
+                f"{k * self.n_jobs} GPUs; this machine has {gpus}. Lower n_jobs or "
+                "devices_per_trial."
+            )
+
+    def check_launcher(self, launcher: str | None) -> None:
+        """A submitit launcher needs a shared storage; any other launcher is not used."""
+        if launcher in LAUNCHERS:
+            if not self.storage:
+                raise SweepError(
+                    f"hydra/launcher={launcher} runs each trial as a job that reports to the "
+                    "study through its database: set hydra.sweeper.storage to one the jobs "
+                    "reach (postgresql://..., or sqlite:/// on a filesystem they share)"
+                )
+            if self.devices_per_trial > 1:
+                raise SweepError(
+                    f"hydra/launcher={launcher} with hydra.sweeper.devices_per_trial > 1: ask "
+                    "for the GPUs per job with hydra.launcher.gpus_per_node instead"
+                )
+            return
+        if launcher not in (None, "basic"):
+            log.warning(
+                "hydra/launcher=%s is not used: this sweeper runs each trial in its own "
+                "process (n_jobs=1) or in hydra.sweeper.n_jobs long-lived worker processes; "
+                "set hydra.sweeper.n_jobs for parallel trials.",
+                launcher,
+            )
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0

@@ -1,0 +1,1 @@
+"""Everything MLflow: the run's tracker, its record (params, tags, lineage), its figures."""

@@ -1,0 +1,193 @@
+"""Checkpoints: model, optimizer, scheduler, loop state and config in one file.
+
+`Checkpoint` is the one place that knows what a checkpoint holds: it captures a run's
+state after an epoch, writes it, reads it back and restores a model, optimizer and
+scheduler from it.
+
+Written atomically (temp file + rename), so a run killed mid-save leaves the previous
+checkpoint intact, and read with `weights_only=True`, so loading one runs no pickled code.
+A file that is not such a checkpoint is refused with a `CheckpointError` that names it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from experiment.errors import CheckpointError, ConfigValueError, WriteError
+from experiment.system import durable
+from experiment.training.engine import FitState
+
+LAST, BEST = "last.pt", "best.pt"
+# What every checkpoint of this project holds.
+KEYS = ("model", "optimizer", "scheduler", "epoch", "best_value", "best_epoch", "history")
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after an epoch: weights, optimizer and scheduler state, the loop
+    state, the resolved config, and the run's fingerprint and MLflow run id (what
+    `trainer.resume=auto` matches and continues)."""
+
+    model: dict = field(repr=False)
+    optimizer: dict = field(repr=False)
+    scheduler: dict | None = field(repr=False)
+    loop: FitState
+    config: dict = field(default_factory=dict, repr=False)
+    fingerprint: str | None = None
+    mlflow_run_id: str | None = None
+
+    @classmethod
+    def capture(cls, state: FitState, model, optimizer, scheduler, **identity) -> Checkpoint:
+        """`identity`: config, fingerprint, mlflow_run_id."""
+        return cls(
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            loop=FitState(
+                epoch=state.epoch,
+                metrics=state.metrics,
+                best_value=state.best_value,
+                best_epoch=state.best_epoch,
+                history=state.history,
+            ),
+            **identity,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        state = load_checkpoint(path)
+        extra = state.get("extra") or {}
+        return cls(
+            model=state["model"],
+            optimizer=state["optimizer"],
+            scheduler=state["scheduler"],
+            loop=FitState(
+                epoch=int(state["epoch"]),
+                metrics=dict(state.get("metrics") or {}),
+                best_value=state["best_value"],
+                best_epoch=int(state["best_epoch"]),
+                history=list(state["history"]),
+            ),
+            config=state.get("config") or {},
+            fingerprint=extra.get("fingerprint"),
+            mlflow_run_id=extra.get("mlflow_run_id"),
+        )
+
+    def save(self, path: Path) -> None:
+        loop = self.loop
+        save_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            epoch=loop.epoch,
+            metrics=loop.metrics,
+            best_value=loop.best_value,
+            best_epoch=loop.best_epoch,
+            history=loop.history,
+            config=self.config,
+            extra={"fingerprint": self.fingerprint, "mlflow_run_id": self.mlflow_run_id},
+        )
+
+    def restore(self, model, optimizer, scheduler) -> FitState:
+        """Load the weights and optimizer/scheduler state; the loop state to go on from."""
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        if scheduler is not None and self.scheduler is not None:
+            scheduler.load_state_dict(self.scheduler)
+        loop = self.loop
+        return FitState(
+            epoch=loop.epoch,
+            metrics=dict(loop.metrics),
+            best_value=loop.best_value,
+            best_epoch=loop.best_epoch,
+            history=list(loop.history),
+        )
+
+    @property
+    def next_epoch(self) -> int:
+        return self.loop.epoch + 1
+
+
+def check_folder(folder: Path) -> None:
+    """Before any epoch trains: the checkpoint folder can be created and written."""
+    problem = durable.writable_folder_problem(folder)
+    if problem is not None:
+        raise ConfigValueError(
+            "trainer.checkpoint_dir", str(folder), f"a folder this process can write ({problem})"
+        )
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Write durably (experiment.system.durable); a write that fails leaves the previous file."""
+    try:
+        with durable.replacing_file(path) as temporary:
+            torch.save(state, temporary)
+    except OSError as err:
+        raise _write_error(path, err) from None
+
+
+# What os.link raises where a filesystem (or its mount) has no hard links.
+_NO_HARD_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP)
+
+
+def link_checkpoint(source: Path, path: Path) -> bool:
+    """`path` made, durably, the same file as the checkpoint `source` (a hard link: no
+    second serialization and write); False where the filesystem has no hard links."""
+    try:
+        with durable.replacing_file(path) as temporary:
+            os.link(source, temporary)
+    except OSError as err:
+        if err.errno in _NO_HARD_LINKS:
+            return False
+        raise _write_error(path, err) from None
+    return True
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    """A checkpoint that cannot be written: why, and what to do."""
+    why = "the disk is full" if durable.is_disk_full(err) else err.strerror or str(err)
+    return WriteError(
+        f"Cannot write the checkpoint {path.name} in {path.parent}: {why}. The checkpoints "
+        "already there are whole. Free space there (or give trainer.checkpoint_dir a "
+        "folder with room), then run the same command with trainer.resume=auto to "
+        "continue from the last one, in the same MLflow run."
+    )
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as err:
+        raise CheckpointError(path, f"it cannot be read ({err.strerror or err})") from None
+    except pickle.UnpicklingError as err:
+        # PyTorch's own message suggests weights_only=False, i.e. running the file's code:
+        # say what the file is instead.
+        raise CheckpointError(path, _why_unpickling_failed(err)) from None
+    except Exception as err:  # arbitrary bytes fail the unpickler in arbitrary ways
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            path, f"it is empty, truncated or not a PyTorch checkpoint file ({detail})"
+        ) from None
+    missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
+    if missing:
+        raise CheckpointError(
+            path, f"it is a PyTorch file but not a checkpoint of a run: it lacks {missing}"
+        )
+    return state
+
+
+def _why_unpickling_failed(err: pickle.UnpicklingError) -> str:
+    text = str(err)
+    if "Unsupported global" in text:  # a class or function to import and call
+        return (
+            "it holds pickled Python objects, which loading would run as code; it is "
+            "refused (checkpoints of a run hold only tensors and plain values)"
+        )
+    return "it is not a PyTorch checkpoint file"

@@ -1,0 +1,256 @@
+"""The training loop: `train_one_epoch`, `evaluate` and `fit` over epochs.
+
+Metrics are summed on the device and read once per epoch: a `.item()` per batch would
+make the host wait for the GPU after every step. In a distributed run the sums are
+added across ranks at that point, once, so every rank sees the same epoch metrics.
+What happens between epochs besides training (checkpoints, early stopping, tracking,
+pruning, progress) is a callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from experiment.errors import NonFiniteLossError
+from experiment.runtime.device import autocast, synchronize
+from experiment.runtime.distributed import sum_across_ranks
+from experiment.training.tasks import Classification, add_sums
+
+
+@dataclass
+class FitSettings:
+    """How `fit` trains, besides the objects it trains."""
+
+    epochs: int
+    device: torch.device
+    monitor: str = "val/acc"  # the epoch metric that decides the best epoch
+    maximize: bool = True
+    min_delta: float = 0.0  # a smaller change of `monitor` is no improvement
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: plain fp32
+    task: object = field(default_factory=Classification)  # loss and metrics (tasks.py)
+    grad_clip: float | None = None  # max global gradient norm
+    scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
+    scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
+    seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
+
+    @classmethod
+    def of_run(cls, run, device, task, amp_dtype) -> FitSettings:
+        """How `fit` trains `run` (an entered RunConfig) on `device`."""
+        regularization, monitor = run.regularization, run.monitor
+        return cls(
+            epochs=run.trainer.epochs,
+            device=device,
+            monitor=monitor.metric,
+            maximize=monitor.maximize,
+            min_delta=regularization.early_stopping.min_delta,
+            amp_dtype=amp_dtype,
+            task=task,
+            grad_clip=regularization.grad_clip,
+            scheduler_interval=str(run.scheduler.interval),
+            # Only a plateau schedule watches a metric (PlateauSchedulerConf.monitor).
+            scheduler_monitor=getattr(run.scheduler, "monitor", None),
+            seed=run.trainer.seed,
+        )
+
+
+@dataclass
+class FitState:
+    """What the loop knows after an epoch. Callbacks read it (and may set `stop_reason`);
+    checkpoints store it, so a resumed run continues from it."""
+
+    epoch: int = -1  # the last finished epoch
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_value: float | None = None
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    @property
+    def improved(self) -> bool:
+        return self.best_epoch == self.epoch
+
+    @property
+    def epochs_run(self) -> int:
+        return self.epoch + 1
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stop_reason is not None
+
+    def record(self, epoch: int, metrics: dict[str, float], settings: FitSettings) -> None:
+        self.epoch, self.metrics = epoch, metrics
+        self.history.append(metrics)
+        value = metrics[settings.monitor]
+        change = value - self.best_value if self.best_value is not None else math.inf
+        if (change if settings.maximize else -change) > settings.min_delta or self.best_epoch < 0:
+            self.best_value, self.best_epoch = value, epoch
+
+
+EpochCallback = Callable[[FitState], None]
+
+
+def train_one_epoch(
+    model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None
+) -> dict[str, float]:
+    model.train()
+    task, sums = settings.task, None
+    for inputs, targets in loader:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(settings.device, settings.amp_dtype):
+            outputs = model(inputs)
+            loss = task.loss(outputs, targets)
+        loss.backward()
+        if settings.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        if step_scheduler is not None:  # per-batch schedules (one-cycle)
+            step_scheduler.step()
+        sums = add_sums(sums, task.batch_sums(outputs.detach(), targets, loss.detach()))
+    totals = epoch_totals(sums)
+    return {**task.metrics(totals), "samples": int(totals["count"])}
+
+
+def epoch_totals(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An epoch's running sums, added across the ranks of a distributed run (one
+    collective) and read to the host as float64 (one device read)."""
+    names = list(sums)
+    flat = torch.cat([sums[k].to(torch.float64).flatten() for k in names])
+    totals = sum_across_ranks(flat).cpu()
+    parts = totals.split([sums[k].numel() for k in names])
+    return {k: part.view(sums[k].shape) for k, part in zip(names, parts, strict=True)}
+
+
+def evaluate(model: nn.Module, loader, *, device, amp_dtype=None, task=None) -> dict:
+    """The task's metrics over `loader` (default task: classification)."""
+    metrics, _ = evaluate_with_totals(model, loader, device=device, amp_dtype=amp_dtype, task=task)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_with_totals(
+    model: nn.Module, loader, *, device, amp_dtype=None, task=None, points: int = 0
+) -> tuple[dict, dict]:
+    """The task's metrics over `loader` and the sums they came from (a classification's
+    confusion matrix, say); with `points`, the sums' "points" hold up to that many
+    (predicted, true) pairs of the first output, for a regression's plot."""
+    model.eval()
+    task = task or Classification()
+    sums, kept = None, []
+    for inputs, targets in loader:
+        with autocast(device, amp_dtype):
+            outputs = model(inputs)
+        outputs = outputs.float()
+        loss = task.eval_loss(outputs, targets)
+        sums = add_sums(sums, task.batch_sums(outputs, targets, loss))
+        if points and sum(len(p) for p in kept) < points:
+            kept.append(torch.stack([outputs[:, 0], targets[:, 0].float()], 1))
+    totals = epoch_totals(sums)
+    if kept:
+        totals["points"] = torch.cat(kept)[:points].cpu().numpy()
+    return task.metrics(totals), totals
+
+
+def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtype=None) -> float:
+    """Run one train and one eval step so a compiled model compiles before the timed
+    epochs; return the seconds it took. The model's weights and buffers are restored."""
+    state = copy.deepcopy(model.state_dict())
+    inputs, _ = batch
+    start = time.perf_counter()
+    train_model.train()
+    with autocast(device, amp_dtype):
+        loss = train_model(inputs).float().square().mean()  # any loss compiles the backward
+    loss.backward()
+    with torch.no_grad(), autocast(device, amp_dtype):
+        train_model.eval()
+        train_model(inputs)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(state)
+    return seconds
+
+
+@torch.no_grad()
+def latency_per_image_ms(
+    model: nn.Module, images: torch.Tensor, *, device, amp_dtype=None
+) -> float:
+    """Inference time per image (milliseconds) for a batch of `images`: the median of a
+    few timed passes after a warm-up one."""
+    model.eval()
+    timings = []
+    for _ in range(6):
+        start = time.perf_counter()
+        with autocast(device, amp_dtype):
+            model(images)
+        synchronize(device)
+        timings.append(time.perf_counter() - start)
+    return 1000.0 * sorted(timings[1:])[2] / len(images)
+
+
+def seed_epoch(data, seed: int, epoch: int) -> None:
+    """Seed everything random in one epoch from (seed, epoch)."""
+    epoch_seed = seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)  # dropout and other in-model randomness, on every device
+    data.seed_epoch(epoch_seed)
+
+
+def fit(
+    model: nn.Module,
+    data,
+    optimizer,
+    scheduler,
+    settings: FitSettings,
+    callbacks: Sequence[EpochCallback] = (),
+    state: FitState | None = None,
+) -> FitState:
+    """Train from `state` (a new run, or one restored from a checkpoint) to
+    `settings.epochs` or until a callback sets `state.stop_reason`; return the last state.
+
+    `model` is what runs forward (it may be a compiled wrapper). With `settings.seed`,
+    every epoch draws its randomness (shuffling, augmentation, dropout) from seed and
+    epoch alone, so a resumed run trains exactly as the uninterrupted run would have.
+    """
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if plateau and settings.scheduler_monitor is None:
+        raise ValueError("A plateau schedule steps on a metric: set settings.scheduler_monitor")
+    state = state if state is not None else FitState()
+    step_scheduler = scheduler if settings.scheduler_interval == "step" else None
+    for epoch in range(state.epoch + 1, settings.epochs):
+        if settings.seed is not None:
+            seed_epoch(data, settings.seed, epoch)
+        lr = optimizer.param_groups[-1]["lr"]  # the head's rate when the backbone has its own
+        start = time.perf_counter()
+        train = train_one_epoch(model, data.train, optimizer, settings, step_scheduler)
+        train_time = time.perf_counter() - start
+        if not math.isfinite(train["loss"]):
+            raise NonFiniteLossError(
+                f"Training loss became {train['loss']} in epoch {epoch}: the run diverged. "
+                f"Lower optimizer.lr (now {lr:g}) or set regularization.grad_clip."
+            )
+        device, amp_dtype, task = settings.device, settings.amp_dtype, settings.task
+        val = evaluate(model, data.val, device=device, amp_dtype=amp_dtype, task=task)
+        metrics = {
+            **{f"train/{k}": v for k, v in train.items() if k != "samples"},
+            **{f"val/{k}": v for k, v in val.items()},
+            "lr": lr,
+            "epoch_time_s": time.perf_counter() - start,
+            "samples_per_s": train["samples"] / train_time,
+        }
+        if scheduler is not None and step_scheduler is None:
+            if plateau:
+                scheduler.step(metrics[settings.scheduler_monitor])
+            else:
+                scheduler.step()
+        state.record(epoch, metrics, settings)
+        for callback in callbacks:
+            callback(state)
+        if state.stop_reason is not None:
+            break
+    return state
