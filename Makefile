@@ -9,10 +9,11 @@ STUDIES ?= sqlite:///multirun/optuna.db
 HOST ?= 127.0.0.1
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+DOCS_PORT ?= 8000
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep test test-fast lint format ui dashboard clean
+.PHONY: help install train sweep test test-fast lint format docs docs-serve docs-reference ui dashboard clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -47,6 +48,15 @@ lint: $(STAMP)  ## the pre-commit checks on every file: ruff, formatting, large 
 format: $(STAMP)  ## fix what ruff can fix, and format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
+docs: $(STAMP)  ## build the docs site into site/ (strict: a warning fails the build)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)  ## serve the docs site on 127.0.0.1:8000 (DOCS_PORT=)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr $(HOST):$(DOCS_PORT)
+
+docs-reference: $(STAMP)  ## regenerate docs/reference/configuration.md from the schema
+	$(PY) -m experiment.config.reference > docs/reference/configuration.md
+
 ui: $(STAMP)  ## the MLflow UI over the project's store (127.0.0.1:5000; HOST=, PORT= to change)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host $(HOST) --port $(PORT)
 
@@ -54,4 +64,4 @@ dashboard: $(STAMP)  ## optuna-dashboard over the sweeps' studies (127.0.0.1:808
 	$(VENV)/bin/optuna-dashboard $(STUDIES) --host $(HOST) --port $(DASHBOARD_PORT)
 
 clean:  ## remove run outputs, sweeps and the MLflow store
-	rm -rf outputs multirun mlruns .pytest_cache
+	rm -rf outputs multirun mlruns site .pytest_cache

@@ -33,10 +33,9 @@ PROFILE = "SWEEP_PHASES_PROFILE"
 PLUGIN = "experiment.sweep"
 # (label, owner module, attribute path): the phases of a trial, in the order they run.
 TRIAL_PHASES = [
-    ("trial job (its Hydra job)", f"{PLUGIN}.executors", "run_trial_job"),
-    ("  the task's config copied", f"{PLUGIN}.trial_job", "task_part"),
-    ("  the job's logging configured", f"{PLUGIN}.trial_job", "configure_log"),
-    ("  .hydra/*.yaml written", f"{PLUGIN}.trial_job", "write_job_record"),
+    ("trial job (Hydra's run_job)", f"{PLUGIN}.executors", "run_job"),
+    ("  the job's logging configured", "hydra.core.utils", "configure_log"),
+    ("  .hydra/*.yaml written", "hydra.core.utils", "_save_config"),
     ("  config entered and checked", "experiment.config.run_config", "RunConfig.enter"),
     ("  MLflow tracker opened", "experiment.training.run", "build_tracker"),
     ("  data, model, optimizer built", "experiment.training.run", "build_parts"),
@@ -70,7 +69,7 @@ TRIAL_PHASES = [
     ("  test evaluation of best.pt", "experiment.training.run", "evaluate_best"),
     ("  summary metrics to MLflow", "experiment.tracking.tracker", "Tracker.log_metrics"),
     (
-        "  plots drawn and logged (in the worker, or the figure process)",
+        "  plots drawn and logged",
         "experiment.tracking.run_figures",
         "RunFigures.log",
     ),
@@ -89,7 +88,6 @@ SWEEP_PHASES = [
     ("ask (per trial)", SWEEPER, "TrialLoop._ask"),
     ("compose the trial's config (per trial)", SWEEPER, "SweepEngine._job_config"),
     ("tell (per trial)", SWEEPER, "TrialLoop._record"),
-    ("end: the figure process's last plots", f"{PLUGIN}.figures", "FigureWriter.drain"),
     ("end: results file and parent run", SWEEPER, "SweepEngine._finish"),
     ("  of which study plots", SWEEPER, "reporting.study_plots"),
     ("end: summary table", SWEEPER, "SweepEngine._report"),
@@ -199,9 +197,9 @@ def _install() -> None:
     recorder = _Recorder(os.environ[LOG_FOLDER])
     _wrap(recorder, TRIAL_PHASES + SWEEP_PHASES)
     executors = importlib.import_module(f"{PLUGIN}.executors")
-    executors.run_trial_job = recorder.collecting(GC, executors.run_trial_job)
+    executors.run_job = recorder.collecting(GC, executors.run_job)
     if os.environ.get(PROFILE):
-        executors.run_trial_job = recorder.profiled(executors.run_trial_job)
+        executors.run_job = recorder.profiled(executors.run_job)
 
 
 if os.environ.get(LOG_FOLDER):

@@ -37,6 +37,8 @@ defaults:
 hydra:
   mode: MULTIRUN
   sweeper:
+    warm_up_function: experiment.training.run.warm_up_sweep_worker
+    preload_function: experiment.training.run.preload_sweep_workers
     params:
       optimizer.lr: tag(log, interval(1e-4, 1e-1))
       dataset.batch_size: choice(32, 64, 128, 256)

@@ -47,7 +47,7 @@ def run_reporting_errors(cfg) -> float:
     except ExperimentError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep_context.current():
             raise
-        log.error(f"{type(err).__name__}: {err}")
+        log.error("%s: %s", type(err).__name__, err)
         raise SystemExit(err.exit_code) from None
 
 

@@ -152,3 +152,25 @@ def test_optimizer_is_fused_on_cuda(optimizer):
     cfg = run_config([f"optimizer={optimizer}"])
     net = build_model(cfg.model, (1, 8, 8), 10).cuda()
     assert build_optimizer(cfg.optimizer, net).defaults["fused"] is True
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=mlp", "optimizer=sgd"],
+        ["run_name='1e5'"],
+        ["run_name='true'"],
+        ["run_name='café'"],
+    ],
+)
+def test_yaml_text_is_omegaconfs(overrides):
+    """The run's config.yaml on libyaml's emitter: the text
+    OmegaConf writes, strings that read as numbers or booleans quoted."""
+    from experiment.api import compose
+    from experiment.config.run_config import RunConfig, to_yaml
+
+    run = RunConfig.enter(compose(overrides))
+    assert run.yaml() == OmegaConf.to_yaml(run.resolved)
+    tricky = {"a": "1", "b": "true", "c": "null", "d": [1.5, "2.5", None], "e": "x: y"}
+    assert to_yaml(tricky) == OmegaConf.to_yaml(tricky)

@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from experiment.sweep.protocol import LostAttempt
 from experiment.training.checkpoint import LAST, Checkpoint
 from experiment.training.engine import FitState
 from experiment.training.resume import continue_lost_attempt
@@ -29,8 +30,8 @@ def write_checkpoint(folder, fingerprint: str, epoch: int = 4) -> None:
     checkpoint.save(folder / LAST)
 
 
-def lost(folder) -> dict:
-    return {"trial": 3, "mlflow_run_id": RUN_ID, "checkpoint_dir": str(folder) if folder else None}
+def lost(folder) -> LostAttempt:
+    return LostAttempt(3, RUN_ID, str(folder) if folder else None)
 
 
 def test_a_readable_checkpoint_of_the_same_configuration_is_continued(tmp_path):

@@ -103,7 +103,7 @@ def test_fit_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
     train(first, settings, callbacks)
 
     fresh, _ = parts_and_settings()  # a new process: new model, optimizer, schedule
-    point = resume.find(str(tmp_path / LAST), {}, tmp_path, None)
+    point = resume.find(str(tmp_path / LAST), "", tmp_path, None)
     state = point.checkpoint.restore(fresh.model, fresh.optimizer, fresh.scheduler)
     assert state.epoch == 1 and len(state.history) == 2
     result = train(fresh, settings, [], state)

@@ -1,12 +1,13 @@
 """Use it from your own project: the built wheel, installed into a folder of its own, run
 from a copy of examples/own_project (its own conf/, model and datasets), with nothing of
-the checkout importable."""
+the checkout importable; and an editable install, run from folders outside the checkout."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, all_runs, output, run_cli, sqlite_uri
+from tests.conftest import ROOT, all_runs, output, run_cli, sqlite_uri, sweep_args
 
 pytestmark = pytest.mark.slow
 OWN = ROOT / "examples" / "own_project"
@@ -32,6 +33,7 @@ _NOT_SOURCE = shutil.ignore_patterns(
     "multirun",
     "outputs",
     ".pytest_cache",
+    "site",
     ".ruff_cache",
 )
 
@@ -53,6 +55,61 @@ def wheel_install(tmp_path_factory) -> tuple[Path, Path]:
     return wheel, target
 
 
+@pytest.mark.timeout(300)
+def test_an_editable_install_sweeps_from_any_folder(tmp_path):
+    """`make install`'s editable install (setuptools' compat mode), in a fresh virtual
+    environment: Hydra's plugin scan finds the sweeper from a folder outside the checkout,
+    for the project's app and for a plain Hydra app in its own folder."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # The dependencies are this environment's: the venv sees its site-packages.
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "-q",
+        "--disable-pip-version-check",
+    ]
+    install = ["install", "--no-deps", "--no-build-isolation", "-e", str(source)]
+    compat = ["--config-settings", "editable_mode=compat"]
+    proc = subprocess.run([*pip, *install, *compat], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": ""}  # the installed package alone, not the checkout
+    where = run_cli(
+        ["-c", "import experiment; print(experiment.__file__)"],
+        elsewhere,
+        env=env,
+        program=[str(python)],
+    )
+    assert where.stdout.strip() == str(source / "experiment" / "__init__.py"), output(where)
+    storage = f"sqlite:///{elsewhere / 'optuna.db'}"
+    one_trial = [*sweep_args(storage, ["tracking=none"], n_trials=1), "trainer.epochs=1"]
+    proc = run_cli(one_trial, elsewhere, env=env, program=[str(python), "-m", "experiment.train"])
+    assert proc.returncode == 0, output(proc)
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+
+    sphere = source / "examples" / "sphere"  # the official plugin's example, in its folder
+    proc = run_cli(
+        ["hydra.sweeper.n_trials=3"], sphere, env=env, program=[str(python), "sphere.py"]
+    )
+    assert (
+        proc.returncode == 0
+        and "best_value"
+        in (sphere / "multirun").rglob("optimization_results.yaml").__next__().read_text()
+    ), output(proc)
+
+
 @pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folder(
     wheel_install, tmp_path
@@ -72,7 +129,7 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     where = run_cli(
         [
             "-c",
-            "import experiment, experiment.sweep.sweeper as s;"
+            "import experiment, hydra_plugins.experiment_optuna_sweeper.sweeper as s;"
             "print(experiment.__file__); print(s.__file__)",
         ],
         project,

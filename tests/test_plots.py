@@ -4,7 +4,6 @@ figure does: nothing of the previous run (its values, limits, cells, title) show
 from __future__ import annotations
 
 import math
-import pickle
 
 import numpy as np
 import pytest
@@ -120,18 +119,3 @@ def test_titles_sit_where_matplotlibs_automatic_placement_puts_them(tmp_path, mo
     monkeypatch.setattr(plots, "_title", lambda ax, text: ax.set_title(text))
     for name, draw in figures.items():
         assert drawn_new(draw, tmp_path / f"auto-{name}.png") == fixed[name], name
-
-
-def test_figures_left_to_the_sweep_are_pickled_or_else_drawn_by_the_run(tmp_path):
-    from experiment.sweep.context import STANDALONE, TrialContext
-    from experiment.tracking.run_figures import RunFigures
-
-    figures = RunFigures("sqlite:///x.db", "run", history(3, 1.0), "acc", str)
-    left = TrialContext(trial=None, study_name="s", figures_elsewhere=[])
-    assert left.defer_figures(figures) and len(left.figures_elsewhere) == 1
-    assert pickle.loads(left.figures_elsewhere[0]) == figures
-    local = RunFigures("sqlite:///x.db", "run", [], "acc", lambda folder: None)
-    assert not left.defer_figures(local)  # a lambda does not pickle: the run draws it
-    assert len(left.figures_elsewhere) == 1
-    assert not TrialContext(trial=None, study_name="s").defer_figures(figures)
-    assert not STANDALONE.defer_figures(figures)

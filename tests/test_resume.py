@@ -10,6 +10,7 @@ import signal
 import pytest
 from mlflow import MlflowClient
 
+from experiment.config.run_config import fingerprint
 from experiment.training import resume
 from experiment.training.checkpoint import load_checkpoint
 from tests.conftest import all_runs, output, run_cli, sqlite_uri, start_cli, wait_for_line
@@ -78,5 +79,6 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     (checkpoint,) = (resumed_dir / "outputs").rglob("last.pt")
     assert (checkpoint.parent / resume.COMPLETE_MARKER).exists()
     state = load_checkpoint(checkpoint)
-    found = resume.find("auto", state["config"], checkpoint.parent, resumed_dir / "outputs")
+    wanted = fingerprint(state["config"])
+    found = resume.find("auto", wanted, checkpoint.parent, resumed_dir / "outputs")
     assert found is None

@@ -168,6 +168,18 @@ def test_workers_are_forked_only_from_a_single_threaded_process_without_gpus():
         other.join()
 
 
+def test_a_warm_up_function_that_does_not_import_is_refused_naming_its_key():
+    from experiment.sweep.settings import function_path
+
+    assert function_path(None, "warm_up_function") is None
+    path = "experiment.training.run.warm_up_sweep_worker"
+    assert function_path(path, "warm_up_function") == path
+    with pytest.raises(SweepError, match=r"hydra.sweeper.preload_function=nowhere.fn: cannot"):
+        function_path("nowhere.fn", "preload_function")
+    with pytest.raises(SweepError, match="warm_up_function=experiment.sweep.protocol.PARENT_TAG"):
+        function_path("experiment.sweep.protocol.PARENT_TAG", "warm_up_function")
+
+
 def test_mean_of_seeds_prunes_a_trial_worse_over_the_same_seeds_after_two():
     from experiment.sweep.repeats import MeanOfSeedsPruner
 

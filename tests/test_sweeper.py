@@ -232,11 +232,7 @@ def test_a_failing_trial_does_not_stop_the_sweep(tmp_path):
 
 
 def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
-    # The runs' figures drawn by the sweep's figure process (not the workers).
-    figures = "hydra.sweeper.figure_process=true"
-    proc = run_cli(
-        sweep(tmp_path, "hydra.sweeper.n_jobs=2", figures, n_trials=6, log_plots=True), tmp_path
-    )
+    proc = run_cli(sweep(tmp_path, "hydra.sweeper.n_jobs=2", n_trials=6, log_plots=True), tmp_path)
     assert proc.returncode == 0, output(proc)
     study = load_study(tmp_path)
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)

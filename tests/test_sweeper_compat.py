@@ -123,8 +123,8 @@ def test_any_task_return_value_fails_only_its_own_trial(tmp_path):
 
 
 def test_each_worker_warms_up_once_before_its_first_trial(tmp_path):
-    # The task module's warm_up_sweep_worker(cfg) runs in each worker, with the sweep's
-    # fixed overrides, before any trial of that worker.
+    # hydra.sweeper.warm_up_function (tests/apps/tasks.yaml: the script's own function)
+    # runs in each worker, with the sweep's fixed overrides, before any trial of it.
     log = tmp_path / "warm_up.log"
     args = ["hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "~hydra.sweeper.params.mode"]
     _, study = sweep(TASKS, tmp_path, *args, "mode=number", f"warm_up_log={log}")

@@ -76,6 +76,9 @@ def match_data_to_model(dataset, model_conf) -> None:
     if sized:
         dataset.source.image_size = size
     log.info(
-        f"dataset.normalization=model: {name} expects mean {data['mean']}, std {data['std']}"
-        + (f", {size}px images" if sized else "")
+        "dataset.normalization=model: %s expects mean %s, std %s%s",
+        name,
+        data["mean"],
+        data["std"],
+        f", {size}px images" if sized else "",
     )

@@ -142,9 +142,10 @@ class TrainerConf:
     resume: str | None = None
     resume_dir: str | None = "outputs"
     # Under torchrun: seconds a rank waits for the others in a collective before the run
-    # stops (a lost rank must not hang the rest); SyncBatchNorm across the GPUs (null: on
-    # with several CUDA ranks; PyTorch's SyncBatchNorm runs on GPUs only).
+    # stops (a lost rank must not hang the rest).
     dist_timeout: float = allowed(180.0, SECONDS)
+    # SyncBatchNorm across the GPUs (null: on with several CUDA ranks; PyTorch's
+    # SyncBatchNorm runs on GPUs only).
     sync_batchnorm: bool | None = None
 
 

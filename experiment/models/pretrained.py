@@ -55,7 +55,7 @@ def timm_classifier(
         drop_rate=dropout,
     )
     if source is not None:
-        log.info(f"Pretrained weights for {name}: {source}")
+        log.info("Pretrained weights for %s: %s", name, source)
     if freeze_backbone:
         freeze(model)
     return model
@@ -171,7 +171,7 @@ class UnfreezeBackbone:
         if not self.done and state.epoch + 2 >= self.epoch:  # the next epoch is epoch N
             unfreeze(self.model)
             self.done = True
-            log.info(f"Backbone unfrozen: the whole model trains from epoch {state.epoch + 2}")
+            log.info("Backbone unfrozen: the whole model trains from epoch %s", state.epoch + 2)
             if self.on_unfreeze is not None:
                 self.on_unfreeze(trainable_parameters(self.model), state.epoch + 1)
 

@@ -133,9 +133,13 @@ def joined(trainer, batch_size: int):
             if not ranks.main:  # one voice: rank 0's; other ranks report only problems
                 logging.getLogger().setLevel(logging.WARNING)
             log.info(
-                f"Distributed: world size {ranks.world_size} ({ranks.local_world_size} ranks "
-                f"per node), backend {ranks.backend}, global batch {batch_size} = "
-                f"{per_rank} per rank"
+                "Distributed: world size %s (%s ranks per node), backend %s, "
+                "global batch %s = %s per rank",
+                ranks.world_size,
+                ranks.local_world_size,
+                ranks.backend,
+                batch_size,
+                per_rank,
             )
         yield ranks, device
     except RuntimeError as err:

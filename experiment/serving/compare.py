@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 
 from experiment.errors import ExperimentError
-from experiment.serving.swept_trial import PARENT_TAG
+from experiment.sweep.protocol import PARENT_TAG
 from experiment.system.secrets import redact
 
 DEFAULT_STORE = "sqlite:///mlruns/mlflow.db"

@@ -118,7 +118,7 @@ def promote(args: argparse.Namespace) -> str:
     results = []
     for i in range(args.seeds):
         seed = int(base.trainer.seed) + i
-        log.info(f"Retraining trial {swept.number} with seed {seed} ({i + 1}/{args.seeds})")
+        log.info("Retraining trial %s with seed %s (%s/%s)", swept.number, seed, i + 1, args.seeds)
         overrides = [
             *fixed,
             f"trainer.seed={seed}",

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiment.errors import ExperimentError
+from experiment.sweep.protocol import DEFAULT_STORAGE as DEFAULT_STUDIES
+from experiment.sweep.protocol import PARENT_TAG
 from experiment.system.secrets import redact
-
-PARENT_TAG = "sweep.parent"  # as the sweeper tags a study's parent run
-DEFAULT_STUDIES = "sqlite:///multirun/optuna.db"  # the sweeper's default storage
 
 
 class PromoteError(ExperimentError):

@@ -8,8 +8,8 @@ that take `constraints_func`) steer away from infeasible regions, and Optuna's b
 and Pareto front hold feasible trials only.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import inspect
 import math
 import re

@@ -9,11 +9,12 @@ MLflow status and tags that say how the run ended.
 from __future__ import annotations
 
 import contextlib
-import pickle
 import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+from experiment.sweep.protocol import CHECKPOINT_DIR_ATTR, RUN_ID_ATTR, LostAttempt
 
 PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
 MEASURES_ATTR = "measures"  # the trial's user attribute holding what its run measured
@@ -27,16 +28,11 @@ class Standalone:
     resumable = True
     tags: dict[str, str] = {}
     wanted_measures: tuple[str, ...] = ()  # measures a run computes only when asked
-    # The lost attempt a sweep's retry continues: {trial, mlflow_run_id, checkpoint_dir}.
-    continues: dict | None = None
+    # The lost attempt a sweep's retry continues.
+    continues: LostAttempt | None = None
 
     def record_measures(self, measures: dict[str, float]) -> None:
         pass
-
-    def defer_figures(self, figures) -> bool:
-        """Take the run's figures (a RunFigures) to draw elsewhere; False: the run draws
-        them itself."""
-        return False
 
     def run_name(self, base: str) -> str:
         return base
@@ -68,20 +64,17 @@ class TrialContext(Standalone):
     # What the sweep's constraints name: a run computes these even if it would not.
     wanted_measures: tuple[str, ...] = ()
     # The retry of a lost trial continues it: its MLflow run, from its last checkpoint.
-    continues: dict | None = None
+    continues: LostAttempt | None = None
     # hydra.sweeper.repeats: the trial's seeds, each a run of its own (nested under the
     # trial's run), reported to the trial by the sweeper after each seed, not per epoch.
     repeats: int = 1
     seed_key: str = "trainer.seed"
     repeat: int | None = None  # the seed's index while one runs
-    # In a worker process of a local sweep: the runs' figures, pickled, for the sweep's
-    # process to draw while this worker trains its next trial (None: runs draw their own).
-    figures_elsewhere: list[bytes] | None = None
     _measures: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def tags(self) -> dict[str, str]:
-        retry = {"optuna.retry_of": str(self.continues["trial"])} if self.continues else {}
+        retry = {"optuna.retry_of": str(self.continues.trial)} if self.continues else {}
         seed = {"optuna.repeat": str(self.repeat)} if self.repeat is not None else {}
         return {
             "optuna.study_name": self.study_name,
@@ -117,8 +110,8 @@ class TrialContext(Standalone):
         if not self.reports_epochs:
             return
         if run_id is not None:
-            self.trial.set_user_attr("mlflow_run_id", run_id)
-        self.trial.set_user_attr("checkpoint_dir", checkpoint_dir)
+            self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+        self.trial.set_user_attr(CHECKPOINT_DIR_ATTR, checkpoint_dir)
 
     def restore_reports(self, history: list[dict[str, float]], metric: str) -> None:
         """The epochs a retried trial continues from, reported to it as the lost trial
@@ -136,15 +129,6 @@ class TrialContext(Standalone):
         later call adds to and replaces the earlier ones."""
         self._measures.update({name: float(value) for name, value in measures.items()})
         self.trial.set_user_attr(MEASURES_ATTR, dict(self._measures))
-
-    def defer_figures(self, figures) -> bool:
-        if self.figures_elsewhere is None:
-            return False
-        try:
-            self.figures_elsewhere.append(pickle.dumps(figures))
-        except Exception:  # e.g. a task of one's own that holds a lambda: drawn here
-            return False
-        return True
 
     def outcome(self, error: BaseException | None) -> tuple[str, dict[str, str]]:
         if error is None:

@@ -8,8 +8,8 @@ run reports to its trial. The sweep's trial loop talks to every executor through
 (workers.py), torchrun groups (groups.py) or submitit jobs (jobs.py).
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import contextlib
 import gc
 import importlib
@@ -22,10 +22,10 @@ import pickle
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-from hydra.core.utils import JobStatus, setup_globals
+from hydra.core.utils import JobStatus, run_job, setup_globals
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,7 +34,6 @@ from experiment.sweep import context as sweep_context
 from experiment.sweep import optuna_internals as internals
 from experiment.sweep.repeats import run_repeats
 from experiment.sweep.study import StudyLocation
-from experiment.sweep.trial_job import run_trial_job
 from experiment.system.console import split_streams
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class Executor(Protocol):
 
     def submit(self, trial, job_config: DictConfig, context) -> None: ...
 
-    def next_result(self) -> "TrialResult": ...
+    def next_result(self) -> TrialResult: ...
 
     def close(self) -> None: ...
 
@@ -74,8 +73,6 @@ class TrialResult:
     # cancelled): the trial is failed with this reason and its configuration queued once
     # more, to continue from its checkpoint; it does not count against n_trials.
     lost: str | None = None
-    # The runs' figures a worker left to the sweep's process (pickled RunFigures).
-    figures: list[bytes] = field(default_factory=list)
 
 
 def objective_values(value, n_objectives: int) -> float | list[float]:
@@ -124,7 +121,13 @@ def _run_job(hydra_context, task_function, job_config: DictConfig, context):
     """One Hydra job of the trial: (state, value, error)."""
     study = context.trial.study
     try:
-        ret = run_trial_job(hydra_context, task_function, job_config)
+        ret = run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=job_config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
     except KeyboardInterrupt:  # Ctrl-C / SIGTERM stops the sweep, not just the trial
         raise
     except BaseException as err:  # SystemExit from a task, or a crash in Hydra itself

@@ -7,8 +7,8 @@ its group starts, and handed to every rank in one file, so all ranks train the s
 parameters; rank 0 reports to the trial and writes the trial's result next to that file.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import os

@@ -14,8 +14,8 @@ SLURM before a time limit or a preemption (SIGUSR2) is requeued and continues it
 trial (`TrialJob`).
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import datetime
 import logging
 import signal

@@ -17,8 +17,8 @@ Why each is used, where no public API does the same:
 - domination between trials and a distribution's range check: Optuna keeps both private.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import contextlib
 
 import optuna

@@ -13,8 +13,8 @@ configuration clearly worse after two seeds does not get a third. The trial's va
 the mean; its standard deviation and the seeds' values are user attributes.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import copy
 import math
 import os

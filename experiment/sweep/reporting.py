@@ -15,13 +15,12 @@ from optuna.trial import TrialState
 
 from experiment.sweep import optuna_internals as internals
 from experiment.sweep.constraints import is_feasible
+from experiment.sweep.protocol import PARENT_TAG
 from experiment.sweep.repeats import STD_ATTR, VALUES_ATTR
 from experiment.system import durable
 from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
-
-PARENT_TAG = "sweep.parent"
 
 
 class ParentRun:

@@ -1,16 +1,18 @@
 """The sweeper's settings (`hydra.sweeper.*`), checked before any study is touched."""
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from experiment.errors import SweepError
 from experiment.sweep import study as studies
+from experiment.sweep.protocol import DEFAULT_STORAGE
 
 log = logging.getLogger(__name__)
 # hydra/launcher options whose jobs the sweeper submits itself (jobs.py), by cluster.
@@ -50,10 +52,11 @@ class SweepSettings:
     max_retries: int = 3
     repeats: int = 1
     seed_key: str = "trainer.seed"
-    figure_process: bool | None = None
+    warm_up_function: str | None = None
+    preload_function: str | None = None
 
     @classmethod
-    def of(cls, **values) -> "SweepSettings":
+    def of(cls, **values) -> SweepSettings:
         settings = cls(**{key: plain(value) for key, value in values.items()})
         settings.params = settings.params or {}
         settings.enqueue_trials = settings.enqueue_trials or []
@@ -62,9 +65,6 @@ class SweepSettings:
         return settings
 
     def location(self, name: str) -> studies.StudyLocation:
-        # By the module's attribute, not an imported name: Hydra's plugin scan executes
-        # study.py again after this module imported it, and a location handed to another
-        # process pickles only as the class study.py now holds.
         return studies.StudyLocation(self.storage, name, self.heartbeat_interval, self.grace_period)
 
     def make_pruner(self, n_objectives: int):
@@ -75,6 +75,13 @@ class SweepSettings:
 
             return MeanOfSeedsPruner()
         return studies.make_pruner(self.pruner, n_objectives)
+
+    def warm_up(self, job_config):
+        """What n_jobs > 1 workers get ready with (workers.WarmUp); `job_config`: the
+        task's config with the sweep's fixed overrides."""
+        from experiment.sweep.workers import WarmUp
+
+        return WarmUp(job_config, self.preload, self.warm_up_function, self.preload_function)
 
     @property
     def worker_grace_seconds(self) -> float:
@@ -92,10 +99,12 @@ class SweepSettings:
         if self.n_jobs > 1 and not self.storage:
             raise SweepError(
                 "hydra.sweeper.n_jobs > 1 needs a database storage that the "
-                "workers share: set hydra.sweeper.storage=sqlite:///multirun/optuna.db"
+                f"workers share: set hydra.sweeper.storage={DEFAULT_STORAGE}"
             )
         self._check_devices_per_trial()
         self._check_counts()
+        function_path(self.warm_up_function, "warm_up_function")
+        function_path(self.preload_function, "preload_function")
         rate = self.max_failure_rate
         if not isinstance(rate, float | int) or not (0.0 <= rate <= 1.0):
             raise SweepError(
@@ -130,7 +139,7 @@ class SweepSettings:
             raise SweepError(
                 "hydra.sweeper.devices_per_trial > 1 runs each trial as its own process "
                 "group, which reports through a database storage: set "
-                "hydra.sweeper.storage=sqlite:///multirun/optuna.db"
+                f"hydra.sweeper.storage={DEFAULT_STORAGE}"
             )
         gpus = gpu_count() if k > 1 else 0  # torch is imported only where it is needed
         if k > 1 and gpus and k * self.n_jobs > gpus:
@@ -171,3 +180,17 @@ def gpu_count() -> int:
         return torch.cuda.device_count()
     except Exception:
         return 0
+
+
+def function_path(path: str | None, key: str) -> str | None:
+    """`path` (`hydra.sweeper.KEY`), checked here: it must name a function."""
+    if path:
+        try:
+            if not callable(get_method(path)):
+                raise TypeError(f"{path} is not a function")
+        except Exception as err:
+            raise SweepError(
+                f"hydra.sweeper.{key}={path}: cannot import it ({type(err).__name__}: "
+                f"{err}). Give the dotted path of a function (cfg) -> None."
+            ) from None
+    return path

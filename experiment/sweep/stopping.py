@@ -8,8 +8,8 @@ invocation's first trial (the set-up before it, however slow, does not count), s
 resumes with its own clock.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import datetime
 import math
 import numbers
@@ -42,7 +42,7 @@ class StopConditions:
         self.started = time.monotonic()
 
     @classmethod
-    def from_settings(cls, timeout, target, patience, n_objectives: int) -> "StopConditions":
+    def from_settings(cls, timeout, target, patience, n_objectives: int) -> StopConditions:
         """Checked settings; SweepError names the one that cannot be used."""
         if timeout is not None and not (_is_number(timeout) and timeout > 0):
             raise SweepError(

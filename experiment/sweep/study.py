@@ -5,8 +5,8 @@ still missing. Trials left RUNNING by a killed sweep are marked FAIL and their
 configuration is queued once more; they do not use up `n_trials`, their retry does.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import functools
 import inspect
 import logging
@@ -26,6 +26,12 @@ from optuna.trial import TrialState
 
 from experiment.errors import SweepError
 from experiment.sweep import optuna_internals as internals
+from experiment.sweep.protocol import (
+    CHECKPOINT_DIR_ATTR,
+    CONTINUES_ATTR,
+    RUN_ID_ATTR,
+    LostAttempt,
+)
 from experiment.system.secrets import redact
 from experiment.system.sqlite_files import create_atomically
 
@@ -45,9 +51,6 @@ JOB_LOST = "job ended without a result"  # cancelled, preempted, timed out, node
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 DEFAULT_MAX_RETRIES = 3
 ATTEMPT_ATTR = "attempt"  # on a retry: 1 for the first of a configuration, then 2, ...
-CONTINUES_ATTR = "continues"  # on a retry: the lost trial's run and checkpoints
-CHECKPOINT_DIR_ATTR = "checkpoint_dir"  # where a trial's run writes its checkpoints
-RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 
 
 class ExhaustibleGridSampler(optuna.samplers.GridSampler):
@@ -325,22 +328,22 @@ def fail_and_retry(
     retry = {
         RETRY_OF_ATTR: trial.number,
         ATTEMPT_ATTR: attempt + 1,
-        CONTINUES_ATTR: continuation_of(trial),
+        CONTINUES_ATTR: continuation_of(trial).as_attr(),
     }
     study.enqueue_trial(trial.params, user_attrs=retry)
     return True
 
 
-def continuation_of(trial: optuna.trial.FrozenTrial) -> dict:
+def continuation_of(trial: optuna.trial.FrozenTrial) -> LostAttempt:
     """What continues `trial` (its retry, or its requeued job): its MLflow run and
     checkpoint folder, or, where it was lost before its run recorded them, those of the
     attempt it continued."""
-    before = trial.user_attrs.get(CONTINUES_ATTR) or {}
-    return {
-        "trial": trial.number,
-        "mlflow_run_id": trial.user_attrs.get(RUN_ID_ATTR) or before.get("mlflow_run_id"),
-        "checkpoint_dir": trial.user_attrs.get(CHECKPOINT_DIR_ATTR) or before.get("checkpoint_dir"),
-    }
+    before = LostAttempt.of_attr(trial.user_attrs.get(CONTINUES_ATTR)) or LostAttempt(-1)
+    return LostAttempt(
+        trial.number,
+        trial.user_attrs.get(RUN_ID_ATTR) or before.mlflow_run_id,
+        trial.user_attrs.get(CHECKPOINT_DIR_ATTR) or before.checkpoint_dir,
+    )
 
 
 def was_killed(trial: optuna.trial.FrozenTrial) -> bool:

@@ -78,7 +78,8 @@ class SweepEngine(Sweeper):
         max_retries: int = 3,
         repeats: int = 1,
         seed_key: str = "trainer.seed",
-        figure_process: bool | None = None,
+        warm_up_function: str | None = None,
+        preload_function: str | None = None,
     ):
         self.settings = SweepSettings.of(**{k: v for k, v in locals().items() if k != "self"})
 
@@ -274,11 +275,9 @@ class SweepEngine(Sweeper):
             )
         if settings.n_jobs == 1:
             return InProcessExecutor(self.hydra_context, task)
-        warm_up = (self._job_config(fixed, 0), settings.preload)  # what the workers warm up with
-        grace, figures = settings.worker_grace_seconds, settings.figure_process
-        return WorkerPool(
-            settings.n_jobs, task, location, pruner, gpu_count(), warm_up, grace, figures
-        )
+        warm_up = settings.warm_up(self._job_config(fixed, 0))  # the sweep's fixed overrides
+        grace = settings.worker_grace_seconds
+        return WorkerPool(settings.n_jobs, task, location, pruner, gpu_count(), warm_up, grace)
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
         job_config = self.composer.compose(overrides)

@@ -4,8 +4,8 @@ Runs until the study holds n_trials counted trials (across every process that sh
 it), a stop condition is met or too many trials failed; running trials finish either way.
 """
 
-# No `from __future__ import annotations` here: Hydra's plugin scan executes this module
-# outside sys.modules, where dataclasses cannot resolve string annotations.
+from __future__ import annotations
+
 import logging
 import time
 import warnings
@@ -20,6 +20,7 @@ from experiment.sweep import study as studies
 from experiment.sweep.context import COMPLETE, FAIL, MEASURES_ATTR, PRUNED, TrialContext
 from experiment.sweep.executors import Executor, TrialResult
 from experiment.sweep.failures import FailureRate
+from experiment.sweep.protocol import CONTINUES_ATTR, RUN_ID_ATTR, LostAttempt
 from experiment.sweep.stopping import Stop, StopConditions
 from experiment.system.signals import uninterrupted
 
@@ -102,14 +103,14 @@ class TrialLoop:
             self.parent.run_id if self.parent else None,
             self.parallel,
             wanted_measures=self.wanted_measures,
-            continues=trial.user_attrs.get(studies.CONTINUES_ATTR),
+            continues=LostAttempt.of_attr(trial.user_attrs.get(CONTINUES_ATTR)),
         )
         if self.repeats > 1:  # its seeds start anew, each a run nested under the trial's
             context.repeats, context.seed_key, context.continues = self.repeats, self.seed_key, None
             if self.parent is not None:
                 context.parent_run_id = self.parent.start_trial_run(trial, self.repeats)
                 run_id = context.parent_run_id
-                internals.set_user_attr(self.study, trial, studies.RUN_ID_ATTR, run_id)
+                internals.set_user_attr(self.study, trial, RUN_ID_ATTR, run_id)
         executor.submit(trial, job_config, context)
         return trial.params
 
@@ -161,8 +162,8 @@ class TrialLoop:
             if self.judge and result.state == PRUNED:  # Optuna's samplers read them too
                 self.judge.set_on(study, trial)
             study.tell(result.number, state=studies.TrialState[result.state])
-        if self.repeats > 1 and self.parent is not None and studies.RUN_ID_ATTR in trial.user_attrs:
-            self.parent.end_trial_run(trial.user_attrs[studies.RUN_ID_ATTR], trial, result)
+        if self.repeats > 1 and self.parent is not None and RUN_ID_ATTR in trial.user_attrs:
+            self.parent.end_trial_run(trial.user_attrs[RUN_ID_ATTR], trial, result)
         return trial
 
     def _judge(self, trial) -> None:
@@ -179,9 +180,9 @@ class TrialLoop:
             self.study.tell(trial.number, state=studies.TrialState.FAIL)
             raise SweepError(message)
         feasible = self.judge.set_on(self.study, trial)
-        if self.parent is not None and "mlflow_run_id" in trial.user_attrs:
+        if self.parent is not None and RUN_ID_ATTR in trial.user_attrs:
             self.parent.tag_trial_run(
-                trial.user_attrs["mlflow_run_id"], "optuna.feasible", str(feasible).lower()
+                trial.user_attrs[RUN_ID_ATTR], "optuna.feasible", str(feasible).lower()
             )
 
     def _others_may_need_retries(self) -> bool:

@@ -9,6 +9,7 @@ imported once (see `start_method`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import logging
 import multiprocessing as mp
@@ -16,12 +17,16 @@ import os
 import sys
 import threading
 import time
-from multiprocessing.connection import wait
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig
+from hydra.utils import get_method
+from omegaconf import DictConfig, open_dict, read_write
 
 from experiment.errors import SweepError
 from experiment.sweep import context as sweep_context
@@ -33,9 +38,7 @@ from experiment.sweep.executors import (
     resolve_task,
     task_reference,
 )
-from experiment.sweep.figures import FigureWriter
 from experiment.sweep.study import StudyLocation
-from experiment.sweep.trial_job import task_part
 
 log = logging.getLogger(__name__)
 
@@ -76,44 +79,46 @@ def _beat_and_exit_with_parent(parent_pid: int, beat) -> None:
             os._exit(1)
 
 
-WARM_UP = "warm_up_sweep_worker"  # a function (cfg) -> None in the task's module
-# A function (cfg) -> None in the task's module, called in the sweep's own process before
-# workers are forked from it: what it imports and computes every worker then has.
-PRELOAD = "preload_sweep_workers"
+@dataclass
+class WarmUp:
+    """What the workers get ready with before their first trial: a job config (the task's
+    config with the sweep's fixed overrides), modules to import, and the dotted paths of
+    the functions of `hydra.sweeper.warm_up_function` and `preload_function`."""
+
+    job_config: DictConfig | None = None
+    preload: list[str] = field(default_factory=list)
+    warm_up_function: str | None = None
+    preload_function: str | None = None
+
+    def in_worker(self) -> None:
+        """In a worker, before its first trial. A failing warm-up costs time, not the
+        sweep: the trials report what is wrong."""
+        import_modules(self.preload)
+        call_hook(self.warm_up_function, self.job_config)
+
+    def before_fork(self) -> None:
+        """In the sweep's process, before workers are forked from it: once for all
+        workers (forked copies share the memory) instead of once in each."""
+        import_modules(self.preload)
+        call_hook(self.preload_function, self.job_config)
 
 
-def warm_up(task_function, job_config: DictConfig | None, preload: list[str]) -> None:
-    """Before the first trial: the `preload` modules imported, and the task module's
-    `warm_up_sweep_worker(cfg)` called as a job would call the task (`job_config`: one
-    composed with the sweep's fixed overrides), where there is one. A failing warm-up
-    costs time, not the sweep: the trials report what is wrong."""
-    import_modules(preload)
-    call_task_hook(task_function, WARM_UP, job_config)
-
-
-def preload_here(task_function, job_config: DictConfig | None, preload: list[str]) -> None:
-    """In the sweep's process, before workers are forked from it: the `preload` modules
-    and the task module's `preload_sweep_workers(cfg)`, once for all workers (forked
-    copies share the memory) instead of once in each."""
-    import_modules(preload)
-    call_task_hook(task_function, PRELOAD, job_config)
-
-
-def call_task_hook(task_function, name: str, job_config: DictConfig | None) -> None:
-    """The task module's function `name`, with the task's part of `job_config`."""
-    module = sys.modules.get(getattr(task_function, "__module__", ""), None)
-    hook = getattr(module, name, None)
-    if hook is None or job_config is None:
+def call_hook(path: str | None, job_config: DictConfig | None) -> None:
+    """The function at `path`, with the task's part of `job_config`."""
+    if not path or job_config is None:
         return
     try:
         HydraConfig.instance().set_config(job_config)  # ${hydra:...} resolves
-        hook(task_part(job_config))
+        task_config = copy.deepcopy(job_config)
+        with read_write(task_config), open_dict(task_config):
+            del task_config["hydra"]
+        get_method(path)(task_config)
     except Exception as err:
-        log.debug("%s of the sweep's task failed: %s", name, err)
+        log.debug("%s of the sweep's task failed: %s", path, err)
 
 
 def worker_main(
-    conn, beat, task_ref, location: StudyLocation, pruner, gpu, cpu_threads, warm_up_args
+    conn, beat, task_ref, location: StudyLocation, pruner, gpu, cpu_threads, warm_up: WarmUp
 ) -> None:
     # A spawned process makes spawn its default start method, so a trial's DataLoader would
     # spawn its workers too, each importing torch again (seconds per loader and epoch):
@@ -135,7 +140,7 @@ def worker_main(
     task_function = resolve_task(*task_ref)
     from hydra._internal.callbacks import Callbacks
 
-    warm_up(task_function, *warm_up_args)
+    warm_up.in_worker()
     study = None  # opened at the first trial: the workers start before the study exists
     while True:
         try:
@@ -154,16 +159,22 @@ def worker_main(
         except KeyboardInterrupt:  # the sweep ended this worker mid-trial (close())
             return
         seconds = time.perf_counter() - start
-        conn.send(
-            TrialResult(
-                context.trial.number,
-                state,
-                value,
-                error,
-                seconds,
-                figures=context.figures_elsewhere or [],
-            )
-        )
+        conn.send(TrialResult(context.trial.number, state, value, error, seconds))
+
+
+@dataclass
+class Worker:
+    """A worker process of the pool, and what the sweep's process knows of it."""
+
+    index: int  # its place in the pool (and its GPU, round-robin)
+    process: BaseProcess
+    conn: Connection  # the sweep's end of its pipe: trials out, results back
+    beat: Any  # a shared double: time.monotonic() of its last heartbeat
+    trial: int | None = None  # the number of the trial it runs; None while idle
+    start: float = 0.0  # time.perf_counter() when its trial was handed over
+    submitted: float = 0.0  # time.monotonic() then (the watchdog's clock)
+    ran: bool = False  # it took a trial at least once
+    silenced: str | None = None  # why the watchdog killed it
 
 
 class WorkerPool:
@@ -180,118 +191,102 @@ class WorkerPool:
         location: StudyLocation,
         pruner,
         gpus: int = 0,
-        warm_up: tuple[DictConfig | None, list[str]] = (None, []),
+        warm_up: WarmUp | None = None,
         grace_seconds: float = 60.0,
-        figure_process: bool | None = None,
     ):
         """`location`: the study, which each worker opens with its own connection once
-        it gets its first trial. `warm_up`: (a job config with the sweep's fixed
-        overrides, `preload` module names), what the workers warm up with (`warm_up`).
-        `grace_seconds`: how long a worker in a trial may go without a heartbeat.
-        `figure_process`: whether the runs' figures are drawn by a process of their own
-        (figures.py); None: where the workers leave a CPU core free."""
+        it gets its first trial. `warm_up`: what the workers get ready with.
+        `grace_seconds`: how long a worker in a trial may go without a heartbeat."""
         task = task_reference(task_function)
-        config, preload = warm_up
+        warm_up = warm_up or WarmUp()
         if start_method(gpus) == "fork":  # every worker starts with what is imported here
-            preload_here(task_function, config, list(preload))
-        self.method = start_method(gpus)  # again: an import may have started a thread
-        self.mp = mp.get_context(self.method)
-        if self.method == "forkserver":  # imported once, in the server the workers fork from
-            named = [task[0]] if task[0] != "pickle" and not task[0].startswith("file:") else []
-            self.mp.set_forkserver_preload([*preload, __name__, *named])
+            warm_up.before_fork()
+        named = [task[0]] if task[0] != "pickle" and not task[0].startswith("file:") else []
+        self.server_preload = [*warm_up.preload, __name__, *named]
         self.args = (task, location, pruner)
-        self.warm_up_args = (config, list(preload))
+        self.warm_up = warm_up
         self.gpus = gpus
         self.grace_seconds = grace_seconds
         self.cpu_threads = max(1, (os.cpu_count() or 1) // n_jobs)
         self.workers = [self._start(index) for index in range(n_jobs)]
-        if figure_process is None:  # on CPU trials every core trains: no gain, a cost
-            figure_process = bool(gpus) or (os.cpu_count() or 1) > n_jobs * self.cpu_threads
-        self.figures = FigureWriter(self.mp) if figure_process else None
         self.closing = threading.Event()
         threading.Thread(target=self._watch, name="sweep-worker-watchdog", daemon=True).start()
 
-    def _start(self, index: int) -> dict:
-        parent_end, child_end = self.mp.Pipe()
-        beat = self.mp.Value("d", time.monotonic(), lock=False)
+    def _start(self, index: int) -> Worker:
+        # Forked only while this process runs one thread (the first workers, started
+        # before the watchdog): a replacement, forked later, could inherit a lock another
+        # thread holds. It starts from the fork server instead (start_method).
+        context = mp.get_context(start_method(self.gpus))
+        if context.get_start_method() == "forkserver":  # the server imports these once
+            context.set_forkserver_preload(self.server_preload)
+        parent_end, child_end = context.Pipe()
+        beat = context.Value("d", time.monotonic(), lock=False)
         gpu = index % self.gpus if self.gpus else None  # round-robin over the GPUs
         # Not daemonic: a trial's DataLoader starts worker processes of its own, which a
         # daemonic process may not have. Stopped all the same: close() ends them, and a
         # worker whose sweep was killed ends itself (_beat_and_exit_with_parent).
-        process = self.mp.Process(
+        process = context.Process(
             target=worker_main,
             name=f"sweep-worker-{index}",
             daemon=False,
-            args=(child_end, beat, *self.args, gpu, self.cpu_threads, self.warm_up_args),
+            args=(child_end, beat, *self.args, gpu, self.cpu_threads, self.warm_up),
         )
         process.start()
         child_end.close()
-        return {
-            "index": index,
-            "process": process,
-            "conn": parent_end,
-            "beat": beat,
-            "trial": None,
-            "start": 0.0,
-            "submitted": 0.0,
-        }
+        return Worker(index, process, parent_end, beat)
 
     @property
     def free(self) -> int:
         self._replace_idle_dead_workers()
-        return sum(1 for w in self.workers if w["trial"] is None and w["process"].is_alive())
+        return sum(1 for w in self.workers if w.trial is None and w.process.is_alive())
 
     def _replace_idle_dead_workers(self) -> None:
         """A worker that died between trials (the out-of-memory killer, say) is replaced;
         one that died before its first trial could not start, and no other would."""
         for position, worker in enumerate(self.workers):
-            if worker["trial"] is not None or worker["process"].is_alive():
+            if worker.trial is not None or worker.process.is_alive():
                 continue
-            if not worker.get("ran"):
+            if not worker.ran:
                 raise SweepError(
                     f"A sweep worker process ended before its first trial (exit code "
-                    f"{worker['process'].exitcode}); its error is above. With n_jobs=1 the "
+                    f"{worker.process.exitcode}); its error is above. With n_jobs=1 the "
                     "trials run in the sweep's own process."
                 )
-            self.workers[position] = self._start(worker["index"])
+            self.workers[position] = self._start(worker.index)
 
     @property
     def busy(self) -> int:
-        return sum(1 for w in self.workers if w["trial"] is not None)
+        return sum(1 for w in self.workers if w.trial is not None)
 
     def submit(self, trial, job_config: DictConfig, context) -> None:
-        worker = next(w for w in self.workers if w["trial"] is None and w["process"].is_alive())
+        worker = next(w for w in self.workers if w.trial is None and w.process.is_alive())
         context.trial = None  # rebuilt in the worker from the shared storage
-        context.figures_elsewhere = [] if self.figures is not None else None
-        worker["conn"].send((internals.trial_id(trial), job_config, context))
-        worker["submitted"] = time.monotonic()  # before "trial": the watchdog reads both
-        worker["trial"], worker["start"], worker["ran"] = trial.number, time.perf_counter(), True
+        worker.conn.send((internals.trial_id(trial), job_config, context))
+        worker.submitted = time.monotonic()  # before "trial": the watchdog reads both
+        worker.trial, worker.start, worker.ran = trial.number, time.perf_counter(), True
 
     def next_result(self) -> TrialResult:
         """The next trial to end: its result, or a lost one's (`TrialResult.lost`)."""
         while True:
-            busy = [w for w in self.workers if w["trial"] is not None]
+            busy = [w for w in self.workers if w.trial is not None]
             ready = wait(
-                [w["conn"] for w in busy] + [w["process"].sentinel for w in busy],
+                [w.conn for w in busy] + [w.process.sentinel for w in busy],
                 timeout=BEAT_SECONDS,
             )
             for worker in busy:
-                if worker["conn"] in ready and worker["conn"].poll():
+                if worker.conn in ready and worker.conn.poll():
                     try:
-                        result = worker["conn"].recv()
+                        result = worker.conn.recv()
                     except (EOFError, OSError):  # it died while sending: its sentinel tells
                         continue
-                    worker["trial"] = None
-                    if self.figures is not None:
-                        self.figures.submit(result.figures)
-                    result.figures = []
+                    worker.trial = None
                     return result
             for worker in busy:
-                if worker["process"].sentinel in ready:  # killed, out of memory, segfault
-                    worker["process"].join(timeout=10)  # reaped: its exit code is known
-                    if worker.get("silenced"):  # by the watchdog
-                        return self._lost(worker, studies.HEARTBEAT_LOST, worker["silenced"])
-                    code = worker["process"].exitcode
+                if worker.process.sentinel in ready:  # killed, out of memory, segfault
+                    worker.process.join(timeout=10)  # reaped: its exit code is known
+                    if worker.silenced:  # by the watchdog
+                        return self._lost(worker, studies.HEARTBEAT_LOST, worker.silenced)
+                    code = worker.process.exitcode
                     return self._lost(worker, studies.KILLED, f"exit code {code}")
 
     def _watch(self) -> None:
@@ -301,26 +296,26 @@ class WorkerPool:
         next_result then reports its trial lost."""
         while not self.closing.wait(BEAT_SECONDS):
             for worker in list(self.workers):
-                if worker["trial"] is None or worker.get("silenced"):
+                if worker.trial is None or worker.silenced:
                     continue
-                silent = time.monotonic() - max(worker["beat"].value, worker["submitted"])
+                silent = time.monotonic() - max(worker.beat.value, worker.submitted)
                 if silent > self.grace_seconds:
-                    worker["silenced"] = f"no heartbeat for {silent:.0f} s; killed"
+                    worker.silenced = f"no heartbeat for {silent:.0f} s; killed"
                     with contextlib.suppress(OSError):
-                        worker["process"].kill()
+                        worker.process.kill()
 
-    def _lost(self, worker: dict, reason: str, detail: str) -> TrialResult:
+    def _lost(self, worker: Worker, reason: str, detail: str) -> TrialResult:
         """The result of a trial whose worker was lost; a new worker in its place."""
-        number, pid = worker["trial"], worker["process"].pid
-        worker["conn"].close()
-        self.workers[self.workers.index(worker)] = self._start(worker["index"])
+        number, pid = worker.trial, worker.process.pid
+        worker.conn.close()
+        self.workers[self.workers.index(worker)] = self._start(worker.index)
         log.warning("Trial %d: its worker process %s was lost (%s)", number, pid, detail)
         return TrialResult(
             number,
             sweep_context.FAIL,
             None,
             f"worker process {pid} lost: {detail}",
-            time.perf_counter() - worker["start"],
+            time.perf_counter() - worker.start,
             lost=f"{reason}: worker process {pid}, {detail}",
         )
 
@@ -334,15 +329,13 @@ class WorkerPool:
         checkpoint); a worker that does not end is killed."""
         self.closing.set()
         for worker in self.workers:
-            if worker["trial"] is not None and worker["process"].is_alive():
-                worker["process"].terminate()
+            if worker.trial is not None and worker.process.is_alive():
+                worker.process.terminate()
             with contextlib.suppress(BrokenPipeError, OSError):
-                worker["conn"].send(None)
+                worker.conn.send(None)
         deadline = time.monotonic() + 30
         for worker in self.workers:
-            worker["process"].join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker["process"].is_alive():
-                worker["process"].kill()
-                worker["process"].join(timeout=5)
-        if self.figures is not None:
-            self.figures.drain()  # the trials' figures, before the sweep's own plots
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)

@@ -1,11 +1,5 @@
-"""A finished run's figures as one job: its learning curves and its task's test figure,
-drawn and logged under the run's `plots/` artifact folder.
-
-The run's own process does the job at its end; in a sweep whose trials run in worker
-processes, the trial may hand it (pickled) to the sweep's figure process, which draws it
-while the worker starts its next trial (sweep_context.defer_figures, the sweeper's
-figures.py).
-"""
+"""A finished run's figures: its learning curves and its task's test figure, drawn and
+logged under the run's `plots/` artifact folder by the run itself, before it ends."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def final_status(tracker, outcome):
             tracker.set_tags(tags)
             tracker.finish(status)
         except Exception as err:  # the store is down: the error that brought us here counts
-            log.warning(f"Could not record the run's end in MLflow: {type(err).__name__}")
+            log.warning("Could not record the run's end in MLflow: %s", type(err).__name__)
 
 
 def run_tags(device: torch.device) -> dict[str, str]:

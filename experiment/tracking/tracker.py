@@ -132,7 +132,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         pass
 
-    def log_final(self, summary, history, figure, package, defer_figures=None) -> None:
+    def log_final(self, summary, history, figure, package) -> None:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -247,7 +247,7 @@ class Tracker:
         try:
             run = self.mlflow.start_run(run_id=run_id, log_system_metrics=self.system_metrics)
         except MlflowException as err:  # deleted, or in another store
-            log.warning(f"Cannot reopen MLflow run {run_id} ({err}); starting a new run.")
+            log.warning("Cannot reopen MLflow run %s (%s); starting a new run.", run_id, err)
             return False
         self.run_id = run.info.run_id
         return True
@@ -266,7 +266,7 @@ class Tracker:
                 return
             except MlflowException as err:
                 if attempt == attempts - 1:
-                    log.warning(f"The run's dataset input was not logged: {err}")
+                    log.warning("The run's dataset input was not logged: %s", err)
                     return
                 time.sleep(0.2 + random.random() * 0.5)
 
@@ -309,13 +309,11 @@ class Tracker:
         if self.run_id is not None:  # the fluent API would start a new run otherwise
             self.mlflow.set_tags(tags)
 
-    def log_final(self, summary, history, figure, package, defer_figures=None) -> None:
+    def log_final(self, summary, history, figure, package) -> None:
         """What a finished run adds: plots, the model and summary metrics, as configured.
         `figure`: (the metric the learning curves show, a function that draws the task's
-        test figure into a folder); `defer_figures(RunFigures)`: True if it takes the
-        figures to draw elsewhere (a sweep's process), else they are drawn here.
-        `package()` gives the model to log: (a CPU module in eval mode, a raw input
-        example, the model's metadata), see deployable.py."""
+        test figure into a folder). `package()` gives the model to log: (a CPU module in
+        eval mode, a raw input example, the model's metadata), see deployable.py."""
         self.flush()
         # The model and the summary are the run's output after its last epoch: logged at
         # that step, the summary metrics (test/*, best/*, ...) are the model's metrics in
@@ -325,9 +323,7 @@ class Tracker:
         step = len(history)
         try:
             if self.plots_wanted:
-                figures = RunFigures(self.uri, self.run_id, history, *figure)
-                if defer_figures is None or not defer_figures(figures):
-                    figures.log()
+                RunFigures(self.uri, self.run_id, history, *figure).log()
             if self.model_wanted:
                 self.log_model(*package(), step=step)
         finally:  # a plot or a model that found no room: the summary is recorded anyway

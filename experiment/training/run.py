@@ -74,7 +74,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
     seed_everything(run.trainer.seed, run.trainer.deterministic)
     fingerprints = distributed.same_config_on_all_ranks(run.fingerprint)
     point, continued_run_id = distributed.from_main(
-        resume.for_run(trial, run.trainer, run.resolved) if ranks.main else (None, None)
+        resume.for_run(trial, run.trainer, run.fingerprint) if ranks.main else (None, None)
     )
     checkpoint_dir = point.path.parent if point else Path(run.trainer.checkpoint_dir)
     if ranks.main:  # it is rank 0 that writes them
@@ -123,7 +123,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             # The curves' metric, and what draws the task's test figure into a folder.
             figure = (task.curve_metric, partial(task.plot, test_totals, parts.data.classes))
             package = partial(deployable.of_run, parts.model, parts.data, task)
-            tracker.log_final(summary, result.history, figure, package, trial.defer_figures)
+            tracker.log_final(summary, result.history, figure, package)
         if ranks.main:
             resume.mark_complete(checkpoint_dir)
     report(result, test, summary, settings, task, checkpoint_dir, tracker)
@@ -170,10 +170,16 @@ def report(result: FitState, test: dict, summary: dict, settings, task, checkpoi
     shown = settings.monitor.removeprefix("val/")
     shown = shown if shown in test else task.curve_metric
     log.info(
-        f"best {settings.monitor} {result.best_value:.4f} (epoch {result.best_epoch + 1}); "
-        f"test/{shown} {test[shown]:.4f}; trained {summary['train_time_s']:.1f}s over "
-        f"{result.epochs_run} epochs{' (early stop)' if result.stopped_early else ''}. "
-        f"Checkpoints: {checkpoint_dir}"
+        "best %s %.4f (epoch %s); test/%s %.4f; trained %.1fs over %s epochs%s. Checkpoints: %s",
+        settings.monitor,
+        result.best_value,
+        result.best_epoch + 1,
+        shown,
+        test[shown],
+        summary["train_time_s"],
+        result.epochs_run,
+        " (early stop)" if result.stopped_early else "",
+        checkpoint_dir,
     )
     log.info(tracker.describe())
 
@@ -206,7 +212,7 @@ def compile_now(parts: Parts, settings: FitSettings) -> float:
         device=settings.device,
         amp_dtype=settings.amp_dtype,
     )
-    log.info(f"torch.compile: {seconds:.1f}s")
+    log.info("torch.compile: %.1fs", seconds)
     return seconds
 
 

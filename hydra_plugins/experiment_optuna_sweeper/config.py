@@ -9,6 +9,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from experiment.sweep.protocol import DEFAULT_STORAGE
+
 
 @dataclass
 class SamplerConf:
@@ -127,7 +129,7 @@ class ExperimentOptunaSweeperConf:
     # null: derived from the search space and fixed overrides, so the same command resumes.
     study_name: str | None = None
     # An Optuna RDB URL (sqlite:///..., postgresql://...); null keeps the study in memory.
-    storage: str | None = "sqlite:///multirun/optuna.db"
+    storage: str | None = DEFAULT_STORAGE
     # A node of the hydra/sweeper/sampler group, a short name (tpe, random, cmaes, nsgaii,
     # nsgaiii, qmc, gp, grid, bruteforce) or any node with _target_.
     sampler: Any = None
@@ -176,13 +178,17 @@ class ExperimentOptunaSweeperConf:
     repeats: int = 1
     seed_key: str = "trainer.seed"
     # Modules each of the n_jobs > 1 workers imports before its first trial (a missing one
-    # is skipped), besides what the task module's `warm_up_sweep_worker(cfg)` does.
+    # is skipped).
     preload: list[str] = field(default_factory=list)
-    # Where the n_jobs > 1 workers' runs draw their figures (learning curves, the test
-    # figure): true, a figure process of the sweep's (the worker starts its next trial at
-    # once); false, each worker after its trial; null, the figure process where the
-    # workers leave a CPU core free (trials on GPUs, or more cores than their threads).
-    figure_process: bool | None = None
+    # The dotted path of a function (cfg) -> None that each n_jobs > 1 worker calls once
+    # before its first trial, with the task's config of the sweep's fixed overrides: what
+    # a trial does on first use (open a store, parse the data), so the first trial costs
+    # what the next ones do. `__main__.NAME` names a function of a script's own module.
+    warm_up_function: str | None = None
+    # The dotted path of a function (cfg) -> None called once in the sweep's own process
+    # before the workers are forked from it (Linux, trials without GPUs): what it imports
+    # and computes, every worker then holds. Nothing that opens a store or a file.
+    preload_function: str | None = None
 
 
 store = ConfigStore.instance()
