@@ -78,6 +78,7 @@ def test_single_run_with_overrides(tmp_path):
     assert {m for m in imported if m.startswith("experiment.sweep")} == {
         "experiment.sweep",
         "experiment.sweep.context",
+        "experiment.sweep.protocol",
     }
     assert "MLflow run" in proc.stdout and "make ui" in proc.stdout
     (finished,) = all_runs(sqlite_uri(tmp_path))

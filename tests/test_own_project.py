@@ -17,7 +17,16 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, all_runs, output, run_cli, sqlite_uri, sweep_args
+from tests.conftest import (
+    ROOT,
+    all_runs,
+    cli_env,
+    output,
+    run_cli,
+    sqlite_uri,
+    stop_group,
+    sweep_args,
+)
 
 pytestmark = pytest.mark.slow
 OWN = ROOT / "examples" / "own_project"
@@ -84,30 +93,39 @@ def test_an_editable_install_sweeps_from_any_folder(tmp_path):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {"PYTHONPATH": ""}  # the installed package alone, not the checkout
-    where = run_cli(
-        ["-c", "import experiment; print(experiment.__file__)"],
-        elsewhere,
-        env=env,
-        program=[str(python)],
-    )
+    where = _in_venv(python, ["-c", "import experiment; print(experiment.__file__)"], elsewhere)
     assert where.stdout.strip() == str(source / "experiment" / "__init__.py"), output(where)
     storage = f"sqlite:///{elsewhere / 'optuna.db'}"
     one_trial = [*sweep_args(storage, ["tracking=none"], n_trials=1), "trainer.epochs=1"]
-    proc = run_cli(one_trial, elsewhere, env=env, program=[str(python), "-m", "experiment.train"])
+    proc = _in_venv(python, ["-m", "experiment.train", *one_trial], elsewhere)
     assert proc.returncode == 0, output(proc)
     study = optuna.load_study(study_name="test-study", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
     sphere = source / "examples" / "sphere"  # the official plugin's example, in its folder
-    proc = run_cli(
-        ["hydra.sweeper.n_trials=3"], sphere, env=env, program=[str(python), "sphere.py"]
+    proc = _in_venv(python, ["sphere.py", "--multirun", "hydra.sweeper.n_trials=3"], sphere)
+    assert proc.returncode == 0, output(proc)
+    (results,) = (sphere / "multirun").rglob("optimization_results.yaml")
+    assert "best_value" in results.read_text()
+
+
+def _in_venv(python: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python ARGS` in `cwd` with the installed package alone importable (not the
+    checkout); stopped with its process group whatever happens."""
+    proc = subprocess.Popen(
+        [str(python), *args],
+        cwd=cwd,
+        env=cli_env({"PYTHONPATH": ""}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
-    assert (
-        proc.returncode == 0
-        and "best_value"
-        in (sphere / "multirun").rglob("optimization_results.yaml").__next__().read_text()
-    ), output(proc)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        stop_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
 @pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
