@@ -35,6 +35,23 @@ FAST_DATA = ["dataset=synthetic", "dataset.source.num_train=200", "dataset.sourc
 SWEEP = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", *FAST_DATA]
 
 IN_PROCESS = {
+    # A key added with + (or ++) where the schema has none: refused, naming the node's keys.
+    **{
+        f"added {key}": case([f"{plus}{key}={value}", *extra], 2, [key, "Its keys", known])
+        for plus, key, value, known, extra in [
+            ("+", "trainer.accumulate_grad_batches", "4", "epochs", []),
+            ("++", "trainer.bogus", "1", "precision", []),
+            ("+", "optimizer.bogus", "3", "lr", []),
+            ("+", "task.metrics", "[auroc]", "label_smoothing", []),
+            ("+", "model.bogus", "1", "dropout", []),
+            ("+", "dataset.bogus", "1", "batch_size", []),
+            ("+", "dataset.source.bogus", "1", "test_fraction", []),
+            ("+", "scheduler.schedule.bogus", "1", "gamma", ["scheduler=step"]),
+            ("+", "regularization.early_stopping.bogus", "1", "patience", []),
+            ("+", "tracking.bogus", "1", "experiment_name", []),
+            ("+", "bogus", "1", "optimized_metric", []),
+        ]
+    },
     "lr zero": case(["optimizer.lr=0"], 2, ["optimizer.lr", "0.0", "> 0"]),
     "lr negative": case(["optimizer.lr=-0.1"], 2, ["optimizer.lr", "-0.1", "> 0"]),
     "batch size": case(["dataset.batch_size=0"], 2, ["dataset.batch_size", "0", ">= 1"]),

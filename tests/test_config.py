@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from experiment.config.run_config import RunConfig, as_node
 from experiment.training.builders import build_model, build_optimizer, build_scheduler
-from tests.conftest import CONF, compose_config, run_config
+from tests.conftest import CONF, ROOT, compose_config, run_config
 
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking", "task"]
 
@@ -174,3 +174,14 @@ def test_yaml_text_is_omegaconfs(overrides):
     assert run.yaml() == OmegaConf.to_yaml(run.resolved)
     tricky = {"a": "1", "b": "true", "c": "null", "d": [1.5, "2.5", None], "e": "x: y"}
     assert to_yaml(tricky) == OmegaConf.to_yaml(tricky)
+
+
+def test_a_key_added_to_a_users_own_node_goes_to_its_target(tmp_path):
+    """Under a node of one's own (no schema: a `_target_` and its arguments), an added key
+    is an argument of the constructor, kept and logged as a param."""
+    import experiment
+
+    own = ROOT / "examples" / "own_project" / "conf"
+    overrides = ["model=tiny", "+model.depth=2", f"trainer.checkpoint_dir={tmp_path}"]
+    run = RunConfig.enter(experiment.compose(overrides, config_dir=str(own)))
+    assert run.resolved["model"]["depth"] == 2 and run.params()["model.depth"] == "2"

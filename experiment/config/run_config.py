@@ -22,6 +22,7 @@ from omegaconf._utils import get_omega_conf_dumper
 
 from experiment.config.allowed import check_fields
 from experiment.config.schema import Config
+from experiment.config.unknown_keys import refuse_unknown_keys
 from experiment.errors import ConfigError, ConfigValueError
 from experiment.system.secrets import redact
 
@@ -66,6 +67,8 @@ class RunConfig:
                 f"Missing value for '{missing[0]}': it has no default. "
                 f"Set it on the command line: {missing[0]}=<value>"
             )
+        if isinstance(cfg, DictConfig):  # a `+key` the schema lacks: to_object would drop it
+            refuse_unknown_keys(cfg)
         config = OmegaConf.to_object(cfg)
         for name in (
             "trainer",
