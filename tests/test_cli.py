@@ -80,7 +80,9 @@ def test_single_run_with_overrides(tmp_path):
         "experiment.sweep.context",
         "experiment.sweep.protocol",
     }
-    assert "MLflow run" in proc.stdout and "make ui" in proc.stdout
+    # Outside the project's checkout: the MLflow command, not `make ui`.
+    assert "MLflow run" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "make ui" not in proc.stdout
     (finished,) = all_runs(sqlite_uri(tmp_path))
     assert finished.info.status == "FINISHED"
     assert finished.data.params["regularization.label_smoothing"] == "0.1"

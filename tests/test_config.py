@@ -185,3 +185,15 @@ def test_a_key_added_to_a_users_own_node_goes_to_its_target(tmp_path):
     overrides = ["model=tiny", "+model.depth=2", f"trainer.checkpoint_dir={tmp_path}"]
     run = RunConfig.enter(experiment.compose(overrides, config_dir=str(own)))
     assert run.resolved["model"]["depth"] == 2 and run.params()["model.depth"] == "2"
+
+
+def test_a_model_taking_in_features_gets_the_inputs_flattened_width():
+    """`in_features` is passed by name like `num_classes`: the data knows it."""
+    flat = build_model({"_target_": "torch.nn.Linear", "out_features": 3}, (10,), 3)
+    assert (flat.in_features, flat.out_features) == (10, 3)
+    images = build_model({"_target_": "torch.nn.Linear", "out_features": 3}, (1, 8, 8), 3)
+    assert images.in_features == 64
+    given = build_model(
+        {"_target_": "torch.nn.Linear", "in_features": 5, "out_features": 3}, (10,), 3
+    )
+    assert given.in_features == 5  # what the node sets wins

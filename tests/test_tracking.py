@@ -51,6 +51,21 @@ def test_new_stores_are_copied_from_a_template_and_point_at_their_own_folder(tmp
     assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
 
 
+def test_the_run_points_to_the_ui_that_exists_where_it_runs(tmp_path, monkeypatch):
+    """`make ui` only in the project's own checkout; elsewhere (a project of one's own)
+    the MLflow command that opens the same store."""
+    from experiment.tracking.tracker import Tracker
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", None, "runs")
+    elsewhere = tracker.describe()
+    assert f"`mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}`" in elsewhere
+    assert "make ui" not in elsewhere
+    monkeypatch.chdir(ROOT)
+    assert "Open the UI with `make ui` (or `mlflow ui --backend-store-uri" in tracker.describe()
+
+
 def test_an_unwritable_template_cache_only_costs_the_speed_up(tmp_path, monkeypatch):
     from experiment.tracking.tracker import Tracker
 

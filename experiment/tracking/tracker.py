@@ -365,11 +365,21 @@ class Tracker:
 
     def describe(self) -> str:
         store = redact(self.uri)
-        ui = f"mlflow ui --backend-store-uri {store}" if store.startswith("sqlite") else store
+        if not store.startswith("sqlite"):  # a tracking server: its own UI
+            return f"MLflow run {self.run_id} in experiment '{self.experiment_name}': {store}"
+        ui = f"`mlflow ui --backend-store-uri {store}`"
+        if in_the_projects_checkout():
+            ui = f"`make ui` (or {ui})"
         return (
             f"MLflow run {self.run_id} in experiment '{self.experiment_name}' at {store}. "
-            f"Open the UI with `make ui` (or `{ui}`)."
+            f"Open the UI with {ui}."
         )
+
+
+def in_the_projects_checkout() -> bool:
+    """Whether the command runs in the project's own checkout, where `make ui` exists."""
+    makefile = Path("Makefile")
+    return makefile.is_file() and "\nui:" in makefile.read_text(errors="replace")
 
 
 def build_tracker(cfg) -> Tracker | NullTracker:

@@ -4,6 +4,7 @@ what the config cannot know: the data's shape, the model's parameters, the optim
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -120,13 +121,15 @@ def build_task(node):
 
 def build_model(node, input_shape, num_classes: int, dropout: float | None = None) -> nn.Module:
     """Any `nn.Module` class or factory of `model._target_`, given by name only those of
-    `num_classes` (the number of outputs: classes, or target columns), `in_channels` / `in_chans`,
-    `input_shape` and `dropout` (`regularization.dropout`) that its signature takes and
-    the node does not set (a factory that takes **kwargs gets `num_classes`)."""
+    `num_classes` (the number of outputs: classes, or target columns), `in_channels` /
+    `in_chans`, `in_features` (the width of the inputs, flattened), `input_shape` and
+    `dropout` (`regularization.dropout`) that its signature takes and the node does not
+    set (a factory that takes **kwargs gets `num_classes`)."""
     known = {
         "num_classes": num_classes,
         "in_channels": input_shape[0] if input_shape else None,
         "in_chans": input_shape[0] if input_shape else None,
+        "in_features": math.prod(input_shape) if input_shape else None,
         "input_shape": tuple(input_shape),
         "dropout": dropout,
     }
