@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import hydra
 
 from experiment.config.project import config_dir_of_project, importable_from_here
 from experiment.config.schema import register_configs
-from experiment.errors import ExperimentError
+from experiment.config.yaml_check import check_folders, config_dirs_of
+from experiment.errors import ConfigError, ExperimentError
 from experiment.sweep import context as sweep_context
 from experiment.system.console import split_streams
 from experiment.system.process_exit import run_then_exit
@@ -61,7 +63,18 @@ def main(cfg) -> float:
 
 def cli() -> None:
     """The `experiment-train` command (and `python -m experiment.train`)."""
-    run_then_exit(main)
+    run_then_exit(checked_main)
+
+
+def checked_main() -> None:
+    """`main`, once the config folders' files read as YAML (an error: one line, exit 1,
+    as for the other config errors Hydra reports before a run starts)."""
+    try:
+        check_folders([CONFIG_DIR, *config_dirs_of(sys.argv[1:])])
+    except ConfigError as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    main()
 
 
 if __name__ == "__main__":

@@ -218,6 +218,12 @@ HYDRA = {
 # The command line's own reporting of a run's error, and the sweeper's settings: the real
 # command in a subprocess.
 CLI = {
+    # A config file that is not YAML: the file, line and problem in one line, exit 1.
+    "YAML syntax error in an option file": case(
+        ["--config-dir", "{tmp}/conf", "model=broken"],
+        1,
+        ["ConfigError: YAML error in {tmp}/conf/model/broken.yaml, line ", "expected ',' or ']'"],
+    ),
     # The CLI's own reporting of a run's error: one line, exit 2 (the issue users hit).
     "value out of range, from the command line": case(
         ["optimizer.lr=0"], 2, ["optimizer.lr", "> 0"]
@@ -344,6 +350,8 @@ def _write_bad_inputs(tmp) -> None:
     whole = (files / "weights.pt").read_bytes()
     (files / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     torch.save({"model": _Payload()}, files / "code.pt")
+    (tmp / "conf" / "model").mkdir(parents=True)
+    (tmp / "conf" / "model" / "broken.yaml").write_text("_target_: mynets.Net\nwidth: [32\n")
 
 
 def _with_defaults(tmp_path, args: tuple[str, ...]) -> list[str]:

@@ -197,3 +197,16 @@ def test_a_model_taking_in_features_gets_the_inputs_flattened_width():
         {"_target_": "torch.nn.Linear", "in_features": 5, "out_features": 3}, (10,), 3
     )
     assert given.in_features == 5  # what the node sets wins
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_file_and_line(tmp_path):
+    import experiment
+    from experiment.errors import ConfigError
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "broken.yaml").write_text("_target_: mynets.Net\nwidth: [32\n")
+    with pytest.raises(ConfigError) as refused:
+        experiment.compose(["model=broken"], config_dir=str(tmp_path))
+    message = str(refused.value)
+    assert message.startswith(f"YAML error in {tmp_path / 'model' / 'broken.yaml'}, line 3")
+    assert "expected ',' or ']'" in message and "\n" not in message

@@ -8,7 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig
+
+from experiment.config.yaml_check import error_line
 
 
 def config_dir_of_project() -> Path:
@@ -63,5 +66,7 @@ def compose(
             cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:  # a wrong override, say
         raise ConfigError(str(err).strip().splitlines()[0]) from err
+    except yaml.YAMLError as err:  # a config file that is not YAML: where and what
+        raise ConfigError(error_line(err)) from err
     RunConfig.enter(cfg)  # refused here, as on the command line, if it cannot run
     return cfg
