@@ -127,3 +127,17 @@ def test_interrupted_run_is_marked_killed(tmp_path, signum):
     assert proc.returncode != 0
     (killed,) = all_runs(sqlite_uri(tmp_path))
     assert killed.info.status == "KILLED", out[-4000:]  # what the run said as it ended
+
+
+def test_the_python_api_shows_progress_without_any_logging_setup(tmp_path):
+    """`experiment.run` in a fresh interpreter (a notebook's situation: nothing configured
+    logging) shows the epochs and the result as the command line does."""
+    script = (
+        "import experiment\n"
+        f"cfg = experiment.compose({[*FAST, 'tracking=none', 'trainer.checkpoint_dir=ckpt']!r})\n"
+        "print('value', experiment.run(cfg))\n"
+    )
+    proc = run_cli(["-c", script], tmp_path, program=[], split_stderr=True)
+    assert proc.returncode == 0, output(proc)
+    assert "epoch 1/" in proc.stdout and "best val/acc" in proc.stdout, output(proc)
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("value ")
