@@ -134,6 +134,14 @@ def test_torchvisions_resnet18_through_its_own_constructor_on_an_image_folder(tm
 
 
 BAD = {
+    "an image model given feature rows": (
+        ["dataset=wine", "model=cnn"],
+        ["Invalid value for 'model': 'cnn'", "inputs of shape (13,): model=mlp", "images"],
+    ),
+    "a timm model given feature rows": (
+        ["dataset=wine", "model=timm", "model.name=resnet18"],
+        ["timm (resnet18)", "model=mlp"],
+    ),
     "output width": (
         ["task=regression", "dataset=diabetes", "model=tiny", "+model.num_classes=3"],
         ["outputs 3 values per sample", "1 target columns"],

@@ -9,6 +9,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from experiment.errors import ConfigValueError
+
+
+def image_shape(input_shape, model: str) -> tuple[int, int, int]:
+    """(channels, height, width) of images; inputs of another shape (feature rows, say)
+    are refused naming the model and what fits them."""
+    if len(input_shape) != 3:
+        raise ConfigValueError(
+            "model",
+            model,
+            f"a model for inputs of shape {tuple(input_shape)}: model=mlp, or a model of "
+            f"your own. {model} takes images (channels x height x width)",
+        )
+    return tuple(input_shape)
+
 
 def init_weights(module: nn.Module, scheme: str = "default", std: float = 0.02) -> None:
     """Re-initialise conv and linear layers; 'default' keeps PyTorch's own init."""
@@ -76,7 +91,7 @@ class CNN(nn.Module):
         init_std: float = 0.02,
     ):
         super().__init__()
-        in_channels, height, width = input_shape
+        in_channels, height, width = image_shape(input_shape, "cnn")
         layers: list[nn.Module] = []
         for out_channels in channels:
             layers.append(
@@ -123,7 +138,7 @@ class ResNet18(nn.Module):
         super().__init__()
         from torchvision.models import resnet18
 
-        in_channels, height, width = input_shape
+        in_channels, height, width = image_shape(input_shape, "resnet18")
         net = resnet18(weights=None, num_classes=num_classes)
         if min(height, width) < 64:
             # The ImageNet stem downsamples 4x before the first block, which leaves a

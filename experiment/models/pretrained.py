@@ -21,6 +21,7 @@ from torch import nn
 
 from experiment.config.fine_tuning import fine_tuned
 from experiment.errors import ConfigError, ConfigValueError
+from experiment.models.nets import image_shape
 
 log = logging.getLogger(__name__)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -45,13 +46,14 @@ def timm_classifier(
             "a timm architecture, e.g. resnet50 or vit_small_patch16_224 "
             "(timm.list_models() lists them)",
         )
+    channels = image_shape(input_shape, f"timm ({name})")[0]
     source = weights_file(name, weights) if pretrained or weights else None
     model = timm.create_model(
         name,
         pretrained=source is not None,
         pretrained_cfg_overlay={"state_dict": _state_dict(source)} if source else None,
         num_classes=num_classes,
-        in_chans=input_shape[0],
+        in_chans=channels,
         drop_rate=dropout,
     )
     if source is not None:
