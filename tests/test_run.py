@@ -110,6 +110,33 @@ def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_model_torch_export_cannot_trace_is_logged_pickled_and_the_run_finishes(tmp_path, caplog):
+    """The pt2 format traces the model with torch.export; a model it cannot trace (a
+    branch on its input's values) is logged in the pickled format instead, with one
+    warning naming why, and loads back and predicts."""
+    import experiment
+
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "branchy.yaml").write_text(
+        "_target_: tests.apps.nets.DataDependent\n"
+    )
+    overrides = [*FAST, "model=branchy", "tracking.model_format=pt2", *store_overrides(tmp_path)]
+    cfg = experiment.compose(overrides, config_dir=str(tmp_path / "conf"))
+    run(cfg)
+    (finished,) = all_runs(sqlite_uri(tmp_path))
+    assert finished.info.status == "FINISHED"
+    (warning,) = [r.getMessage() for r in caplog.records if "pt2 graph" in r.getMessage()]
+    assert "GuardOnDataDependentSymNode" in warning and "logged pickled" in warning
+    models = mlflow.search_logged_models(
+        experiment_ids=[finished.info.experiment_id], output_format="list"
+    )
+    (logged,) = models
+    example = np.asarray(mlflow.models.Model.load(logged.model_uri).load_input_example())
+    predicted = np.asarray(mlflow.pyfunc.load_model(logged.model_uri).predict(example))
+    assert predicted.shape == (len(example), cfg.dataset.source.num_classes)
+    np.testing.assert_allclose(predicted.sum(axis=1), 1.0, rtol=1e-5)  # probabilities
+
+
 def test_checkpoints_hold_the_full_training_state(tmp_path):
     cfg, _, _ = _run(tmp_path, [*FAST, "tracking.log_model=false"])
     last = load_checkpoint(tmp_path / "checkpoints" / LAST)  # weights_only=True inside

@@ -20,6 +20,7 @@ from experiment.errors import ConfigValueError, TrackingError
 from experiment.system.secrets import redact
 from experiment.system.signals import uninterrupted
 from experiment.system.sqlite_files import create_atomically
+from experiment.tracking import model_log
 from experiment.tracking.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
@@ -333,27 +334,8 @@ class Tracker:
         self, model: torch.nn.Module, example: torch.Tensor, metadata: dict, step: int = 0
     ) -> None:
         """Log `model` with a signature, an input example and `metadata`, as the run's
-        output at `step`.
-
-        Explicit pip requirements: inferring them imports and inspects the environment,
-        which costs several seconds per run.
-        """
-        from mlflow.models import infer_signature
-
-        torch_version = torch.__version__.split("+")[0]  # no local tag such as +cu130
-        example_np = example.detach().cpu().contiguous().numpy()
-        with torch.no_grad():
-            output = model(torch.from_numpy(example_np)).numpy()
-        self.mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example_np, output),
-            input_example=example_np,
-            pip_requirements=[f"torch=={torch_version}"],
-            serialization_format=self.model_format,
-            metadata=metadata,
-            step=step,
-        )
+        output at `step` (model_log.py)."""
+        model_log.log_model(self, model, example, metadata, step)
 
     @uninterrupted
     def finish(self, status: str) -> None:

@@ -1,0 +1,81 @@
+"""The run's model, logged to MLflow: with a signature, an input example and its metadata.
+
+The pt2 format (MLflow's default) traces the model with `torch.export`; a model it cannot
+trace (a branch on its input's values, say) is logged in the pickled format instead, with
+one warning that says why, and the attempt that failed is removed. A failing store stays
+the store's error. Explicit pip requirements: inferring them imports and inspects the
+environment, which costs several seconds per run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from experiment.system.secrets import redact
+
+log = logging.getLogger(__name__)
+
+# Where torch.export traces a model: an error raised from these is the model's, not the store's.
+_EXPORT_CODE = ("/torch/export/", "/torch/_export/", "/torch/_dynamo/", "/torch/fx/")
+
+
+def log_model(tracker, model: torch.nn.Module, example: torch.Tensor, metadata: dict, step: int):
+    """Log `model` in `tracker`'s run (a Tracker) at `step`, in its model format."""
+    from mlflow.models import infer_signature
+
+    example_np = example.detach().cpu().contiguous().numpy()
+    with torch.no_grad():
+        output = model(torch.from_numpy(example_np)).numpy()
+    logged = (model, example_np, infer_signature(example_np, output), metadata, step)
+    try:
+        _log(tracker, *logged, tracker.model_format)
+    except Exception as err:
+        if tracker.model_format != "pt2" or not raised_by_export(err):
+            raise
+        reason = redact(str(err)).strip().splitlines()[0] if str(err).strip() else ""
+        log.warning(
+            "The model cannot be exported as a pt2 graph (%s: %s); logged pickled instead "
+            "(tracking.model_format=pickle: it loads back where its class is importable).",
+            type(err).__name__,
+            reason,
+        )
+        _log(tracker, *logged, "pickle")
+        _delete_failed_models(tracker)
+
+
+def raised_by_export(err: BaseException) -> bool:
+    """Whether `err` came from tracing the model for the pt2 format."""
+    trace = err.__traceback__
+    while trace is not None:
+        if any(part in trace.tb_frame.f_code.co_filename for part in _EXPORT_CODE):
+            return True
+        trace = trace.tb_next
+    return type(err).__module__.startswith(("torch._dynamo", "torch.export", "torch._export"))
+
+
+def _log(tracker, model, example_np, signature, metadata, step, model_format) -> None:
+    torch_version = torch.__version__.split("+")[0]  # no local tag such as +cu130
+    tracker.mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_np,
+        pip_requirements=[f"torch=={torch_version}"],
+        serialization_format=model_format,
+        metadata=metadata,
+        step=step,
+    )
+
+
+def _delete_failed_models(tracker) -> None:
+    """The attempt that failed left a logged model marked FAILED: the run keeps the one
+    that was logged."""
+    client = tracker.mlflow.MlflowClient(tracker.uri)
+    for logged in client.search_logged_models(
+        experiment_ids=[tracker.experiment_id],
+        filter_string=f"source_run_id = '{tracker.run_id}'",
+    ):
+        if str(logged.status) == "FAILED":  # a status filter is not matched by every store
+            client.delete_logged_model(logged.model_id)
