@@ -167,3 +167,73 @@ def test_digits_read_from_scikit_learns_file_equal_load_digits():
     pixels, classes = _digits_table()
     bunch = load_digits()
     assert np.array_equal(pixels, bunch.images) and np.array_equal(classes, bunch.target)
+
+
+class _LabelledItems(torch.utils.data.Dataset):
+    """A Dataset of a user's own: (input, label) items, labels of any kind, no targets."""
+
+    def __init__(self, labels):
+        self.labels = list(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return torch.full((3,), float(index)), self.labels[index]
+
+
+@pytest.mark.parametrize("path", ["arrays", "dataset"])
+@pytest.mark.parametrize(
+    "train,test,classes",
+    [
+        ([1, 2, 2, 1] * 10, [2, 1], ["1", "2"]),
+        (["dog", "cat", "cat", "dog"] * 10, ["cat", "dog"], ["cat", "dog"]),
+        ([0, 2, 1, 1] * 10, [2, 0], ["0", "1", "2"]),  # 0..K-1 already: as they are
+    ],
+)
+def test_class_labels_become_indices_from_the_train_split_and_keep_their_names(
+    path, train, test, classes
+):
+    from types import SimpleNamespace
+
+    from experiment.data.sources import as_splits
+    from experiment.training.tasks import Classification
+
+    cfg = SimpleNamespace(test_fraction=0.2, split_seed=0)
+    if path == "arrays":
+        source = {
+            "train": (np.zeros((len(train), 3), "float32"), np.asarray(train)),
+            "test": (np.zeros((len(test), 3), "float32"), np.asarray(test)),
+        }
+    else:
+        source = {"train": _LabelledItems(train), "test": _LabelledItems(test)}
+    splits = as_splits(source, cfg, Classification())
+    assert splits.classes == classes
+    if path == "arrays":
+        train_indices, test_indices = splits.train_labels.tolist(), splits.test_labels.tolist()
+    else:
+        train_indices = [splits.train[i][1] for i in range(len(train))]
+        test_indices = [splits.test[i][1] for i in range(len(test))]
+    assert [classes[i] for i in train_indices] == [str(label) for label in train]
+    assert [classes[i] for i in test_indices] == [str(label) for label in test]
+
+
+@pytest.mark.parametrize("path", ["arrays", "dataset"])
+def test_a_label_the_train_split_lacks_is_one_clear_error(path):
+    from types import SimpleNamespace
+
+    from experiment.data.sources import as_splits
+    from experiment.errors import DataError
+    from experiment.training.tasks import Classification
+
+    train, val = [1, 2] * 10, [1, 3]
+    if path == "arrays":
+        source = {
+            "train": (np.zeros((20, 3), "float32"), np.asarray(train)),
+            "val": (np.zeros((2, 3), "float32"), np.asarray(val)),
+        }
+    else:
+        source = {"train": _LabelledItems(train), "val": _LabelledItems(val)}
+    cfg = SimpleNamespace(test_fraction=0.2, split_seed=0)
+    with pytest.raises(DataError, match=r"the val split has the label 3, which the train split"):
+        as_splits(source, cfg, Classification())

@@ -135,3 +135,21 @@ def test_a_plateau_schedule_steps_on_the_metric_it_monitors():
     settings.scheduler_monitor = "val/loss"
     state = train(parts, settings)
     assert [m["lr"] for m in state.history] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+
+
+def test_a_tie_in_the_objective_goes_to_the_epoch_with_the_lower_validation_loss():
+    from experiment.training.callbacks import EarlyStopping
+    from experiment.training.engine import FitState
+
+    settings = FitSettings(epochs=5, device=CPU, monitor="val/acc", maximize=True)
+    state, stop = FitState(), EarlyStopping(patience=2)
+    epochs = [(0.90, 0.40), (0.95, 0.30), (0.95, 0.20), (0.95, 0.25), (0.95, 0.21)]
+    for epoch, (acc, loss) in enumerate(epochs):
+        state.record(epoch, {"val/acc": acc, "val/loss": loss}, settings)
+        stop(state)
+        if state.stopped_early:
+            break
+    # Epoch 2 ties epoch 1's accuracy with a lower loss: the new best, and the patience
+    # counts from there; epochs 3 and 4 tie with higher losses and do not.
+    assert (state.best_epoch, state.best_value) == (2, 0.95)
+    assert state.epoch == 4 and state.stopped_early

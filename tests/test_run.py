@@ -137,6 +137,31 @@ def test_a_model_torch_export_cannot_trace_is_logged_pickled_and_the_run_finishe
     np.testing.assert_allclose(predicted.sum(axis=1), 1.0, rtol=1e-5)  # probabilities
 
 
+def test_string_labels_train_and_the_logged_model_answers_with_their_names(tmp_path):
+    """A source of one's own labelled 'cat' and 'dog': two outputs, no phantom class; the
+    logged model's classes are the labels, so its predictions read as them."""
+    import experiment
+
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "animals.yaml").write_text(
+        "source:\n  _target_: tests.apps.sources.string_labels\n"
+    )
+    overrides = ["dataset=animals", "model=mlp", "trainer.epochs=3", *store_overrides(tmp_path)]
+    run(experiment.compose(overrides, config_dir=str(tmp_path / "conf")))
+    (finished,) = all_runs(sqlite_uri(tmp_path))
+    assert finished.info.status == "FINISHED" and finished.data.metrics["test/acc"] > 0.6
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[finished.info.experiment_id], output_format="list"
+    )
+    model = mlflow.models.Model.load(logged.model_uri)
+    assert model.metadata["experiment.classes"] == ["cat", "dog"]
+    example = np.asarray(model.load_input_example())
+    assert np.asarray(mlflow.pyfunc.load_model(logged.model_uri).predict(example)).shape == (
+        len(example),
+        2,
+    )
+
+
 def test_checkpoints_hold_the_full_training_state(tmp_path):
     cfg, _, _ = _run(tmp_path, [*FAST, "tracking.log_model=false"])
     last = load_checkpoint(tmp_path / "checkpoints" / LAST)  # weights_only=True inside

@@ -36,10 +36,14 @@ def as_splits(result, cfg, task, target: str = "dataset.source"):
         return result
     splits = _as_split_dict(result, target)
     if all(_is_pair(v) for v in splits.values()):
+        raw = {k: _raw_labels(v[1]) for k, v in splits.items()}
+        encode = label_encoding(raw, task, target)
+        if encode is not None:
+            splits = {k: (v[0], encode.indices(raw[k])) for k, v in splits.items()}
         tensors = {k: _pair_tensors(v, k, target, task) for k, v in splits.items()}
-        return _tensor_splits(tensors, cfg, task)
+        return _tensor_splits(tensors, cfg, task, encode.names if encode else None)
     datasets = {k: _as_dataset(v, k, target, task) for k, v in splits.items()}
-    return _dataset_splits(datasets, cfg, task)
+    return _dataset_splits(datasets, cfg, task, target)
 
 
 def _as_split_dict(result, target: str) -> dict:
@@ -78,7 +82,7 @@ def _pair_tensors(pair, split: str, target: str, task) -> tuple[torch.Tensor, to
     return model_inputs(inputs), task.prepare_targets(targets)
 
 
-def _tensor_splits(tensors: dict, cfg, task) -> ImageTensors:
+def _tensor_splits(tensors: dict, cfg, task, names: list[str] | None) -> ImageTensors:
     train_x, train_y = tensors["train"]
     if "test" in tensors:
         test_x, test_y = tensors["test"]
@@ -88,7 +92,7 @@ def _tensor_splits(tensors: dict, cfg, task) -> ImageTensors:
         train_x, train_y = train_x[keep], train_y[keep]
     val_x, val_y = tensors.get("val", (None, None))
     labels = [y for y in (train_y, val_y, test_y) if y is not None]
-    classes = _class_names(task, labels, None)
+    classes = _class_names(task, labels, names)
     return ImageTensors(train_x, train_y, test_x, test_y, classes, val_x, val_y)
 
 
@@ -111,17 +115,28 @@ def _as_dataset(value, split: str, target: str, task) -> Dataset:
     return TensorDataset(inputs, targets)
 
 
-def _dataset_splits(datasets: dict, cfg, task) -> FolderSplits:
+def _dataset_splits(datasets: dict, cfg, task, target: str) -> FolderSplits:
     train = datasets["train"]
     if len(train) == 0:
         raise DataError("dataset.source: the train split is empty.")
+    named = getattr(datasets["train"], "classes", None)
+    encode = None
+    # Labels read where the Dataset exposes them, or where it names no classes of its own
+    # (then they are read once, as the class count needs them anyway).
+    exposed = getattr(train, "targets", None) is not None or isinstance(train, TensorDataset)
+    if task.has_classes and (exposed or named is None):
+        raw = {k: _dataset_labels(v) for k, v in datasets.items()}
+        encode = label_encoding(raw, task, target)
+        if encode is not None:
+            datasets = {k: EncodedLabels(v, encode) for k, v in datasets.items()}
+            named = encode.names
+    train = datasets["train"]
     test = datasets.get("test")
     if test is None:
         keep, held = seeded_split(len(train), cfg.test_fraction, cfg.split_seed)
         train, test = Subset(train, keep.tolist()), Subset(train, held.tolist())
     first_input, first_target = datasets["train"][0]
     input_shape = tuple(torch.as_tensor(np.asarray(first_input)).shape)
-    named = getattr(datasets["train"], "classes", None)
     labels = _known_labels(datasets["train"])
     classes = _class_names(task, labels, named) if named or labels else None
     if classes is None and task.has_classes:
@@ -142,3 +157,85 @@ def _known_labels(dataset) -> list[torch.Tensor]:
 def _target_width(target) -> int:
     target = torch.as_tensor(np.asarray(target))
     return 1 if target.ndim == 0 else int(target.shape[-1])
+
+
+class LabelEncoding:
+    """Class labels that are not 0..K-1 (1 and 2; 'cat' and 'dog'), as the indices
+    0..K-1 a classifier's outputs are, in the order of the sorted labels of the training
+    split. `names`: the labels as text, index by index: the classes the run, its
+    confusion matrix and its logged model (and so `experiment-predict`) show."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+        self.names = [str(v) for v in values.tolist()]
+        self.lookup = {v: i for i, v in enumerate(values.tolist())}
+
+    def indices(self, labels: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.values, labels).astype(np.int64)
+
+    def index(self, label) -> int:
+        return self.lookup[np.asarray(label).item()]
+
+
+def label_encoding(raw: dict, task, target: str) -> LabelEncoding | None:
+    """The encoding of single-label classification targets that are not already
+    0..K-1 in the training split (None where they are, or where the targets are no class
+    labels: the task's check names those); a label of val or test that the training
+    split lacks is a DataError."""
+    train = raw.get("train")
+    if not task.has_classes or train is None or train.ndim != 1 or train.dtype.kind not in "iuUSOb":
+        return None
+    try:
+        values = np.unique(train)
+    except TypeError:  # labels of mixed types: the task's check names them
+        return None
+    for split, labels in raw.items():
+        unknown = np.setdiff1d(np.unique(labels), values) if labels is not None else []
+        if len(unknown):
+            raise DataError(
+                f"{target}: the {split} split has the label {unknown[0].item()!r}, which the "
+                f"train split does not have (its {len(values)} classes: "
+                f"{', '.join(map(str, values.tolist()[:10]))}{', ...' if len(values) > 10 else ''}"
+                "). A classifier learns only the classes it is trained on: give the train "
+                "split examples of every class, or leave that label out."
+            )
+    if values.dtype.kind in "iu" and np.array_equal(values, np.arange(len(values))):
+        return None  # already the indices 0..K-1
+    return LabelEncoding(values)
+
+
+def _raw_labels(targets) -> np.ndarray:
+    if isinstance(targets, torch.Tensor):
+        return targets.detach().cpu().numpy()
+    return np.asarray(targets)
+
+
+def _dataset_labels(dataset) -> np.ndarray:
+    """A Dataset's labels: where it exposes them (targets), else read once."""
+    known = getattr(dataset, "targets", None)
+    if known is None and isinstance(dataset, TensorDataset):
+        known = dataset.tensors[1]
+    if known is None:
+        known = [target for _, target in dataset]
+    values = [_raw_labels(v) for v in known] if isinstance(known, list) else None
+    if values is not None and all(v.ndim == 0 for v in values):
+        return np.asarray([v.item() for v in values])
+    return _raw_labels(known) if values is None else np.asarray(known, dtype=object)
+
+
+class EncodedLabels(Dataset):
+    """A Dataset whose labels are given as their indices (LabelEncoding)."""
+
+    def __init__(self, dataset: Dataset, encoding: LabelEncoding):
+        self.dataset, self.encoding = dataset, encoding
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item, label = self.dataset[index]
+        return item, self.encoding.index(label)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.encoding.indices(_dataset_labels(self.dataset))

@@ -89,8 +89,18 @@ class FitState:
         self.history.append(metrics)
         value = metrics[settings.monitor]
         change = value - self.best_value if self.best_value is not None else math.inf
-        if (change if settings.maximize else -change) > settings.min_delta or self.best_epoch < 0:
+        better = (change if settings.maximize else -change) > settings.min_delta
+        # With min_delta set, changes that small (a tie too) are no improvement.
+        tie = change == 0 and settings.min_delta == 0 and self._lower_loss(metrics)
+        if better or tie or self.best_epoch < 0:
             self.best_value, self.best_epoch = value, epoch
+
+    def _lower_loss(self, metrics: dict[str, float]) -> bool:
+        """A tie in the objective (the same accuracy, say) goes to the epoch with the
+        lower validation loss (the model that is surer of its answers), and early stopping
+        counts from there."""
+        best = self.history[self.best_epoch] if self.best_epoch < len(self.history) else {}
+        return metrics.get("val/loss", math.inf) < best.get("val/loss", math.inf)
 
 
 EpochCallback = Callable[[FitState], None]
