@@ -30,6 +30,7 @@ LAYERS = [
     "serving",  # compare, promote, predict
     "api",
     "train",  # the command line
+    "eval",
     "",  # experiment/__init__.py: `experiment.compose`, `experiment.run`
 ]
 
