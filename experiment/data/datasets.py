@@ -292,8 +292,11 @@ def image_folder(
             )
             return _cached_splits(arrays, classes, test_fraction, seed)
         log.info(
-            f"Image folder {root}: its cache would take {size_gb:.1f} GB, more than "
-            f"dataset.cache_max_gb={cache_max_gb:g}; decoding with DataLoader workers instead."
+            "Image folder %s: its cache would take %.1f GB, more than "
+            "dataset.cache_max_gb=%g; decoding with DataLoader workers instead.",
+            root,
+            size_gb,
+            cache_max_gb,
         )
     return _folder_splits(split_dirs, classes, image_size, channels, test_fraction, seed)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from experiment.system import durable
 from experiment.errors import DataError
+from experiment.system import durable
 
 log = logging.getLogger(__name__)
 LOCK_TIMEOUT_S = 3600.0  # decoding a large folder takes minutes; an hour means it is stuck
@@ -71,7 +71,7 @@ def load_or_build(
             if not (entry / "meta.json").is_file():  # nobody built it while we waited
                 _build(splits, image_size, channels, entry)
     else:
-        log.info(f"Image cache: {entry}")
+        log.info("Image cache: %s", entry)
     meta = json.loads((entry / "meta.json").read_text())
     if meta["skipped"]:
         _warn_skipped(meta["skipped"])
@@ -107,7 +107,7 @@ def _build(splits, image_size: int, channels: int, entry: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     count = sum(len(files) for files in splits.values())
-    log.info(f"Image cache: decoding {count} images once at {image_size}px into {entry}")
+    log.info("Image cache: decoding %s images once at %spx into %s", count, image_size, entry)
     skipped = {}
     try:
         for split, files in splits.items():
@@ -167,6 +167,9 @@ def _warn_skipped(skipped: dict[str, str]) -> None:
     names = "; ".join(f"{path} ({why})" for path, why in list(skipped.items())[:10])
     more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
     log.warning(
-        f"Left out {len(skipped)} image(s) that cannot be decoded: {names}{more}. "
-        "Remove or replace them; a changed folder rebuilds the cache."
+        "Left out %s image(s) that cannot be decoded: %s%s. "
+        "Remove or replace them; a changed folder rebuilds the cache.",
+        len(skipped),
+        names,
+        more,
     )

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
-from experiment.runtime.distributed import SINGLE, Ranks
-from experiment.errors import ConfigValueError
 from experiment.data.sharding import RankBatchSampler, batch_count, batch_slices, rank_share
+from experiment.errors import ConfigValueError
+from experiment.runtime.distributed import SINGLE, Ranks
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from experiment.data.loaders import model_inputs
 from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
+from experiment.data.loaders import model_inputs
 from experiment.errors import DataError
 
 SPLITS = ("train", "val", "test")
