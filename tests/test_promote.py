@@ -193,6 +193,7 @@ def _bad_promotes(capsys, storage: str, uri: str, study) -> None:
         assert expected in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow  # trains a model first
 def test_predictions_of_a_regression_model_from_csv_rows(tmp_path, capsys):
     """A tabular regression's logged model: rows of a CSV in (with a header), one column
     per target out, equal to the best checkpoint's outputs; rows of the wrong width and a

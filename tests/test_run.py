@@ -20,6 +20,9 @@ from experiment.training.builders import build_model
 from experiment.training.checkpoint import BEST, LAST, load_checkpoint
 from tests.conftest import FAST, all_runs, compose_config, sqlite_uri, store_overrides
 
+# Each test trains and tracks a real run: seconds each, so the fast tier leaves them out.
+pytestmark = pytest.mark.slow
+
 EPOCH_METRICS = [
     "train/loss",
     "train/acc",
@@ -221,7 +224,6 @@ def test_nan_loss_fails_the_run_and_keeps_what_was_logged(tmp_path):
     assert failed.data.params["optimizer.lr"] == "1e+30"
 
 
-@pytest.mark.slow
 def test_compiled_model_reports_compile_time_separately(tmp_path):
     _, value, finished = _run(
         tmp_path, [*FAST, "model=mlp", "trainer.compile=true", "tracking.log_model=false"]
