@@ -133,7 +133,7 @@ def table(cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> str:
     for key, kind, default, allowed, comment in rows(cls, prefix):
         if key in skip:
             continue
-        cells = [f"`{key}`", f"`{kind}`", default, allowed, comment]
+        cells = [f"`{key}`", kind, default, allowed, comment]  # a type's `|` must stay text
         lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
