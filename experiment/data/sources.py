@@ -120,15 +120,14 @@ def _dataset_splits(datasets: dict, cfg, task, target: str) -> FolderSplits:
     if len(train) == 0:
         raise DataError("dataset.source: the train split is empty.")
     named = getattr(datasets["train"], "classes", None)
-    encode = None
+    raw = {}
     # Labels read where the Dataset exposes them, or where it names no classes of its own
     # (then they are read once, as the class count needs them anyway).
-    exposed = getattr(train, "targets", None) is not None or isinstance(train, TensorDataset)
-    if task.has_classes and (exposed or named is None):
+    if task.has_classes and (_exposed_targets(train) is not None or named is None):
         raw = {k: _dataset_labels(v) for k, v in datasets.items()}
         encode = label_encoding(raw, task, target)
         if encode is not None:
-            datasets = {k: EncodedLabels(v, encode) for k, v in datasets.items()}
+            datasets = {k: EncodedLabels(v, encode, raw[k]) for k, v in datasets.items()}
             named = encode.names
     train = datasets["train"]
     test = datasets.get("test")
@@ -138,6 +137,8 @@ def _dataset_splits(datasets: dict, cfg, task, target: str) -> FolderSplits:
     first_input, first_target = datasets["train"][0]
     input_shape = tuple(torch.as_tensor(np.asarray(first_input)).shape)
     labels = _known_labels(datasets["train"])
+    if not labels and "train" in raw and raw["train"].dtype.kind in "iu":  # read above
+        labels = [torch.as_tensor(raw["train"])]
     classes = _class_names(task, labels, named) if named or labels else None
     if classes is None and task.has_classes:
         labels = [torch.as_tensor([int(y) for _, y in datasets["train"]])]  # one pass
@@ -146,11 +147,17 @@ def _dataset_splits(datasets: dict, cfg, task, target: str) -> FolderSplits:
     return FolderSplits(train, datasets.get("val"), test, classes, input_shape, width)
 
 
-def _known_labels(dataset) -> list[torch.Tensor]:
-    """A dataset's labels without reading its samples, where it exposes them."""
+def _exposed_targets(dataset):
+    """A Dataset's labels where it holds them apart from its samples, else None."""
     found = getattr(dataset, "targets", None)
     if found is None and isinstance(dataset, TensorDataset):
         found = dataset.tensors[1]
+    return found
+
+
+def _known_labels(dataset) -> list[torch.Tensor]:
+    """A dataset's labels without reading its samples, where it exposes them."""
+    found = _exposed_targets(dataset)
     return [torch.as_tensor(np.asarray(found))] if found is not None else []
 
 
@@ -212,9 +219,7 @@ def _raw_labels(targets) -> np.ndarray:
 
 def _dataset_labels(dataset) -> np.ndarray:
     """A Dataset's labels: where it exposes them (targets), else read once."""
-    known = getattr(dataset, "targets", None)
-    if known is None and isinstance(dataset, TensorDataset):
-        known = dataset.tensors[1]
+    known = _exposed_targets(dataset)
     if known is None:
         known = [target for _, target in dataset]
     values = [_raw_labels(v) for v in known] if isinstance(known, list) else None
@@ -224,10 +229,12 @@ def _dataset_labels(dataset) -> np.ndarray:
 
 
 class EncodedLabels(Dataset):
-    """A Dataset whose labels are given as their indices (LabelEncoding)."""
+    """A Dataset whose labels are given as their indices (LabelEncoding); `labels`: its
+    labels as read once, so `targets` needs no pass over the samples."""
 
-    def __init__(self, dataset: Dataset, encoding: LabelEncoding):
+    def __init__(self, dataset: Dataset, encoding: LabelEncoding, labels: np.ndarray):
         self.dataset, self.encoding = dataset, encoding
+        self.targets = encoding.indices(labels)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -235,7 +242,3 @@ class EncodedLabels(Dataset):
     def __getitem__(self, index):
         item, label = self.dataset[index]
         return item, self.encoding.index(label)
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.encoding.indices(_dataset_labels(self.dataset))
