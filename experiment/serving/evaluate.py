@@ -122,14 +122,14 @@ def _overrides_of(run_id: str) -> list[str]:
 
 def compose_for(source: Source, extra: list[str], config_dir: str | None, uri: str):
     """The source run's configuration with the command line's overrides, tracked to
-    `uri`; checkpoints of its own go nowhere near the source's."""
+    `uri`. An evaluation writes no checkpoint: the source's folder is left out, and
+    `compose`'s own (never created) stands in."""
     from experiment.config.project import compose
     from experiment.serving.promote import dedupe
 
-    scratch = tempfile.mkdtemp(prefix="experiment-eval-")
+    own = [o for o in source.overrides if o.split("=", 1)[0] != "trainer.checkpoint_dir"]
     fixed = ["tracking.enabled=true", f"tracking.uri={uri}", "tracking.log_model=false"]
-    overrides = [*source.overrides, *fixed, f"trainer.checkpoint_dir={scratch}", *extra]
-    return compose(dedupe(overrides), config_dir=config_dir)
+    return compose(dedupe([*own, *fixed, *extra]), config_dir=config_dir)
 
 
 def evaluate(args: argparse.Namespace) -> str:
