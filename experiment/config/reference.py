@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import enum
+import functools
 import inspect
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ run starts; so is a value outside what the key allows.
 """
 
 
+@functools.cache  # a class's source is read once, not once per field
 def _comments(cls: type) -> dict[str, str]:
     """The comment of each field of `cls` as its source writes it: the lines right above
     the field, then the comment at its end."""
