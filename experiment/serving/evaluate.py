@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     from experiment.system.console import split_streams
 
     args = parser().parse_args(argv)
+    # Reading the source run's overrides.yaml is no download to show progress bars for.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     split_streams()
     importable_from_here()  # a user's own models and sources, by `_target_`
