@@ -42,7 +42,7 @@ IN_PROCESS = {
             ("+", "trainer.accumulate_grad_batches", "4", "epochs", []),
             ("++", "trainer.bogus", "1", "precision", []),
             ("+", "optimizer.bogus", "3", "lr", []),
-            ("+", "task.metrics", "[auroc]", "label_smoothing", []),
+            ("+", "task.bogus", "1", "label_smoothing", []),
             ("+", "model.bogus", "1", "dropout", []),
             ("+", "dataset.bogus", "1", "batch_size", []),
             ("+", "dataset.source.bogus", "1", "test_fraction", []),

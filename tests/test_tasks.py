@@ -254,7 +254,7 @@ def test_a_dict_of_splits_with_multi_label_targets_trains_with_bce(tmp_path):
         tmp_path=tmp_path,
     )
     parts = build_parts(cfg, CPU)
-    assert len(parts.data.val.labels) == 100  # the source's own val split, kept
-    assert len(parts.data.test.labels) == 60  # test split off train (0.2 of 300)
+    assert len(parts.data.val.targets) == 100  # the source's own val split, kept
+    assert len(parts.data.test.targets) == 60  # test split off train (0.2 of 300)
     assert parts.data.num_outputs == 3 and parts.data.classes is None
     assert experiment.run(cfg) > 0.9  # per-label accuracy on validation

@@ -257,8 +257,15 @@ class DatasetConf:
     # resized back), as for photos; null: off.
     resized_crop_scale: list[float] | None = allowed(None, AREA_SHARE)
     normalization: Normalization = Normalization.dataset
-    num_workers: int = allowed(0, NON_NEGATIVE_INT)  # DataLoader workers (image_folder only)
+    num_workers: int = allowed(0, NON_NEGATIVE_INT)  # DataLoader workers (Datasets' path)
     source: Any = MISSING  # any _target_ returning the data (see experiment.data.sources)
+    # Dict items and batches: the key of the target; every other key (or those of
+    # input_keys) goes to the model as a keyword argument (experiment.data.batches).
+    target_key: str | None = None
+    input_keys: list[str] | None = None
+    # The DataLoader's collate_fn for a source's Datasets: a dotted path to a function,
+    # or a _target_ node that builds one (padding variable-length sequences, say).
+    collate_fn: Any = None
 
 
 @dataclass
@@ -469,12 +476,16 @@ class ClassificationTaskConf:
     label_smoothing: float = allowed(II("regularization.label_smoothing"), UNIT_OPEN_RIGHT)
     metric: str = "val/acc"  # the default objective (optimized_metric)
     direction: str = "maximize"
+    # Metrics of your own, by name: _target_ nodes of torchmetrics.Metric classes or
+    # functions f(predictions, targets); logged as train/, val/, test/<name>.
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RegressionTaskConf:
     _target_: str = "experiment.training.tasks.Regression"
     loss: Any = "mse"  # mse | l1 | smooth_l1, or a node with _target_
+    metrics: dict[str, Any] = field(default_factory=dict)  # as classification's
     metric: str = "val/mse"
     direction: str = "minimize"
 

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageTensors:
-    """A dataset small enough to hold in memory: inputs (uint8 images N x C x H x W, or any
-    tensor of N samples) and targets (int64 labels, or float columns with `classes` None).
-    Without val tensors, validation is split from train by `dataset.val_fraction`."""
+    """A dataset small enough to hold in memory: inputs (uint8 images N x C x H x W, any
+    tensor of N samples, or a tuple or dict of such: batches.py) and targets (int64
+    labels, or float columns with `classes` None). Without val tensors, validation is
+    split from train by `dataset.val_fraction`."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -39,7 +40,10 @@ class ImageTensors:
     val_labels: torch.Tensor | None = None
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape; None for inputs of several tensors."""
+        if not isinstance(self.train_images, torch.Tensor):
+            return None
         return tuple(self.train_images.shape[1:])
 
     @property
@@ -58,7 +62,7 @@ class FolderSplits:
     val: Dataset | None
     test: Dataset
     classes: list[str] | None
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | None  # None for inputs of several tensors
     target_width: int | None = None  # targets' columns, where there are no classes
 
     @property

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from experiment.data.batches import PAIRS, Layout, cat_inputs, map_inputs
 from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.data.sharding import RankBatchSampler, batch_count, batch_slices, rank_share
 from experiment.errors import ConfigValueError
 from experiment.runtime.distributed import SINGLE, Ranks
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[object, torch.Tensor]  # (inputs of any form of batches.py, targets)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ class BatchTransform:
         augment = self.augment and images.ndim == 4
         return self.normalized(self.augmented(images) if augment else images)
 
+    def batch(self, inputs):
+        """A batch's inputs of any form (batches.py), each image tensor transformed."""
+        return map_inputs(self, inputs)
+
 
 def normalize_images(images, uint8_scale, float_scale, shift, normalizes_floats: bool):
     """Images as normalized float32: uint8 pixels by one multiply-add that folds in the
@@ -159,7 +164,8 @@ def _host(generator: torch.Generator | None) -> torch.Generator | None:
 
 
 class DeviceLoader:
-    """Batches sliced from uint8 tensors that already live on the training device.
+    """Batches sliced from tensors that already live on the training device (uint8
+    images, feature rows, or a tuple or dict of such inputs).
 
     Each epoch gathers the data once in shuffled order and augments it in a few large
     operations; a batch is then a contiguous slice plus one multiply-add, so the Python
@@ -172,8 +178,8 @@ class DeviceLoader:
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
+        inputs,
+        targets: torch.Tensor,
         batch_size: int,
         transform: BatchTransform,
         *,
@@ -181,35 +187,39 @@ class DeviceLoader:
         generator: torch.Generator | None = None,
         ranks: Ranks = SINGLE,
     ):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
         self.transform, self.shuffle, self.generator = transform, shuffle, generator
         self.ranks = ranks
 
     def __len__(self) -> int:
-        return batch_count(len(self.labels), self.batch_size, self.ranks, self.shuffle)
+        return batch_count(len(self.targets), self.batch_size, self.ranks, self.shuffle)
 
     def seed(self, value: int) -> None:
         if self.generator is not None:  # shared with the augmenting transform
             self.generator.manual_seed(value)
 
     def __iter__(self) -> Iterator[Batch]:
-        images, labels = self.images, self.labels
+        inputs, targets = self.inputs, self.targets
         if self.shuffle:
-            order = torch.randperm(len(labels), device=labels.device, generator=self.generator)
-            images, labels = images[order], labels[order]
-        if self.transform.augment and images.ndim == 4:
-            images = self.transform.augmented(images)
-        images, labels = rank_share(images, self.ranks), rank_share(labels, self.ranks)
+            order = torch.randperm(len(targets), device=targets.device, generator=self.generator)
+            inputs, targets = map_inputs(lambda x: x[order], inputs), targets[order]
+        if self.transform.augment:
+            inputs = map_inputs(self._augmented, inputs)
+        inputs = map_inputs(lambda x: rank_share(x, self.ranks), inputs)
+        targets = rank_share(targets, self.ranks)
         per_rank = self.batch_size // self.ranks.world_size
-        for part in batch_slices(len(labels), per_rank, len(self)):
-            yield self.transform.normalized(images[part]), labels[part]
+        normalized = self.transform.normalized
+        for part in batch_slices(len(targets), per_rank, len(self)):
+            yield map_inputs(lambda x: normalized(x[part]), inputs), targets[part]  # noqa: B023
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform.augmented(x) if x.ndim == 4 else x
 
 
-def example_batch(loader, size: int = 4) -> torch.Tensor:
-    """A few real, normalized inputs for the model signature and input example."""
+def example_batch(loader, size: int = 4):
+    """A few real, normalized inputs (of any form) for timing the model."""
     inputs, _ = next(iter(loader))
-    inputs = inputs[:size].contiguous(memory_format=torch.contiguous_format)
-    return inputs.float() if inputs.is_floating_point() else inputs
+    return map_inputs(lambda x: x[:size].contiguous(memory_format=torch.contiguous_format), inputs)
 
 
 def model_inputs(inputs: torch.Tensor) -> torch.Tensor:
@@ -221,9 +231,10 @@ def model_inputs(inputs: torch.Tensor) -> torch.Tensor:
 
 
 class HostLoader:
-    """A DataLoader's batches, copied to the device and transformed there; `targets`
-    puts a batch's targets in the form the task takes (e.g. a regression's N x 1);
-    `generator`: the one that shuffles the loader's samples (reseeded per epoch)."""
+    """A DataLoader's batches, split into inputs and targets by `layout`, copied to the
+    device and transformed there; `targets` puts a batch's targets in the form the task
+    takes (e.g. a regression's N x 1); `generator`: the one that shuffles the loader's
+    samples (reseeded per epoch)."""
 
     def __init__(
         self,
@@ -232,10 +243,11 @@ class HostLoader:
         device: torch.device,
         targets=None,
         generator: torch.Generator | None = None,
+        layout: Layout = PAIRS,
     ):
         self.loader, self.transform, self.device = loader, transform, device
-        self.targets = targets or (lambda y: y)
-        self.generator = generator
+        self.prepare_targets = targets or (lambda y: y)
+        self.generator, self.layout = generator, layout
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -246,10 +258,31 @@ class HostLoader:
                 generator.manual_seed(value)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, labels in self.loader:
-            images = model_inputs(images.to(self.device, non_blocking=True))
-            labels = self.targets(labels.to(self.device, non_blocking=True))
-            yield self.transform(images), labels
+        for batch in self.loader:
+            inputs, targets = self.layout.split(batch)
+            inputs = map_inputs(self._on_device, inputs)
+            targets = torch.as_tensor(targets).to(self.device, non_blocking=True)
+            targets = self.prepare_targets(targets)
+            yield inputs, targets
+
+    def raw_inputs(self):
+        """The first batch's inputs as the DataLoader gives them (before the device)."""
+        inputs, _ = self.layout.split(next(iter(self.loader)))
+        return map_inputs(lambda x: model_inputs(torch.as_tensor(x)), inputs)
+
+    def _on_device(self, x) -> torch.Tensor:
+        return self.transform(model_inputs(torch.as_tensor(x).to(self.device, non_blocking=True)))
+
+
+@dataclass(frozen=True)
+class HostBatches:
+    """How a DataLoader's batches become the loop's: `targets` puts a batch's targets in
+    the task's form, `layout` splits items (batches.py), `collate_fn` the DataLoader's
+    (`dataset.collate_fn`)."""
+
+    targets: object = None
+    layout: Layout = PAIRS
+    collate_fn: object = None
 
 
 @dataclass
@@ -257,7 +290,7 @@ class DataBundle:
     train: DeviceLoader | HostLoader
     val: DeviceLoader | HostLoader
     test: DeviceLoader | HostLoader
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | None  # one sample's; None for inputs of several tensors
     classes: list[str] | None  # None where the outputs are target columns (regression)
     num_outputs: int  # a score per class, or one output per target column
 
@@ -274,13 +307,13 @@ def build_loaders(
     seed: int = 0,
     channels_last: bool = False,
     ranks: Ranks = SINGLE,
-    targets=None,
+    host: HostBatches | None = None,
 ) -> DataBundle:
     """Wrap a loaded dataset's splits in loaders for `device` (`dataset`: the run's
     `dataset` node); `channels_last`: batches in the memory layout of a channels_last conv
     net; `ranks`: this process's share of a distributed run (validation and test are split between
-    the ranks without padding, so reduced sums count every sample once); `targets`: the
-    task's form for a DataLoader batch's targets."""
+    the ranks without padding, so reduced sums count every sample once); `host`: how a
+    DataLoader's batches become the loop's (HostBatches)."""
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def transform(train: bool) -> BatchTransform:
@@ -297,11 +330,12 @@ def build_loaders(
             generator=generator,
         )
 
-    check_channels(dataset, source.input_shape)
+    if source.input_shape is not None:
+        check_channels(dataset, source.input_shape)
     if isinstance(source, ImageTensors):
         return _device_bundle(dataset, source, device, transform, generator, ranks)
     assert isinstance(source, FolderSplits), f"unexpected dataset source {type(source)}"
-    return _host_bundle(dataset, source, device, transform, seed, ranks, targets)
+    return _host_bundle(dataset, source, device, transform, seed, ranks, host or HostBatches())
 
 
 def check_channels(dataset, input_shape: tuple[int, ...]) -> None:
@@ -329,16 +363,23 @@ def _device_bundle(
         keep, held = seeded_split(
             len(source.train_labels), dataset.val_fraction, dataset.split_seed
         )
-        train = (source.train_images[keep], source.train_labels[keep])
-        val = (source.train_images[held], source.train_labels[held])
+        inputs, targets = source.train_images, source.train_labels
+        train = (map_inputs(lambda x: x[keep], inputs), targets[keep])
+        val = (map_inputs(lambda x: x[held], inputs), targets[held])
     if dataset.train_on_val:
-        train = (torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]]))
+        train = (cat_inputs([train[0], val[0]]), torch.cat([train[1], val[1]]))
+
+    def share(x):
+        return rank_share(x, ranks)
+
     on_device = {  # each rank evaluates its share
         "train": train,
-        "val": (rank_share(val[0], ranks), rank_share(val[1], ranks)),
-        "test": (rank_share(source.test_images, ranks), rank_share(source.test_labels, ranks)),
+        "val": (map_inputs(share, val[0]), share(val[1])),
+        "test": (map_inputs(share, source.test_images), share(source.test_labels)),
     }
-    on_device = {k: (x.to(device), y.to(device)) for k, (x, y) in on_device.items()}
+    on_device = {
+        k: (map_inputs(lambda t: t.to(device), x), y.to(device)) for k, (x, y) in on_device.items()
+    }
     return DataBundle(
         train=DeviceLoader(
             *on_device["train"],
@@ -354,14 +395,14 @@ def _device_bundle(
         test=DeviceLoader(
             *on_device["test"], dataset.eval_batch_size, transform(False), shuffle=False
         ),
-        input_shape=tuple(source.train_images.shape[1:]),
+        input_shape=source.input_shape,
         classes=source.classes,
         num_outputs=source.num_outputs,
     )
 
 
 def _host_bundle(
-    dataset, source: FolderSplits, device, transform, seed: int, ranks, targets
+    dataset, source: FolderSplits, device, transform, seed: int, ranks, batches: HostBatches
 ) -> DataBundle:
     train, val = source.train, source.val
     if val is None:
@@ -371,24 +412,28 @@ def _host_bundle(
         train = ConcatDataset([train, val])
     workers = dataset.num_workers
     common = dict(
-        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        collate_fn=batches.collate_fn,
     )
+    targets, layout = batches.targets, batches.layout
 
     def train_loader(ds) -> HostLoader:
         # The loader draws its workers' seed from the same generator before each epoch's
         # order, as a DataLoader that shuffles by itself does.
         gen = torch.Generator().manual_seed(seed)
-        batches = RankBatchSampler(
+        sampler = RankBatchSampler(
             len(ds), dataset.batch_size, shuffle=True, generator=gen, ranks=ranks
         )
-        dl = DataLoader(ds, batch_sampler=batches, generator=gen, **common)
-        return HostLoader(dl, transform(True), device, targets, generator=gen)
+        dl = DataLoader(ds, batch_sampler=sampler, generator=gen, **common)
+        return HostLoader(dl, transform(True), device, targets, generator=gen, layout=layout)
 
     def eval_loader(ds) -> HostLoader:
         if ranks.world_size > 1:
             ds = Subset(ds, rank_share(range(len(ds)), ranks))
         dl = DataLoader(ds, batch_size=dataset.eval_batch_size, shuffle=False, **common)
-        return HostLoader(dl, transform(False), device, targets)
+        return HostLoader(dl, transform(False), device, targets, layout=layout)
 
     return DataBundle(
         train=train_loader(train),

@@ -2,9 +2,13 @@
 
 A source (any `_target_`, the project's own or a user's) returns one of:
 - `ImageTensors` or `FolderSplits` (the project's own sources),
-- a `torch.utils.data.Dataset` of (input, target) pairs: served by a DataLoader,
-- a pair `(inputs, targets)` of tensors or NumPy arrays of any shape and dtype: held in
-  memory on the training device (the fast path),
+- a `torch.utils.data.Dataset` of items of any form of batches.py ((input, target)
+  pairs, (inputs tuple, target) pairs, dicts with `dataset.target_key`): served by a
+  DataLoader (with `dataset.collate_fn`, where given),
+- a pair `(inputs, targets)` of tensors or NumPy arrays of any shape and dtype, where
+  `inputs` may also be a tuple or dict of them, or a dict of such columns holding the
+  targets under `dataset.target_key`: held in memory on the training device (the fast
+  path),
 - a dict of such with `train` and optionally `val` and `test`.
 
 A missing test split is split off train by `dataset.test_fraction`, a missing validation
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from experiment.data.batches import Layout, as_tensors, leaves, map_inputs, structured
 from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.data.loaders import model_inputs
 from experiment.errors import DataError
@@ -29,57 +34,81 @@ from experiment.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
+def layout_of(cfg, target: str = "dataset.source") -> Layout:
+    """How `cfg` (the `dataset` node) says items split into inputs and target."""
+    keys = getattr(cfg, "input_keys", None)
+    return Layout(getattr(cfg, "target_key", None), tuple(keys) if keys else None, target)
+
+
 def as_splits(result, cfg, task, target: str = "dataset.source"):
     """The source's `result` as ImageTensors (tensors) or FolderSplits (Datasets); `cfg`
     is the `dataset` node, `task` the run's task (it decides the targets' form)."""
     if isinstance(result, ImageTensors | FolderSplits):
         return result
-    splits = _as_split_dict(result, target)
-    if all(_is_pair(v) for v in splits.values()):
+    layout = layout_of(cfg, target)
+    splits = _as_split_dict(result, target, layout)
+    if all(_in_memory(v, layout) for v in splits.values()):
+        splits = {k: layout.split(v) for k, v in splits.items()}
         raw = {k: _raw_labels(v[1]) for k, v in splits.items()}
         encode = label_encoding(raw, task, target)
         if encode is not None:
             splits = {k: (v[0], encode.indices(raw[k])) for k, v in splits.items()}
         tensors = {k: _pair_tensors(v, k, target, task) for k, v in splits.items()}
         return _tensor_splits(tensors, cfg, task, encode.names if encode else None)
-    datasets = {k: _as_dataset(v, k, target, task) for k, v in splits.items()}
-    return _dataset_splits(datasets, cfg, task, target)
+    datasets = {k: _as_dataset(v, k, target, task, layout) for k, v in splits.items()}
+    return _dataset_splits(datasets, cfg, task, layout)
 
 
-def _as_split_dict(result, target: str) -> dict:
-    if isinstance(result, Mapping):
+def _as_split_dict(result, target: str, layout: Layout) -> dict:
+    if isinstance(result, Mapping) and not _in_memory(result, layout):
         unknown = sorted(set(result) - set(SPLITS))
         if "train" not in result or unknown:
+            columns = (
+                "" if layout.target_key else " (for a dict of columns, set dataset.target_key)"
+            )
             raise DataError(
                 f"{target} returned a dict with keys {sorted(result)}: expected 'train' and "
-                "optionally 'val' and 'test', each a Dataset or an (inputs, targets) pair."
+                "optionally 'val' and 'test', each a Dataset or an (inputs, targets) pair"
+                f"{columns}."
             )
         return {k: result[k] for k in SPLITS if result.get(k) is not None}
-    if isinstance(result, Dataset) or _is_pair(result):
+    if isinstance(result, Dataset) or _in_memory(result, layout):
         return {"train": result}
     raise DataError(
         f"{target} returned {type(result).__name__}: expected a torch.utils.data.Dataset, "
-        "a pair (inputs, targets) of tensors or NumPy arrays, or a dict of such with "
+        "a pair (inputs, targets) of tensors or NumPy arrays (inputs may be a tuple or dict "
+        "of them), a dict of such columns with dataset.target_key, or a dict of such with "
         "train (and optionally val, test)."
     )
 
 
-def _is_pair(value) -> bool:
-    return (
-        isinstance(value, tuple | list)
-        and len(value) == 2
-        and all(isinstance(v, torch.Tensor | np.ndarray) for v in value)
-    )
+def _array(value) -> bool:
+    return isinstance(value, torch.Tensor | np.ndarray)
 
 
-def _pair_tensors(pair, split: str, target: str, task) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs, targets = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
-    if len(inputs) != len(targets) or len(inputs) == 0:
+def _in_memory(value, layout: Layout) -> bool:
+    """Whether `value` is one split held as arrays: a pair (inputs, targets), inputs a
+    tensor/array or a tuple or dict of them, or a dict of columns with the target key."""
+    if isinstance(value, Mapping):
+        return layout.target_key in value and all(_array(v) for v in value.values())
+    if not (isinstance(value, tuple | list) and len(value) == 2 and _array(value[1])):
+        return False
+    inputs = value[0]
+    parts = list(inputs.values()) if isinstance(inputs, Mapping) else inputs
+    if isinstance(inputs, Mapping | tuple | list):
+        return len(parts) > 0 and all(_array(v) for v in parts)
+    return _array(inputs)
+
+
+def _pair_tensors(pair, split: str, target: str, task) -> tuple[object, torch.Tensor]:
+    inputs, targets = as_tensors(pair[0]), torch.as_tensor(pair[1])
+    counts = {len(x) for x in leaves(inputs)}
+    if counts != {len(targets)} or len(targets) == 0:
         raise DataError(
-            f"{target}: the {split} split has {len(inputs)} inputs and {len(targets)} "
-            "targets; they must be as many, and more than none."
+            f"{target}: the {split} split has {'/'.join(map(str, sorted(counts)))} inputs "
+            f"and {len(targets)} targets; they must be as many, and more than none."
         )
-    return model_inputs(inputs), task.prepare_targets(targets)
+    return map_inputs(model_inputs, inputs), task.prepare_targets(targets)
 
 
 def _tensor_splits(tensors: dict, cfg, task, names: list[str] | None) -> ImageTensors:
@@ -88,8 +117,8 @@ def _tensor_splits(tensors: dict, cfg, task, names: list[str] | None) -> ImageTe
         test_x, test_y = tensors["test"]
     else:
         keep, held = seeded_split(len(train_y), cfg.test_fraction, cfg.split_seed)
-        test_x, test_y = train_x[held], train_y[held]
-        train_x, train_y = train_x[keep], train_y[keep]
+        test_x, test_y = map_inputs(lambda x: x[held], train_x), train_y[held]
+        train_x, train_y = map_inputs(lambda x: x[keep], train_x), train_y[keep]
     val_x, val_y = tensors.get("val", (None, None))
     labels = [y for y in (train_y, val_y, test_y) if y is not None]
     classes = _class_names(task, labels, names)
@@ -108,14 +137,30 @@ def _class_names(task, labels: list[torch.Tensor], named) -> list[str] | None:
     return [str(i) for i in range(int(max(int(y.max()) for y in labels)) + 1)]
 
 
-def _as_dataset(value, split: str, target: str, task) -> Dataset:
+def _as_dataset(value, split: str, target: str, task, layout: Layout) -> Dataset:
     if isinstance(value, Dataset):
         return value
-    inputs, targets = _pair_tensors(value, split, target, task)
-    return TensorDataset(inputs, targets)
+    inputs, targets = _pair_tensors(layout.split(value), split, target, task)
+    if not structured(inputs):
+        return TensorDataset(inputs, targets)
+    return Items(inputs, targets)
 
 
-def _dataset_splits(datasets: dict, cfg, task, target: str) -> FolderSplits:
+class Items(Dataset):
+    """In-memory inputs of several tensors (a tuple or dict) as a Dataset of pairs."""
+
+    def __init__(self, inputs, targets: torch.Tensor):
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return map_inputs(lambda x: x[index], self.inputs), self.targets[index]
+
+
+def _dataset_splits(datasets: dict, cfg, task, layout: Layout) -> FolderSplits:
+    target = layout.where
     train = datasets["train"]
     if len(train) == 0:
         raise DataError("dataset.source: the train split is empty.")
@@ -124,24 +169,25 @@ def _dataset_splits(datasets: dict, cfg, task, target: str) -> FolderSplits:
     # Labels read where the Dataset exposes them, or where it names no classes of its own
     # (then they are read once, as the class count needs them anyway).
     if task.has_classes and (_exposed_targets(train) is not None or named is None):
-        raw = {k: _dataset_labels(v) for k, v in datasets.items()}
+        raw = {k: _dataset_labels(v, layout) for k, v in datasets.items()}
         encode = label_encoding(raw, task, target)
         if encode is not None:
-            datasets = {k: EncodedLabels(v, encode, raw[k]) for k, v in datasets.items()}
+            datasets = {k: EncodedLabels(v, encode, raw[k], layout) for k, v in datasets.items()}
             named = encode.names
     train = datasets["train"]
     test = datasets.get("test")
     if test is None:
         keep, held = seeded_split(len(train), cfg.test_fraction, cfg.split_seed)
         train, test = Subset(train, keep.tolist()), Subset(train, held.tolist())
-    first_input, first_target = datasets["train"][0]
-    input_shape = tuple(torch.as_tensor(np.asarray(first_input)).shape)
+    first_input, first_target = layout.split(datasets["train"][0])
+    input_shape = None if structured(first_input) else tuple(np.shape(first_input))
     labels = _known_labels(datasets["train"])
     if not labels and "train" in raw and raw["train"].dtype.kind in "iu":  # read above
         labels = [torch.as_tensor(raw["train"])]
     classes = _class_names(task, labels, named) if named or labels else None
     if classes is None and task.has_classes:
-        labels = [torch.as_tensor([int(y) for _, y in datasets["train"]])]  # one pass
+        train_labels = [int(layout.split(item)[1]) for item in datasets["train"]]  # one pass
+        labels = [torch.as_tensor(train_labels)]
         classes = _class_names(task, labels, None)
     width = None if classes else _target_width(first_target)
     return FolderSplits(train, datasets.get("val"), test, classes, input_shape, width)
@@ -217,11 +263,11 @@ def _raw_labels(targets) -> np.ndarray:
     return np.asarray(targets)
 
 
-def _dataset_labels(dataset) -> np.ndarray:
+def _dataset_labels(dataset, layout: Layout) -> np.ndarray:
     """A Dataset's labels: where it exposes them (targets), else read once."""
     known = _exposed_targets(dataset)
     if known is None:
-        known = [target for _, target in dataset]
+        known = [layout.split(item)[1] for item in dataset]
     values = [_raw_labels(v) for v in known] if isinstance(known, list) else None
     if values is not None and all(v.ndim == 0 for v in values):
         return np.asarray([v.item() for v in values])
@@ -232,13 +278,16 @@ class EncodedLabels(Dataset):
     """A Dataset whose labels are given as their indices (LabelEncoding); `labels`: its
     labels as read once, so `targets` needs no pass over the samples."""
 
-    def __init__(self, dataset: Dataset, encoding: LabelEncoding, labels: np.ndarray):
-        self.dataset, self.encoding = dataset, encoding
+    def __init__(
+        self, dataset: Dataset, encoding: LabelEncoding, labels: np.ndarray, layout: Layout
+    ):
+        self.dataset, self.encoding, self.layout = dataset, encoding, layout
         self.targets = encoding.indices(labels)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index):
-        item, label = self.dataset[index]
-        return item, self.encoding.index(label)
+        item = self.dataset[index]
+        label = self.layout.split(item)[1]
+        return self.layout.with_target(item, self.encoding.index(label))

@@ -147,7 +147,7 @@ def evaluate(args: argparse.Namespace) -> str:
     if args.split == "train":  # the training split as it is, not augmented
         extra.insert(0, "regularization.augmentation=false")
     run = RunConfig.enter(compose_for(source, extra, args.config_dir, uri))
-    metrics, totals, parts, task = measure(run, source.checkpoint, args.split)
+    metrics, figures, parts, task = measure(run, source.checkpoint, args.split)
     tags = {
         "eval.source": source.text,
         "eval.split": args.split,
@@ -155,18 +155,22 @@ def evaluate(args: argparse.Namespace) -> str:
         **({"eval.source_run_id": source.run_id} if source.run_id else {}),
     }
     run_id = record(
-        run, args.split, metrics, tags, lambda folder: task.plot(totals, parts.data.classes, folder)
+        run,
+        args.split,
+        metrics,
+        tags,
+        lambda folder: task.plot(figures, parts.data.classes, folder),
     )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     return f"Evaluated {source.text} on {args.split}: {shown}. MLflow run {run_id}."
 
 
 def measure(run, checkpoint: Path, split: str):
-    """(metrics by `<split>/<name>`, the sums they came from, the run's parts, its task)."""
+    """(metrics by `<split>/<name>`, the task's figure values, the run's parts, its task)."""
     from experiment.runtime.device import autocast_dtype, resolve_device, seed_everything
     from experiment.training.builders import build_parts, build_task
     from experiment.training.checkpoint import load_checkpoint
-    from experiment.training.engine import evaluate_with_totals
+    from experiment.training.engine import evaluate_with_figures
 
     device = resolve_device(run.trainer.device)
     seed_everything(run.trainer.seed, run.trainer.deterministic)
@@ -180,15 +184,16 @@ def measure(run, checkpoint: Path, split: str):
             f"({str(err).strip().splitlines()[0]}): give the group options its run used."
         ) from None
     loader = {"test": parts.data.test, "val": parts.data.val, "train": parts.data.train}[split]
-    values, totals = evaluate_with_totals(
+    values, figures = evaluate_with_figures(
         parts.model,
         loader,
         device=device,
         amp_dtype=autocast_dtype(run.trainer.precision, device),
         task=task,
-        points=getattr(task, "plot_points", 0),
+        num_outputs=parts.data.num_outputs,
+        figures=True,
     )
-    return {f"{split}/{k}": v for k, v in values.items()}, totals, parts, task
+    return {f"{split}/{k}": v for k, v in values.items()}, figures, parts, task
 
 
 def record(run, split: str, metrics: dict, tags: dict, draw) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from experiment.data.batches import leaves
+
 SAMPLED_ROWS = 2048
 SPLITS = ("train", "val", "test")
 DIGEST_LENGTH = 16
@@ -30,8 +32,8 @@ def split_sizes(data) -> dict[str, int]:
 
 
 def _size(loader) -> int:
-    if hasattr(loader, "labels"):  # DeviceLoader
-        return len(loader.labels)
+    if hasattr(loader, "inputs"):  # DeviceLoader
+        return len(loader.targets)
     return len(loader.loader.dataset)  # HostLoader
 
 
@@ -41,8 +43,8 @@ def digest(data) -> str:
     for name in SPLITS:
         loader = getattr(data, name)
         hasher.update(name.encode())
-        if hasattr(loader, "labels"):
-            for tensor in (loader.images, loader.labels):
+        if hasattr(loader, "inputs"):  # DeviceLoader
+            for tensor in (*leaves(loader.inputs), loader.targets):
                 _hash_tensor(hasher, tensor)
         else:
             _hash_dataset(hasher, loader.loader.dataset)

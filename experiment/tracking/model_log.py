@@ -4,15 +4,20 @@ The pt2 format (MLflow's default) traces the model with `torch.export`; a model 
 trace (a branch on its input's values, say) is logged in the pickled format instead, with
 one warning that says why, and the attempt that failed is removed. A failing store stays
 the store's error. Explicit pip requirements: inferring them imports and inspects the
-environment, which costs several seconds per run.
+environment, which costs several seconds per run. A model of several inputs (or
+predictions) is logged as a pyfunc model that takes them by name (structured_model.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
+import numpy as np
 import torch
 
+from experiment.data.batches import call_model, input_names, leaves, structured
 from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -21,10 +26,16 @@ log = logging.getLogger(__name__)
 _EXPORT_CODE = ("/torch/export/", "/torch/_export/", "/torch/_dynamo/", "/torch/fx/")
 
 
-def log_model(tracker, model: torch.nn.Module, example: torch.Tensor, metadata: dict, step: int):
-    """Log `model` in `tracker`'s run (a Tracker) at `step`, in its model format."""
+def log_model(tracker, model: torch.nn.Module, example, metadata: dict, step: int):
+    """Log `model` in `tracker`'s run (a Tracker) at `step`, in its model format; `example`:
+    a few raw inputs (a tensor, or a tuple or dict of them)."""
     from mlflow.models import infer_signature
 
+    with torch.no_grad():
+        predictions = call_model(model, example)
+    if structured(example) or not isinstance(predictions, torch.Tensor):
+        _log_named_inputs(tracker, model, example, predictions, metadata, step)
+        return
     example_np = example.detach().cpu().contiguous().numpy()
     with torch.no_grad():
         output = model(torch.from_numpy(example_np)).numpy()
@@ -67,6 +78,43 @@ def _log(tracker, model, example_np, signature, metadata, step, model_format) ->
         metadata=metadata,
         step=step,
     )
+
+
+def _log_named_inputs(tracker, model, example, predictions, metadata: dict, step: int) -> None:
+    """A model of several inputs as a pyfunc model of named arrays; every dimension but
+    none is fixed in its signature (sequences vary in length)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from experiment.tracking.structured_model import NamedInputsModel, as_arrays
+
+    names = input_names(example)
+    arrays = {n: x.detach().cpu().numpy() for n, x in zip(names, leaves(example), strict=True)}
+    outputs = as_arrays(predictions)
+    outputs = outputs if isinstance(outputs, dict) else {None: outputs}
+
+    def spec(array: np.ndarray, name) -> TensorSpec:
+        return TensorSpec(array.dtype, (-1,) * array.ndim, name)
+
+    signature = ModelSignature(
+        Schema([spec(a, n) for n, a in arrays.items()]),
+        Schema([spec(a, n) for n, a in outputs.items()]),
+    )
+    form = "dict" if isinstance(example, dict) else "tuple"
+    torch_version = torch.__version__.split("+")[0]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "module.pt")
+        torch.save(model, path)
+        tracker.mlflow.pyfunc.log_model(
+            name="model",
+            python_model=NamedInputsModel(names, form),
+            artifacts={"module": path},
+            signature=signature,
+            input_example=arrays,
+            pip_requirements=[f"torch=={torch_version}"],
+            metadata=metadata,
+            step=step,
+        )
 
 
 def _delete_failed_models(tracker) -> None:

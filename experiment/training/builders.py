@@ -14,9 +14,10 @@ from torch import nn
 
 from experiment.config import fine_tuning
 from experiment.config.run_config import RunConfig, as_node
-from experiment.data.loaders import DataBundle, build_loaders
-from experiment.data.sources import as_splits
-from experiment.errors import ConfigValueError, DataError, ExperimentError
+from experiment.data.batches import call_model, map_inputs
+from experiment.data.loaders import DataBundle, HostBatches, build_loaders
+from experiment.data.sources import as_splits, layout_of
+from experiment.errors import ConfigValueError, ExperimentError
 from experiment.models import pretrained
 from experiment.runtime.distributed import SINGLE, Ranks
 
@@ -39,6 +40,7 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
     run = RunConfig.enter(run)
     fine_tuning.check_fine_tuning_on(run.model, ranks.distributed)
     task = task if task is not None else build_task(run.task)
+    collate_fn = build_collate_fn(run.dataset)  # checked before the data loads
     where = f"dataset.source ({target_of(run.dataset.source)})"
     source = as_splits(load_source(run.dataset), run.dataset, task, where)
     model = build_model(
@@ -51,11 +53,13 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
     # Not for CPU process groups: DDP's gradient buckets keep the default layout.
     on_cpu_group = device.type == "cpu" and ranks.distributed
     channels_last = is_convnet(model) and not on_cpu_group
-    if channels_last:
+    if channels_last and source.input_shape is not None:
         model = model.to(memory_format=torch.channels_last)
         channels_last = runs_channels_last(model, source.input_shape, device)
         if not channels_last:
             model = model.to(memory_format=torch.contiguous_format)
+    else:
+        channels_last = False
     data = build_loaders(
         run.dataset,
         source,
@@ -63,7 +67,7 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
         seed=run.trainer.seed,
         channels_last=channels_last,
         ranks=ranks,
-        targets=task.prepare_targets,
+        host=HostBatches(task.prepare_targets, layout_of(run.dataset, where), collate_fn),
     )
     check_model_and_data(model, data, task)  # and materializes lazy layers
     optimizer = build_optimizer(run.optimizer, model)
@@ -114,9 +118,75 @@ def load_source(dataset):
     return _instantiate(dataset.source)
 
 
+# What a task offers the loop (tasks.Task): a user's own task provides all of it.
+TASK_PROTOCOL = (
+    "loss",
+    "eval_loss",
+    "prepare_targets",
+    "check_targets",
+    "check_outputs",
+    "predictions",
+    "metrics",
+    "metric_inputs",
+    "figure_metrics",
+    "plot",
+)
+TASK_ATTRIBUTES = ("name", "has_classes", "multi_label", "curve_metric")
+# Keys of the `task` node that the run reads, not the task's constructor.
+RUN_TASK_KEYS = ("metric", "direction", "metrics")
+
+
 def build_task(node):
-    """The run's task (tasks.py) from the `task` node."""
-    return _instantiate(node, _recursive_=False)
+    """The run's task (tasks.py) from the `task` node; `task.metrics` (metrics the run
+    adds) is kept on it as `added_metrics`."""
+    node = as_node(node)
+    added = node.get("metrics") or {}
+    for key in RUN_TASK_KEYS:
+        node.pop(key, None)
+    if not isinstance(added, dict):
+        raise ConfigValueError("task.metrics", added, "a mapping of names to metric nodes")
+    task = _instantiate(node, _recursive_=False)
+    missing = [name for name in TASK_PROTOCOL if not callable(getattr(task, name, None))]
+    missing += [name for name in TASK_ATTRIBUTES if not hasattr(task, name)]
+    if missing:
+        raise ConfigValueError(
+            "task._target_",
+            node.get("_target_"),
+            f"a task with {', '.join(missing)}: subclass experiment.training.tasks.Task",
+        )
+    if added:
+        task.added_metrics = added
+    return task
+
+
+def build_collate_fn(dataset):
+    """`dataset.collate_fn`: a dotted path to a function, or a `_target_` node that
+    builds one; None for torch's default. Checked with `target_key`/`input_keys`."""
+    keys, target_key = dataset.input_keys, dataset.target_key
+    if keys is not None and target_key is None:
+        raise ConfigValueError(
+            "dataset.input_keys",
+            list(keys),
+            "null unless dataset.target_key is set (they select the inputs of dict items)",
+        )
+    if keys is not None and target_key in keys:
+        raise ConfigValueError(
+            "dataset.input_keys", list(keys), f"keys other than the target {target_key!r}"
+        )
+    spec = dataset.collate_fn
+    if spec is None:
+        return None
+    try:
+        found = get_object(spec) if isinstance(spec, str) else _instantiate(as_node(spec))
+    except ExperimentError:
+        raise
+    except Exception as err:
+        raise ConfigValueError(
+            "dataset.collate_fn", spec, f"an importable function or _target_ node ({err})"
+        ) from None
+    if not callable(found):
+        raise ConfigValueError("dataset.collate_fn", spec, "a callable (a function of a list)")
+    return found
 
 
 def build_model(node, input_shape, num_classes: int, dropout: float | None = None) -> nn.Module:
@@ -130,7 +200,7 @@ def build_model(node, input_shape, num_classes: int, dropout: float | None = Non
         "in_channels": input_shape[0] if input_shape else None,
         "in_chans": input_shape[0] if input_shape else None,
         "in_features": math.prod(input_shape) if input_shape else None,
-        "input_shape": tuple(input_shape),
+        "input_shape": tuple(input_shape) if input_shape is not None else None,
         "dropout": dropout,
     }
     target, keys = target_of(node), set(as_node(node))
@@ -180,20 +250,9 @@ def check_model_and_data(model: nn.Module, data: DataBundle, task) -> None:
     was_training = model.training
     model.eval()  # batch norm statistics stay untouched by this batch
     with torch.no_grad():
-        outputs = model(inputs[:2])
+        outputs = call_model(model, map_inputs(lambda x: x[:2], inputs))
     model.train(was_training)
-    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
-        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
-        raise ConfigValueError(
-            "model", shape, f"a model whose output is a tensor of N x {data.num_outputs}"
-        )
-    if outputs.shape[1] != data.num_outputs:
-        what = "classes" if data.classes is not None else "target columns"
-        raise DataError(
-            f"The model outputs {outputs.shape[1]} values per sample, but the data has "
-            f"{data.num_outputs} {what}: give the model num_classes={data.num_outputs} "
-            "(the run passes it to a model that takes `num_classes`)."
-        )
+    task.check_outputs(outputs, data.num_outputs)
 
 
 def build_optimizer(node, model: nn.Module) -> torch.optim.Optimizer:

@@ -1,10 +1,12 @@
 """The training loop: `train_one_epoch`, `evaluate` and `fit` over epochs.
 
-Metrics are summed on the device and read once per epoch: a `.item()` per batch would
-make the host wait for the GPU after every step. In a distributed run the sums are
-added across ranks at that point, once, so every rank sees the same epoch metrics.
-What happens between epochs besides training (checkpoints, early stopping, tracking,
-pruning, progress) is a callback.
+Metrics are torchmetrics states updated on the device and read once per epoch
+(metrics.py): a `.item()` per batch would make the host wait for the GPU after every
+step. In a distributed run torchmetrics reduces the states across ranks at that point,
+so every rank sees the same epoch metrics. Inputs of any form (a tensor, a tuple, a
+dict: data/batches.py) reach the model through `call_model`. What happens between
+epochs besides training (checkpoints, early stopping, tracking, pruning, progress) is a
+callback.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from experiment.data.batches import call_model, leaves, sample_count
 from experiment.errors import NonFiniteLossError
 from experiment.runtime.device import autocast, synchronize
-from experiment.runtime.distributed import sum_across_ranks
-from experiment.training.tasks import Classification, add_sums
+from experiment.training.metrics import EpochMetrics
+from experiment.training.tasks import Classification, float_outputs
 
 
 @dataclass
@@ -35,13 +38,16 @@ class FitSettings:
     min_delta: float = 0.0  # a smaller change of `monitor` is no improvement
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: plain fp32
     task: object = field(default_factory=Classification)  # loss and metrics (tasks.py)
+    # What the task's metrics are built for (classes, target columns); None: the width of
+    # the model's outputs.
+    num_outputs: int | None = None
     grad_clip: float | None = None  # max global gradient norm
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
     scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
     seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
 
     @classmethod
-    def of_run(cls, run, device, task, amp_dtype) -> FitSettings:
+    def of_run(cls, run, device, task, amp_dtype, num_outputs: int) -> FitSettings:
         """How `fit` trains `run` (an entered RunConfig) on `device`."""
         regularization, monitor = run.regularization, run.monitor
         return cls(
@@ -52,6 +58,7 @@ class FitSettings:
             min_delta=regularization.early_stopping.min_delta,
             amp_dtype=amp_dtype,
             task=task,
+            num_outputs=num_outputs,
             grad_clip=regularization.grad_clip,
             scheduler_interval=str(run.scheduler.interval),
             # Only a plateau schedule watches a metric (PlateauSchedulerConf.monitor).
@@ -110,11 +117,12 @@ def train_one_epoch(
     model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None
 ) -> dict[str, float]:
     model.train()
-    task, sums = settings.task, None
+    task = settings.task
+    metrics = EpochMetrics(task, settings.num_outputs, settings.device)
     for inputs, targets in loader:
         optimizer.zero_grad(set_to_none=True)
         with autocast(settings.device, settings.amp_dtype):
-            outputs = model(inputs)
+            outputs = call_model(model, inputs)
             loss = task.loss(outputs, targets)
         loss.backward()
         if settings.grad_clip:
@@ -122,49 +130,36 @@ def train_one_epoch(
         optimizer.step()
         if step_scheduler is not None:  # per-batch schedules (one-cycle)
             step_scheduler.step()
-        sums = add_sums(sums, task.batch_sums(outputs.detach(), targets, loss.detach()))
-    totals = epoch_totals(sums)
-    return {**task.metrics(totals), "samples": int(totals["count"])}
+        metrics.update(float_outputs(outputs), targets, loss)
+    values, _ = metrics.compute()
+    return values
 
 
-def epoch_totals(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An epoch's running sums, added across the ranks of a distributed run (one
-    collective) and read to the host as float64 (one device read)."""
-    names = list(sums)
-    flat = torch.cat([sums[k].to(torch.float64).flatten() for k in names])
-    totals = sum_across_ranks(flat).cpu()
-    parts = totals.split([sums[k].numel() for k in names])
-    return {k: part.view(sums[k].shape) for k, part in zip(names, parts, strict=True)}
-
-
-def evaluate(model: nn.Module, loader, *, device, amp_dtype=None, task=None) -> dict:
+def evaluate(model: nn.Module, loader, *, device, amp_dtype=None, task=None, num_outputs=None):
     """The task's metrics over `loader` (default task: classification)."""
-    metrics, _ = evaluate_with_totals(model, loader, device=device, amp_dtype=amp_dtype, task=task)
-    return metrics
+    values, _ = evaluate_with_figures(
+        model, loader, device=device, amp_dtype=amp_dtype, task=task, num_outputs=num_outputs
+    )
+    return values
 
 
 @torch.no_grad()
-def evaluate_with_totals(
-    model: nn.Module, loader, *, device, amp_dtype=None, task=None, points: int = 0
+def evaluate_with_figures(
+    model: nn.Module, loader, *, device, amp_dtype=None, task=None, num_outputs=None, figures=False
 ) -> tuple[dict, dict]:
-    """The task's metrics over `loader` and the sums they came from (a classification's
-    confusion matrix, say); with `points`, the sums' "points" hold up to that many
-    (predicted, true) pairs of the first output, for a regression's plot."""
+    """The task's metrics over `loader` (without the sample count) and, with `figures`,
+    its figure metrics' values (a classification's confusion matrix, say)."""
     model.eval()
     task = task or Classification()
-    sums, kept = None, []
+    metrics = EpochMetrics(task, num_outputs, device, figures=figures)
     for inputs, targets in loader:
         with autocast(device, amp_dtype):
-            outputs = model(inputs)
-        outputs = outputs.float()
-        loss = task.eval_loss(outputs, targets)
-        sums = add_sums(sums, task.batch_sums(outputs, targets, loss))
-        if points and sum(len(p) for p in kept) < points:
-            kept.append(torch.stack([outputs[:, 0], targets[:, 0].float()], 1))
-    totals = epoch_totals(sums)
-    if kept:
-        totals["points"] = torch.cat(kept)[:points].cpu().numpy()
-    return task.metrics(totals), totals
+            outputs = call_model(model, inputs)
+        outputs = float_outputs(outputs)
+        metrics.update(outputs, targets, task.eval_loss(outputs, targets))
+    values, drawn = metrics.compute()
+    values.pop("samples")
+    return values, drawn
 
 
 def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtype=None) -> float:
@@ -175,11 +170,12 @@ def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtyp
     start = time.perf_counter()
     train_model.train()
     with autocast(device, amp_dtype):
-        loss = train_model(inputs).float().square().mean()  # any loss compiles the backward
+        outputs = call_model(train_model, inputs)
+        loss = sum(o.float().square().mean() for o in leaves(outputs))  # any loss will do
     loss.backward()
     with torch.no_grad(), autocast(device, amp_dtype):
         train_model.eval()
-        train_model(inputs)
+        call_model(train_model, inputs)
     synchronize(device)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
@@ -188,20 +184,18 @@ def warm_up(model: nn.Module, train_model: nn.Module, batch, *, device, amp_dtyp
 
 
 @torch.no_grad()
-def latency_per_image_ms(
-    model: nn.Module, images: torch.Tensor, *, device, amp_dtype=None
-) -> float:
-    """Inference time per image (milliseconds) for a batch of `images`: the median of a
-    few timed passes after a warm-up one."""
+def latency_per_image_ms(model: nn.Module, inputs, *, device, amp_dtype=None) -> float:
+    """Inference time per sample (milliseconds) for a batch of `inputs` (of any form):
+    the median of a few timed passes after a warm-up one."""
     model.eval()
     timings = []
     for _ in range(6):
         start = time.perf_counter()
         with autocast(device, amp_dtype):
-            model(images)
+            call_model(model, inputs)
         synchronize(device)
         timings.append(time.perf_counter() - start)
-    return 1000.0 * sorted(timings[1:])[2] / len(images)
+    return 1000.0 * sorted(timings[1:])[2] / sample_count(inputs)
 
 
 def seed_epoch(data, seed: int, epoch: int) -> None:
@@ -244,8 +238,14 @@ def fit(
                 f"Training loss became {train['loss']} in epoch {epoch}: the run diverged. "
                 f"Lower optimizer.lr (now {lr:g}) or set regularization.grad_clip."
             )
-        device, amp_dtype, task = settings.device, settings.amp_dtype, settings.task
-        val = evaluate(model, data.val, device=device, amp_dtype=amp_dtype, task=task)
+        val = evaluate(
+            model,
+            data.val,
+            device=settings.device,
+            amp_dtype=settings.amp_dtype,
+            task=settings.task,
+            num_outputs=settings.num_outputs,
+        )
         metrics = {
             **{f"train/{k}": v for k, v in train.items() if k != "samples"},
             **{f"val/{k}": v for k, v in val.items()},

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from experiment.config.run_config import RunConfig, overrides_yaml
 from experiment.data import sources
+from experiment.data.batches import map_inputs
 from experiment.data.loaders import example_batch
 from experiment.errors import ConfigValueError
 from experiment.models import deployable, pretrained
@@ -43,11 +44,12 @@ from experiment.training.checkpoint import BEST, LAST, check_folder, load_checkp
 from experiment.training.engine import (
     FitSettings,
     FitState,
-    evaluate_with_totals,
+    evaluate_with_figures,
     fit,
     latency_per_image_ms,
     warm_up,
 )
+from experiment.training.metrics import metric_names
 from experiment.training.progress import EpochProgress
 
 log = logging.getLogger("experiment")
@@ -87,7 +89,8 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
     state = None
     if point is not None:
         state = point.checkpoint.restore(parts.model, parts.optimizer, parts.scheduler)
-    settings = FitSettings.of_run(run, device, task, autocast_dtype(run.trainer.precision, device))
+    amp_dtype = autocast_dtype(run.trainer.precision, device)
+    settings = FitSettings.of_run(run, device, task, amp_dtype, parts.data.num_outputs)
     progress = EpochProgress(
         run.trainer.epochs,
         settings.monitor,
@@ -115,13 +118,13 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             EarlyStopping(run.regularization.early_stopping.patience),
         ]
         result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
-        test, test_totals = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
+        test, test_figures = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
         summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
         if ranks.main:
             trial.record_measures(run_measures(result, summary))
         with store_failure_keeps(checkpoint_dir, "after training"):
             # The curves' metric, and what draws the task's test figure into a folder.
-            figure = (task.curve_metric, partial(task.plot, test_totals, parts.data.classes))
+            figure = (task.curve_metric, partial(task.plot, test_figures, parts.data.classes))
             package = partial(deployable.of_run, parts.model, parts.data, task)
             tracker.log_final(summary, result.history, figure, package)
         if ranks.main:
@@ -194,13 +197,14 @@ def trainable_logger(tracker):
 def check_objectives_exist(run: RunConfig, task, num_outputs: int) -> None:
     """Every validation metric among the objectives is one the task computes (known once
     the data is: top5_acc needs more than 5 classes); refused before training."""
-    names = [f"val/{name}" for name in task.metric_names(num_outputs)]
+    names = [f"val/{name}" for name in metric_names(task, num_outputs)]
     for metric in (o.metric for o in run.objectives):
         if metric.startswith("val/") and metric not in names:
             raise ConfigValueError(
                 "optimized_metric",
                 metric,
-                f"a metric of task={task.name}: {', '.join(names)} (or a run measure)",
+                f"a metric of task={task.name}: {', '.join(names)} (or a run measure; "
+                "task.metrics adds metrics of your own)",
             )
 
 
@@ -226,13 +230,14 @@ def evaluate_best(
         weights = LAST if dataset.train_on_val else BEST
         parts.model.load_state_dict(load_checkpoint(checkpoint_dir / weights)["model"])
     distributed.copy_weights_from_main(parts.model)
-    return evaluate_with_totals(
+    return evaluate_with_figures(
         parts.model,
         parts.data.test,
         device=settings.device,
         amp_dtype=settings.amp_dtype,
         task=settings.task,
-        points=getattr(settings.task, "plot_points", 0),
+        num_outputs=settings.num_outputs,
+        figures=True,
     )
 
 
@@ -255,9 +260,9 @@ def final_metrics(
         **peak_memory_mb(settings.device),
     }
     if "model/latency_ms" in wanted or run.wants("model/latency_ms"):
-        images = example_batch(parts.data.val, size=64).to(settings.device)
+        inputs = map_inputs(lambda x: x.to(settings.device), example_batch(parts.data.val, 64))
         metrics["model/latency_ms"] = latency_per_image_ms(
-            parts.model, images, device=settings.device, amp_dtype=settings.amp_dtype
+            parts.model, inputs, device=settings.device, amp_dtype=settings.amp_dtype
         )
     return metrics
 

@@ -1,23 +1,24 @@
-"""What a run learns: a task owns the loss, the metrics and the per-task plot.
+"""What a run learns: a task owns the loss, the metrics, what a prediction is and the
+per-task plot. `Task` is the protocol; the loop, evaluation, tracking and the logged
+model call it and never branch on which task it is.
 
-The loop, evaluation, the reduction across ranks and tracking call the task and never
-branch on it. Metrics follow the loop's rule: each batch adds to running sums on the
-device (`batch_sums`); once per epoch the sums are added across ranks and read to the
-host in one go, and `metrics` turns them into numbers. Sums are exact, so a metric is the
-same whether an epoch ran on one process or was split between several.
+A user's own task (`task._target_: mypackage.MyTask`) subclasses `Task` (or provides its
+methods) and overrides what differs: at least `loss`, usually `metrics`. It is the way
+to problems the two tasks here do not cover, a model with two heads whose loss weighs
+both, say (examples/two_heads).
 
 `classification` (`task=classification`, the default): cross-entropy with label smoothing
 (or `nll` for models that end in log-softmax), metrics `acc`, `top5_acc` (more than 5
 classes), macro `f1`, and the test confusion matrix; with `bce_with_logits` and 0/1
-targets of one column per label, multi-label: `acc` per label and macro `f1` over labels.
+targets of one column per label, multi-label: `acc` over labels and macro `f1`.
 `regression` (`task=regression`): float targets of any width, `mse` / `l1` / `smooth_l1`,
 metrics `mse`, `mae` and `r2` (averaged over target columns, as scikit-learn's
-`r2_score`), and a predicted-against-true plot.
+`r2_score`), and a predicted-against-true plot. Metrics are torchmetrics objects
+(metrics.py), as are those `task.metrics` adds.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torchmetrics import Metric, classification, regression
 
 from experiment.errors import ConfigValueError, DataError
-
-Sums = dict[str, torch.Tensor]
+from experiment.training.metrics import KeptPoints
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "nll", "bce_with_logits")
 REGRESSION_LOSSES = ("mse", "l1", "smooth_l1")
@@ -64,16 +65,92 @@ def _loss_function(spec, allowed: tuple[str, ...], label_smoothing: float) -> Ca
     return loss
 
 
-def add_sums(total: Sums | None, batch: Sums) -> Sums:
-    """Running sums: the first batch's sums, then each next batch added in place."""
-    if total is None:
-        return {k: v.clone() for k, v in batch.items()}
-    for key, value in batch.items():
-        total[key] += value
-    return total
+class Task:
+    """The protocol of a task, with defaults: subclass it and override what differs.
+
+    The loop calls, per batch: `loss(outputs, targets)` while training and
+    `eval_loss(outputs, targets)` while evaluating (outputs: what the model returned, a
+    tensor or a tuple or dict of them; targets: the batch's, after `prepare_targets`);
+    then `predictions(outputs)` and, for each metric, `metric_inputs(metric,
+    predictions, targets)`, which gives the metric's `update` its arguments. Before any
+    training `check_targets` and `check_outputs` see the first batch.
+    """
+
+    name = "custom"  # the logged model's metadata and messages say it
+    has_classes = False  # outputs are scores for the data's classes
+    multi_label = False
+    curve_metric = "loss"  # what the learning-curves plot shows beside the loss
+    added_metrics: dict = {}  # the run's task.metrics nodes (metrics.py)
+
+    def loss(self, outputs, targets) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define loss(outputs, targets)")
+
+    def eval_loss(self, outputs, targets) -> torch.Tensor:
+        """The loss on validation and test (without training-only terms)."""
+        return self.loss(outputs, targets)
+
+    def prepare_targets(self, targets):
+        """A batch's targets in the form `loss` and the metrics take."""
+        return targets
+
+    def check_targets(self, targets, num_outputs: int) -> None:
+        """Raise a DataError naming the problem for targets this task cannot use."""
+
+    def check_outputs(self, outputs, num_outputs: int) -> None:
+        """Raise an error naming the problem for model outputs this task cannot use."""
+
+    def predictions(self, outputs):
+        """What the model's outputs mean to a user (probabilities, values): what the
+        metrics see and what the logged model answers. A tensor, or a dict of them."""
+        return outputs
+
+    def metrics(self, num_outputs: int) -> dict[str, Metric]:
+        """The task's own metrics, by name (new objects at each call)."""
+        return {}
+
+    def metric_inputs(self, metric: Metric, predictions, targets) -> tuple:
+        """The arguments of `metric.update` for a batch."""
+        return predictions, targets
+
+    def figure_metrics(self, num_outputs: int) -> dict[str, Metric]:
+        """Metrics that feed the test split's figure (`plot`), not logged as numbers."""
+        return {}
+
+    def plot(self, figures: dict[str, torch.Tensor], classes, path: Path) -> Path | None:
+        """Draw the test figure from `figures` (the computed figure metrics) into `path`;
+        the file, or None for none."""
+        return None
 
 
-class Classification:
+def float_outputs(outputs):
+    """Model outputs (a tensor, or a tuple or dict of them) as float32, detached."""
+    if isinstance(outputs, dict):
+        return {k: v.detach().float() for k, v in outputs.items()}
+    if isinstance(outputs, tuple | list):
+        return tuple(v.detach().float() for v in outputs)
+    return outputs.detach().float()
+
+
+def check_output_tensor(outputs, num_outputs: int, has_classes: bool) -> None:
+    """The project's tasks take one tensor of N x num_outputs."""
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
+        raise ConfigValueError(
+            "model",
+            shape,
+            f"a model whose output is a tensor of N x {num_outputs} (or a task of your own "
+            "for other outputs: task._target_)",
+        )
+    if outputs.shape[1] != num_outputs:
+        what = "classes" if has_classes else "target columns"
+        raise DataError(
+            f"The model outputs {outputs.shape[1]} values per sample, but the data has "
+            f"{num_outputs} {what}: give the model num_classes={num_outputs} "
+            "(the run passes it to a model that takes `num_classes`)."
+        )
+
+
+class Classification(Task):
     """Single-label (integer class targets) or, with `bce_with_logits`, multi-label."""
 
     name = "classification"
@@ -83,8 +160,6 @@ class Classification:
         self,
         loss="cross_entropy",
         label_smoothing: float = 0.0,
-        metric: str = "val/acc",
-        direction: str = "maximize",
     ):
         self.loss_name = loss if isinstance(loss, str) else None
         self.loss = _loss_function(loss, CLASSIFICATION_LOSSES, label_smoothing)
@@ -97,7 +172,6 @@ class Classification:
         self.output_head = {"bce_with_logits": "sigmoid", "nll": "exp"}.get(
             self.loss_name or "", "softmax"
         )
-        self.objective = (metric, direction)
 
     def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Class indices as int64, multi-label columns as float32; targets that suit
@@ -108,10 +182,55 @@ class Classification:
             return targets.long()
         return targets
 
-    def metric_names(self, num_outputs: int) -> list[str]:
+    def metrics(self, num_outputs: int) -> dict[str, Metric]:
+        n = num_outputs
         if self.multi_label:
-            return ["loss", "acc", "f1"]
-        return ["loss", "acc", *(["top5_acc"] if num_outputs > 5 else []), "f1"]
+            return {
+                "acc": classification.MultilabelAccuracy(n, average="micro", validate_args=False),
+                "f1": classification.MultilabelF1Score(n, average="macro", validate_args=False),
+            }
+        found = {"acc": classification.MulticlassAccuracy(n, average="micro", validate_args=False)}
+        if n > 5:
+            found["top5_acc"] = classification.MulticlassAccuracy(
+                n, top_k=5, average="micro", validate_args=False
+            )
+        found["f1"] = classification.MulticlassF1Score(n, average="macro", validate_args=False)
+        return found
+
+    def figure_metrics(self, num_outputs: int) -> dict[str, Metric]:
+        if self.multi_label:
+            return {}
+        return {
+            "confusion": classification.MulticlassConfusionMatrix(num_outputs, validate_args=False)
+        }
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (per label, for multi-label), as the logged model answers."""
+        outputs = outputs.float()
+        if self.output_head == "sigmoid":
+            return outputs.sigmoid()
+        if self.output_head == "exp":
+            return outputs.exp()
+        return outputs.softmax(dim=1)
+
+    def metric_inputs(self, metric: Metric, predictions, targets) -> tuple:
+        """Probabilities, as torchmetrics documents them per task: N x C (multiclass),
+        N x L with int targets (multilabel), the positive class's N (binary metrics)."""
+        if self.multi_label:
+            return predictions, targets.long()
+        if type(metric).__name__.startswith("Binary"):
+            if predictions.shape[1] != 2:
+                raise ConfigValueError(
+                    "task.metrics",
+                    type(metric).__name__,
+                    f"a multiclass metric for these {predictions.shape[1]} classes (a binary "
+                    "one needs 2)",
+                )
+            return predictions[:, 1], targets
+        return predictions, targets
+
+    def check_outputs(self, outputs, num_outputs: int) -> None:
+        check_output_tensor(outputs, num_outputs, has_classes=True)
 
     def check_targets(self, targets: torch.Tensor, num_outputs: int) -> None:
         """A clear error for targets this loss cannot use (before any training)."""
@@ -131,59 +250,18 @@ class Classification:
                 "task=regression for real-valued ones."
             )
 
-    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> Sums:
-        n, classes = outputs.shape[0], outputs.shape[1]
-        sums = {"loss": loss.float() * n, "count": torch.tensor(float(n), device=outputs.device)}
-        if self.multi_label:
-            predicted, truth = outputs > 0, targets > 0.5
-            sums["correct"] = (predicted == truth).sum().float() / classes
-            sums["tp"] = (predicted & truth).sum(0).float()
-            sums["fp"] = (predicted & ~truth).sum(0).float()
-            sums["fn"] = (~predicted & truth).sum(0).float()
-            return sums
-        predicted = outputs.argmax(1)
-        sums["correct"] = (predicted == targets).sum().float()
-        if classes > 5:
-            top5 = outputs.topk(5, dim=1).indices
-            sums["top5"] = (top5 == targets[:, None]).any(1).sum().float()
-        pairs = torch.bincount(targets * classes + predicted, minlength=classes * classes)
-        sums["confusion"] = pairs.float().view(classes, classes)  # rows: true class
-        return sums
-
-    def metrics(self, sums: Sums) -> dict[str, float]:
-        count = float(sums["count"])
-        result = {"loss": float(sums["loss"]) / count, "acc": float(sums["correct"]) / count}
-        if "top5" in sums:
-            result["top5_acc"] = float(sums["top5"]) / count
-        if self.multi_label:
-            tp, fp, fn = sums["tp"], sums["fp"], sums["fn"]
-        else:
-            confusion = sums["confusion"]
-            tp = confusion.diagonal()
-            fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
-        result["f1"] = _macro_f1(tp, fp, fn)
-        return result
-
-    def plot(self, test_sums: Sums, classes: list[str] | None, path: Path) -> Path | None:
+    def plot(self, figures: dict, classes: list[str] | None, path: Path) -> Path | None:
         """The test confusion matrix (single-label); None for multi-label."""
-        if self.multi_label:
+        if "confusion" not in figures:
             return None
         from experiment.tracking import plots
 
-        matrix = test_sums["confusion"].long().numpy()
+        matrix = figures["confusion"].long().numpy()
         names = classes or [str(i) for i in range(len(matrix))]
         return plots.confusion_matrix(matrix, names, path / "confusion_matrix.png")
 
 
-def _macro_f1(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> float:
-    """The mean over classes of 2TP / (2TP + FP + FN); a class never seen nor predicted
-    counts as 0, as scikit-learn's f1_score(average='macro', zero_division=0)."""
-    denominator = 2 * tp + fp + fn
-    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1e-12), 0.0)
-    return float(f1.mean())
-
-
-class Regression:
+class Regression(Task):
     """Float targets N x D (a 1-D target is one column); the model outputs N x D."""
 
     name = "regression"
@@ -192,13 +270,31 @@ class Regression:
     curve_metric = "r2"
     plot_points = 5000  # the test predictions kept for the plot
 
-    def __init__(self, loss="mse", metric: str = "val/mse", direction: str = "minimize"):
+    def __init__(self, loss="mse"):
         self.loss_name = loss if isinstance(loss, str) else None
         self.loss = self.eval_loss = _loss_function(loss, REGRESSION_LOSSES, 0.0)
-        self.objective = (metric, direction)
 
-    def metric_names(self, num_outputs: int) -> list[str]:
-        return ["loss", "mse", "mae", "r2"]
+    def metrics(self, num_outputs: int) -> dict[str, Metric]:
+        return {
+            "mse": regression.MeanSquaredError(),
+            "mae": regression.MeanAbsoluteError(),
+            "r2": regression.R2Score(multioutput="uniform_average"),
+        }
+
+    def figure_metrics(self, num_outputs: int) -> dict[str, Metric]:
+        return {"points": KeptPoints(self.plot_points)}
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.float()
+
+    def metric_inputs(self, metric: Metric, predictions, targets) -> tuple:
+        """N x D; one column as N, the form torchmetrics' single-output metrics take."""
+        if predictions.shape[1] == 1:
+            return predictions[:, 0], targets[:, 0].float()
+        return predictions, targets.float()
+
+    def check_outputs(self, outputs, num_outputs: int) -> None:
+        check_output_tensor(outputs, num_outputs, has_classes=False)
 
     def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Columns N x D (a 1-D target is one column), float32 where they are floats."""
@@ -214,36 +310,11 @@ class Regression:
                 "task=classification for class labels."
             )
 
-    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> Sums:
-        outputs, targets = outputs.float(), targets.float()
-        error = outputs - targets
-        n = outputs.shape[0]
-        return {
-            "loss": loss.float() * n,
-            "count": torch.tensor(float(n), device=outputs.device),
-            "se": (error * error).sum(0),
-            "ae": error.abs().sum(0),
-            "y": targets.sum(0),
-            "yy": (targets * targets).sum(0),
-        }
-
-    def metrics(self, sums: Sums) -> dict[str, float]:
-        count = float(sums["count"])
-        width = sums["se"].numel()
-        total = (sums["yy"] - sums["y"] ** 2 / count).clamp(min=0)  # per column
-        r2 = torch.where(total > 0, 1 - sums["se"] / total.clamp(min=1e-300), math.nan)
-        return {
-            "loss": float(sums["loss"]) / count,
-            "mse": float(sums["se"].sum()) / (count * width),
-            "mae": float(sums["ae"].sum()) / (count * width),
-            "r2": float(r2.mean()),
-        }
-
-    def plot(self, test_sums: Sums, classes, path: Path) -> Path | None:
+    def plot(self, figures: dict, classes, path: Path) -> Path | None:
         """Predicted against true values of the test split (the first column)."""
-        points = test_sums.get("points")
-        if points is None:
+        points = figures.get("points")
+        if points is None or len(points) == 0:
             return None
         from experiment.tracking import plots
 
-        return plots.predicted_vs_true(points, path / "predicted_vs_true.png")
+        return plots.predicted_vs_true(points.numpy(), path / "predicted_vs_true.png")
