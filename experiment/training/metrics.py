@@ -124,9 +124,7 @@ class EpochMetrics:
     figure metrics, for the test split's plot; `num_outputs` None: the width of the
     first batch's outputs)."""
 
-    def __init__(
-        self, task, num_outputs: int | None, device: torch.device, figures: bool = False
-    ):
+    def __init__(self, task, num_outputs: int | None, device: torch.device, figures: bool = False):
         self.task, self.device, self.with_figures = task, device, figures
         # Sums, not a MeanMetric: with nan_strategy="disable" (no host sync per batch to
         # look for NaNs), torchmetrics' MeanMetric drops the weights.
