@@ -11,12 +11,14 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 import torch.distributed as dist
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from experiment.errors import DistributedError
 from experiment.runtime import distributed
@@ -70,7 +72,9 @@ def _rank_sees(rank: int, init_file: str, out_dir: str) -> None:
         callback(state)
     except optuna.TrialPruned as err:
         seen.append(f"pruned: {err}")
-    seen.append(distributed.sum_across_ranks(torch.tensor([rank + 1.0])).item())
+    total = torch.tensor([rank + 1.0])
+    distributed.reduced("summing", lambda: dist.all_reduce(total))
+    seen.append(total.item())
     try:
         distributed.same_config_on_all_ranks("config-a" if rank == 0 else "config-b")
     except DistributedError as err:
@@ -86,9 +90,15 @@ def _task_metrics(rank: int, world: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(90, 7, generator=gen), torch.randint(0, 7, (90,), generator=gen)
     predicted, values = torch.randn(90, 2, generator=gen), torch.randn(90, 2, generator=gen)
+    own = Classification()  # with metrics of one's own: a class and a function
+    own.added_metrics = {
+        "auroc": {"_target_": "torchmetrics.AUROC"},
+        "brier": {"_target_": "tests.apps.structured.brier"},
+    }
     cases = {
         "classification": (Classification(), logits, labels),
         "regression": (Regression(), predicted, values),
+        "own metrics": (own, logits, labels),
     }
     return {
         name: evaluate(
@@ -96,6 +106,7 @@ def _task_metrics(rank: int, world: int) -> dict:
             [(x[rank::world], y[rank::world])],
             device=torch.device("cpu"),
             task=task,
+            num_outputs=x.shape[1],
         )
         for name, (task, x, y) in cases.items()
     }
@@ -111,11 +122,24 @@ def test_rank_zero_decides_and_every_rank_follows(tmp_path):
     assert (rank0[0], rank0[1][:4]) == ([0, 1], [*decided, refused])
     # Rank 1 ran no callback, yet stopped and was pruned with rank 0.
     assert (rank1[0], rank1[1][:4]) == ([], [*decided, refused])
-    # Metrics summed across the ranks: those of one process over all the samples.
+    # Metrics reduced across the ranks: those of one process over all the samples, and
+    # scikit-learn's.
     single = _task_metrics(0, world=1)
     for metrics in (rank0[1][4], rank1[1][4]):
         for task, values in single.items():
             assert metrics[task] == pytest.approx(values, rel=1e-6), task
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(90, 7, generator=gen), torch.randint(0, 7, (90,), generator=gen)
+    predicted, truth = logits.argmax(1), labels.numpy()
+    probabilities = logits.softmax(1).numpy()
+    reference = {
+        "acc": accuracy_score(truth, predicted),
+        "f1": f1_score(truth, predicted, average="macro"),
+        "auroc": roc_auc_score(truth, probabilities, multi_class="ovr"),
+        "brier": ((probabilities - np.eye(7)[truth]) ** 2).sum(1).mean(),
+    }
+    for name, value in reference.items():
+        assert rank0[1][4]["own metrics"][name] == pytest.approx(value, rel=1e-5), name
 
 
 def _metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -30,6 +31,7 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 OWN = ROOT / "examples" / "own_project"
+SEQUENCES = ROOT / "examples" / "sequences"
 _NOT_SOURCE = shutil.ignore_patterns(
     ".git",
     ".venv",
@@ -197,14 +199,45 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
         expected = model(rows).squeeze(1).tolist()
     assert [float(line.split(",")[1]) for line in lines] == pytest.approx(expected, rel=1e-4)
 
-    # Classification through the console script, on the DataLoader path (a Dataset).
+    # The sequences project (examples/sequences): dict items of variable length, padded
+    # by its collate_fn, a GRU taking (tokens, lengths) by name, AUROC of its own as the
+    # objective; a run through the console script (the DataLoader path), its model
+    # predicting from an .npz, then a 3-trial sweep for val/auroc.
+    sequences = tmp_path / "sequences"
+    shutil.copytree(SEQUENCES, sequences)
     script = [str(target / "bin" / "experiment-train")]  # run by this Python, as pip wrote it
-    wine = ["--config-dir", "conf", "dataset=wine_dataset", "model=tiny", "trainer.epochs=30"]
-    proc = run_cli(wine, project, env=env, program=script)
+    small = ["dataset.source.samples=300", "trainer.epochs=3"]
+    gru = ["--config-dir", "conf", "dataset=motifs", "model=gru", "task=auroc", *small]
+    proc = run_cli(gru, sequences, env=env, program=script)
     assert proc.returncode == 0, output(proc)
-    classified = next(r for r in all_runs(sqlite_uri(project)) if r.info.run_id != run.info.run_id)
-    assert classified.data.metrics["test/acc"] > 0.8
-    assert {"test/f1", "val/f1"} <= set(classified.data.metrics)
+    (scored,) = all_runs(sqlite_uri(sequences))
+    assert scored.info.status == "FINISHED" and scored.data.params["task.metric"] == "val/auroc"
+    assert {"train/auroc", "val/auroc", "test/auroc", "test/acc"} <= set(scored.data.metrics)
+    assert 0.0 <= scored.data.metrics["test/auroc"] <= 1.0
+    tokens = np.array([[7, 3, 5, 0], [1, 2, 4, 6]])  # the motif, and none; padded with 0
+    np.savez(sequences / "two.npz", tokens=tokens, lengths=np.array([2, 4]))
+    proc = run_cli(
+        [f"runs:/{scored.info.run_id}/model", "two.npz", "--tracking-uri", sqlite_uri(sequences)],
+        sequences,
+        env=env,
+        program=predict,
+        split_stderr=True,
+    )
+    assert proc.returncode == 0, output(proc)
+    header, *lines = proc.stdout.strip().splitlines()
+    assert header == "input,class,probability" and len(lines) == 2
+    assert all(line.split(",")[1] in {"0", "1"} for line in lines)  # the labels
+    storage = f"sqlite:///{sequences / 'optuna.db'}"
+    quick = ["tracking.log_model=false", "tracking.log_plots=false", "trainer.epochs=2"]
+    sweep = [
+        *["--config-dir", "conf", "-m", "hparams_search=gru", "hydra.sweeper.n_trials=3"],
+        *[f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=gru", *small, *quick],
+    ]
+    proc = run_cli(sweep, sequences, env=env)
+    assert proc.returncode == 0, output(proc)
+    study = optuna.load_study(study_name="gru", storage=storage)
+    assert study.direction.name == "MAXIMIZE" and len(study.trials) == 3
+    assert all(t.state.name == "COMPLETE" and 0 <= t.value <= 1 for t in study.trials)
 
     # A sweep of the project's own model key on the regression task, minimizing val/mse.
     storage = f"sqlite:///{project / 'optuna.db'}"

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score, r2_score
+from sklearn.metrics import f1_score, r2_score, roc_auc_score
 
 import experiment
 from experiment.train import run_reporting_errors
-from experiment.training.builders import build_parts
+from experiment.training.builders import build_parts, build_task
 from experiment.training.engine import evaluate
 from experiment.training.tasks import Classification, Regression
 from tests.conftest import ROOT, all_runs, sqlite_uri, tracking_overrides
@@ -60,6 +60,43 @@ def test_classification_metrics_equal_scikit_learns():
     )
 
 
+def test_metrics_of_ones_own_equal_scikit_learns_with_the_data_filling_their_arguments():
+    """task.metrics: a torchmetrics class without num_classes (filled: 7 classes), a
+    binary metric on two classes (it sees the positive class's probability), a plain
+    function of the epoch's predictions and targets."""
+    torch.manual_seed(0)
+    outputs, labels = torch.randn(300, 7), torch.randint(0, 7, (300,))
+    loader = _Batches((outputs[:128], labels[:128]), (outputs[128:], labels[128:]))
+    task = build_task(
+        {
+            "_target_": "experiment.training.tasks.Classification",
+            "metrics": {
+                "auroc": {"_target_": "torchmetrics.classification.MulticlassAUROC"},
+                "brier": {"_target_": "tests.apps.structured.brier"},
+            },
+        }
+    )
+    metrics = evaluate(torch.nn.Identity(), loader, device=CPU, task=task, num_outputs=7)
+    probabilities = outputs.softmax(1).numpy()
+    assert metrics["auroc"] == pytest.approx(
+        roc_auc_score(labels, probabilities, multi_class="ovr"), rel=1e-5
+    )
+    truth = np.eye(7)[labels.numpy()]
+    assert metrics["brier"] == pytest.approx(((probabilities - truth) ** 2).sum(1).mean(), rel=1e-5)
+    binary = build_task(
+        {
+            "_target_": "experiment.training.tasks.Classification",
+            "metrics": {"auroc": {"_target_": "torchmetrics.classification.BinaryAUROC"}},
+        }
+    )
+    two = torch.randn(200, 2)
+    truth2 = torch.randint(0, 2, (200,))
+    values = evaluate(
+        torch.nn.Identity(), _Batches((two, truth2)), device=CPU, task=binary, num_outputs=2
+    )
+    assert values["auroc"] == pytest.approx(roc_auc_score(truth2, two.softmax(1)[:, 1]), rel=1e-5)
+
+
 def test_multi_label_and_regression_metrics_equal_scikit_learns():
     torch.manual_seed(0)
     logits, truth = torch.randn(200, 4), (torch.rand(200, 4) > 0.5).float()
@@ -105,13 +142,21 @@ def test_regression_learns_with_each_named_loss(loss, tmp_path):
 
 @pytest.mark.parametrize("dataset", ["wine", "wine_dataset"])
 def test_a_source_of_tensors_and_a_source_dataset_both_train(dataset, tmp_path):
-    """wine: arrays held on the device; wine_dataset: a torch Dataset and a DataLoader."""
-    cfg = own(f"dataset={dataset}", "model=tiny", "trainer.epochs=15", tmp_path=tmp_path)
+    """wine: arrays held on the device; wine_dataset: a torch Dataset and a DataLoader;
+    a metric of one's own (AUROC, its num_classes filled from the data) as the objective."""
+    cfg = own(
+        f"dataset={dataset}",
+        "model=tiny",
+        "trainer.epochs=15",
+        "+task.metrics.auroc._target_=torchmetrics.AUROC",
+        "optimized_metric=val/auroc",
+        tmp_path=tmp_path,
+    )
     parts = build_parts(cfg, CPU)
     loader = type(parts.data.train).__name__
     assert loader == ("DeviceLoader" if dataset == "wine" else "HostLoader")
     assert parts.data.classes is not None and len(parts.data.classes) == 3
-    assert experiment.run(cfg) > 0.8  # val/acc
+    assert 0.9 < experiment.run(cfg) <= 1.0  # val/auroc
 
 
 @pytest.mark.slow
@@ -169,6 +214,56 @@ BAD = {
     "a model that is no module": (
         ["dataset=wine", "model=tiny", "model._target_=builtins.dict"],
         ["model._target_", "an nn.Module class or factory"],
+    ),
+    "dict items without a target key": (
+        [
+            "dataset=wine",
+            "model=tiny",
+            "dataset.source._target_=tests.apps.structured.dataset_items",
+        ],
+        ["items are dicts", "keys ['label', 'left', 'right']", "set dataset.target_key"],
+    ),
+    "a target key the items lack": (
+        [
+            "dataset=wine",
+            "model=tiny",
+            "dataset.source._target_=tests.apps.structured.dataset_items",
+            "+dataset.target_key=y",
+        ],
+        ["no key 'y'", "label, left, right", "dataset.target_key"],
+    ),
+    "input keys without a target key": (
+        ["dataset=wine", "model=tiny", "+dataset.input_keys=[a]"],
+        ["dataset.input_keys", "dataset.target_key"],
+    ),
+    "a collate_fn that cannot be imported": (
+        ["dataset=wine_dataset", "model=tiny", "+dataset.collate_fn=nowhere.pad"],
+        ["dataset.collate_fn", "nowhere.pad", "importable"],
+    ),
+    "a binary metric for three classes": (
+        [
+            "dataset=wine",
+            "model=tiny",
+            "+task.metrics.auc._target_=torchmetrics.classification.BinaryAUROC",
+        ],
+        ["task.metrics", "BinaryAUROC", "3 classes"],
+    ),
+    "a metric of several numbers": (
+        [
+            "dataset=wine",
+            "model=tiny",
+            "+task.metrics.each._target_=torchmetrics.classification.MulticlassAccuracy",
+            "+task.metrics.each.average=null",
+        ],
+        ["metric 'each' gave (3,) values", "average"],
+    ),
+    "a task without the protocol": (
+        ["dataset=wine", "model=tiny", "task._target_=collections.OrderedDict"],
+        ["task._target_", "subclass experiment.training.tasks.Task"],
+    ),
+    "a metric that is no metric": (
+        ["dataset=wine", "model=tiny", "+task.metrics.x._target_=collections.OrderedDict"],
+        ["task.metrics.x._target_", "torchmetrics.Metric"],
     ),
 }
 

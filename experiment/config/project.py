@@ -4,6 +4,7 @@ command line composes (for the Python API)."""
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -70,3 +71,25 @@ def compose(
         raise ConfigError(error_line(err)) from err
     RunConfig.enter(cfg)  # refused here, as on the command line, if it cannot run
     return cfg
+
+
+def import_dotted(path: str):
+    """The object at a dotted path (`package.module.name`, `module.Class.method`), for a
+    config value that names one; ImportError with one line where there is none. Unlike
+    hydra.utils.get_object, it logs nothing: the caller's message is the one line."""
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:cut])
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name and module.startswith(err.name):  # not this module: a shorter one?
+                continue
+            raise ImportError(f"{module} cannot be imported: {err}") from None
+        try:
+            for name in parts[cut:]:
+                found = getattr(found, name)
+        except AttributeError:
+            raise ImportError(f"module {module} has no {'.'.join(parts[cut:])}") from None
+        return found
+    raise ImportError(f"no module named {parts[0]!r} (is it importable from here?)")

@@ -261,9 +261,12 @@ class HostLoader:
         for batch in self.loader:
             inputs, targets = self.layout.split(batch)
             inputs = map_inputs(self._on_device, inputs)
-            targets = torch.as_tensor(targets).to(self.device, non_blocking=True)
-            targets = self.prepare_targets(targets)
-            yield inputs, targets
+            # Several targets (a tuple, a dict) are for a task of one's own.
+            targets = map_inputs(self._target_on_device, targets)
+            yield inputs, self.prepare_targets(targets)
+
+    def _target_on_device(self, y) -> torch.Tensor:
+        return torch.as_tensor(y).to(self.device, non_blocking=True)
 
     def raw_inputs(self):
         """The first batch's inputs as the DataLoader gives them (before the device)."""

@@ -52,9 +52,10 @@ class Deployable(nn.Module):
             x, self.uint8_scale, self.float_scale, self.shift, self.normalizes_floats
         )
 
-    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
-        given = named if named else (inputs[0] if len(inputs) == 1 else inputs)
-        outputs = call_model(self.model, map_inputs(self.preprocess, given))
+    def forward(self, x):
+        """`x`: one tensor (what torch.export traces for the pt2 format), or a tuple or
+        dict of them, given to the model as its several inputs."""
+        outputs = call_model(self.model, map_inputs(self.preprocess, x))
         if callable(self.head):
             return self.head(outputs)
         outputs = outputs.float()

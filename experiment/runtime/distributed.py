@@ -208,11 +208,16 @@ def _peer_lost(err: BaseException) -> bool:
     return isinstance(err, dist.DistError) or "gloo" in text or "NCCL" in text
 
 
-def sum_across_ranks(values: torch.Tensor) -> torch.Tensor:
-    """The element-wise sum of `values` over all ranks (itself in a single process)."""
-    if _active():
-        _collective("summing metrics", lambda: dist.all_reduce(values))
-    return values
+def reduced(what: str, operation: Callable[[], object]):
+    """`operation()`, which reduces across the ranks through another library (the epoch
+    metrics' sync in torchmetrics): a peer lost on the way becomes one clear
+    DistributedError; any other error stays what it is."""
+    try:
+        return operation()
+    except RuntimeError as err:
+        if _active() and _peer_lost(err):
+            raise lost_ranks(what, err) from err
+        raise
 
 
 def from_main(obj):

@@ -1,5 +1,6 @@
 """What `experiment-predict` reads: images, a folder of them, or feature rows (.npy, .csv),
-as the array a logged model takes (its metadata: input shape and dtype, deployable.py).
+as the array a logged model takes (its metadata: input shape and dtype, deployable.py);
+for a model of several named inputs, an .npz holding an array under each name.
 
 Images are decoded as training decoded them (image_cache.decode: the model's channels,
 resized to its height and width, uint8). Arrays and rows are checked against the model's
@@ -130,3 +131,32 @@ def _as_dtype(array: np.ndarray, wanted: ModelInput, source: Path) -> np.ndarray
                 f"are {array.dtype} in [{array.min():g}, {array.max():g}]."
             )
     return array.astype(wanted.dtype)
+
+
+def read_named(path: Path, inputs: list[dict]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(a name per sample, {input name: array}) from an .npz holding every input the
+    model takes (`inputs`: its metadata's experiment.inputs)."""
+    wanted = [entry["name"] for entry in inputs]
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise DataError(
+            f"This model takes several inputs ({', '.join(wanted)}): give an .npz file "
+            f"holding an array under each name (numpy.savez); {path} is not one."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            found = {name: arrays[name] for name in arrays.files}
+    except (ValueError, OSError) as err:
+        raise DataError(f"Cannot read {path} as an .npz: {err}") from None
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise DataError(
+            f"{path} has no array {missing[0]!r} (it holds {', '.join(sorted(found)) or 'none'}); "
+            f"the model takes {', '.join(wanted)}."
+        )
+    counts = {len(found[name]) for name in wanted}
+    if len(counts) != 1:
+        raise DataError(f"{path}: the inputs hold different numbers of samples {sorted(counts)}.")
+    samples = {
+        entry["name"]: found[entry["name"]].astype(entry["dtype"], copy=False) for entry in inputs
+    }
+    return [str(i) for i in range(counts.pop())], samples

@@ -10,6 +10,7 @@ predictions) is logged as a pyfunc model that takes them by name (structured_mod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -17,7 +18,7 @@ import tempfile
 import numpy as np
 import torch
 
-from experiment.data.batches import call_model, input_names, leaves, structured
+from experiment.data.batches import input_names, leaves, structured
 from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def log_model(tracker, model: torch.nn.Module, example, metadata: dict, step: in
     from mlflow.models import infer_signature
 
     with torch.no_grad():
-        predictions = call_model(model, example)
+        predictions = model(example)
     if structured(example) or not isinstance(predictions, torch.Tensor):
         _log_named_inputs(tracker, model, example, predictions, metadata, step)
         return
@@ -102,7 +103,7 @@ def _log_named_inputs(tracker, model, example, predictions, metadata: dict, step
     )
     form = "dict" if isinstance(example, dict) else "tuple"
     torch_version = torch.__version__.split("+")[0]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _quiet_pyfunc_logging():
         path = os.path.join(folder, "module.pt")
         torch.save(model, path)
         tracker.mlflow.pyfunc.log_model(
@@ -112,9 +113,30 @@ def _log_named_inputs(tracker, model, example, predictions, metadata: dict, step
             signature=signature,
             input_example=arrays,
             pip_requirements=[f"torch=={torch_version}"],
-            metadata=metadata,
+            # The names the pyfunc model takes its arrays by (experiment-predict reads them).
+            metadata={**metadata, "experiment.input_names": names},
             step=step,
         )
+
+
+@contextlib.contextmanager
+def _quiet_pyfunc_logging():
+    """MLflow's advice to log models from code instead of a pickled object does not apply
+    to one the run writes (its class is the package's), and reading back the input
+    example is no download to show a bar for."""
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pyfunc_log.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def _delete_failed_models(tracker) -> None:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel
-
-from experiment.data.batches import call_model
+from mlflow.types.type_hints import TypeFromExample
 
 
 class NamedInputsModel(PythonModel):
@@ -31,7 +30,8 @@ class NamedInputsModel(PythonModel):
     def load_context(self, context) -> None:
         self.module = torch.load(context.artifacts["module"], weights_only=False).eval()
 
-    def predict(self, context, model_input, params=None):
+    # The input's type is the logged input example's (a dict of named arrays).
+    def predict(self, context, model_input: TypeFromExample, params=None):
         missing = [name for name in self.names if name not in model_input]
         if missing:
             raise ValueError(
@@ -40,8 +40,8 @@ class NamedInputsModel(PythonModel):
             )
         tensors = {name: torch.as_tensor(np.asarray(model_input[name])) for name in self.names}
         inputs = tuple(tensors.values()) if self.form == "tuple" else tensors
-        with torch.no_grad():
-            return as_arrays(call_model(self.module, inputs))
+        with torch.no_grad():  # the deployable module takes its inputs as one structure
+            return as_arrays(self.module(inputs))
 
 
 def as_arrays(outputs):

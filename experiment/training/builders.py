@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from torch import nn
 
 from experiment.config import fine_tuning
+from experiment.config.project import import_dotted
 from experiment.config.run_config import RunConfig, as_node
 from experiment.data.batches import call_model, map_inputs
 from experiment.data.loaders import DataBundle, HostBatches, build_loaders
@@ -177,7 +178,7 @@ def build_collate_fn(dataset):
     if spec is None:
         return None
     try:
-        found = get_object(spec) if isinstance(spec, str) else _instantiate(as_node(spec))
+        found = import_dotted(spec) if isinstance(spec, str) else _instantiate(as_node(spec))
     except ExperimentError:
         raise
     except Exception as err:
@@ -225,7 +226,7 @@ def build_model(node, input_shape, num_classes: int, dropout: float | None = Non
 def _parameters(target: str) -> tuple[set[str], bool]:
     """The named parameters of `target` and whether it takes **kwargs."""
     try:
-        factory = get_object(target)
+        factory = import_dotted(target)
     except Exception as err:
         raise ConfigValueError(
             "model._target_",

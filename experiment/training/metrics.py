@@ -19,12 +19,15 @@ import functools
 import inspect
 
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from torchmetrics import Metric
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.utilities import dim_zero_cat
 
+from experiment.config.project import import_dotted
+from experiment.data.batches import sample_count
 from experiment.errors import ConfigValueError, DataError
+from experiment.runtime.distributed import reduced
 
 
 class FunctionMetric(Metric):
@@ -93,7 +96,7 @@ def build_metric(name: str, node, task, num_outputs: int) -> Metric:
     if not isinstance(target, str):
         raise ConfigValueError(key, node, "a node with the _target_ of a metric")
     try:
-        factory = get_object(target)
+        factory = import_dotted(target)
     except Exception as err:
         raise ConfigValueError(
             f"{key}._target_", target, f"an importable metric class or function ({err})"
@@ -145,7 +148,7 @@ class EpochMetrics:
     def update(self, outputs, targets: torch.Tensor, loss: torch.Tensor) -> None:
         if self.named is None:
             self._build(int(outputs.shape[-1]))
-        n = len(targets)
+        n = sample_count(targets)
         self.loss_sum.update(loss.detach().float() * n)
         self.count.update(float(n))
         predictions = self.task.predictions(outputs)
@@ -154,7 +157,10 @@ class EpochMetrics:
 
     def compute(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """(the metrics by name, with the loss and the sample count `samples`; the figure
-        metrics' values, on the host)."""
+        metrics' values, on the host), reduced across the ranks of a distributed run."""
+        return reduced("reducing the epoch's metrics", self._compute)
+
+    def _compute(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         named = self.named or {}
         count = self.count.compute()
         values = {

@@ -131,6 +131,17 @@ def float_outputs(outputs):
     return outputs.detach().float()
 
 
+def one_target_tensor(targets, task: str) -> torch.Tensor:
+    """The project's tasks take one target tensor per batch."""
+    if not isinstance(targets, torch.Tensor):
+        raise DataError(
+            f"task={task} takes one target per sample; the batches' targets are a "
+            f"{type(targets).__name__}. For several targets, give task._target_ a task of "
+            "your own (experiment.training.tasks.Task)."
+        )
+    return targets
+
+
 def check_output_tensor(outputs, num_outputs: int, has_classes: bool) -> None:
     """The project's tasks take one tensor of N x num_outputs."""
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
@@ -176,6 +187,7 @@ class Classification(Task):
     def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Class indices as int64, multi-label columns as float32; targets that suit
         neither are left for `check_targets` to name."""
+        targets = one_target_tensor(targets, self.name)
         if self.multi_label:
             return targets.float()
         if not targets.dtype.is_floating_point and targets.dtype != torch.bool:
@@ -288,16 +300,18 @@ class Regression(Task):
         return outputs.float()
 
     def metric_inputs(self, metric: Metric, predictions, targets) -> tuple:
-        """N x D; one column as N, the form torchmetrics' single-output metrics take."""
+        """N x D; one column as N, the form torchmetrics' single-output metrics take
+        (contiguous: torchmetrics flattens with .view)."""
         if predictions.shape[1] == 1:
-            return predictions[:, 0], targets[:, 0].float()
-        return predictions, targets.float()
+            predictions, targets = predictions[:, 0], targets[:, 0]
+        return predictions.contiguous(), targets.float().contiguous()
 
     def check_outputs(self, outputs, num_outputs: int) -> None:
         check_output_tensor(outputs, num_outputs, has_classes=False)
 
     def prepare_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Columns N x D (a 1-D target is one column), float32 where they are floats."""
+        targets = one_target_tensor(targets, self.name)
         if targets.dtype.is_floating_point:
             targets = targets.float()
         return targets.unsqueeze(1) if targets.ndim == 1 else targets
