@@ -90,4 +90,6 @@ class ClassAndValue(Task):
 
     def check_targets(self, targets, num_outputs: int) -> None:
         if not (isinstance(targets, tuple) and len(targets) == 2):
-            raise DataError("ClassAndValue takes targets (cultivar, alcohol): items (x, (cultivar, alcohol))")
+            raise DataError(
+                "ClassAndValue takes targets (cultivar, alcohol): items (x, (cultivar, alcohol))"
+            )
