@@ -5,6 +5,9 @@ model that takes its inputs by name and predicts through experiment-predict."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +22,7 @@ from experiment.runtime.distributed import Ranks
 from experiment.serving import predict
 from experiment.training.builders import build_collate_fn, build_parts, build_task, load_source
 from tests.conftest import all_runs, sqlite_uri, store_overrides
+from tests.services import model_server
 
 CPU = torch.device("cpu")
 APP = "tests.apps.structured"
@@ -79,6 +83,7 @@ def test_each_form_of_batch_trains_on_its_data_path(form, tmp_path):
     assert experiment.run(cfg) > 0.8  # val/acc: the model saw both inputs
 
 
+@pytest.mark.slow  # a model server
 def test_a_model_of_two_inputs_is_logged_to_take_them_by_name(tmp_path, capsys):
     cfg = _config(tmp_path, "dict items with a collate_fn", *store_overrides(tmp_path))
     experiment.run(cfg)
@@ -103,6 +108,15 @@ def test_a_model_of_two_inputs_is_logged_to_take_them_by_name(tmp_path, capsys):
     assert code == 0 and header == "input,class,probability" and len(rows) == 5
     best = [float(r.split(",")[2]) for r in rows]
     np.testing.assert_allclose(best, probabilities.max(1), rtol=1e-5)
+    # Served over HTTP: named inputs in, the same probabilities out.
+    with model_server(tmp_path / "serve", uri, sqlite_uri(tmp_path)) as server:
+        body = json.dumps({"inputs": {"left": left.tolist(), "right": right.tolist()}}).encode()
+        request = urllib.request.Request(
+            server.url + "/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.load(response)["predictions"])
+    np.testing.assert_allclose(served, probabilities, rtol=1e-5)
     np.savez(tmp_path / "partial.npz", left=left)
     assert (
         predict.main([uri, str(tmp_path / "partial.npz"), "--tracking-uri", sqlite_uri(tmp_path)])

@@ -353,3 +353,41 @@ def test_a_dict_of_splits_with_multi_label_targets_trains_with_bce(tmp_path):
     assert len(parts.data.test.targets) == 60  # test split off train (0.2 of 300)
     assert parts.data.num_outputs == 3 and parts.data.classes is None
     assert experiment.run(cfg) > 0.9  # per-label accuracy on validation
+
+
+def test_a_task_of_ones_own_weighs_two_heads_and_its_model_answers_both(tmp_path, monkeypatch):
+    """examples/two_heads: a Task subclass of one's own (two targets, one loss over two
+    heads, its own metrics and predictions), by _target_ with a key of its own."""
+    import mlflow
+
+    folder = ROOT / "examples" / "two_heads"
+    monkeypatch.syspath_prepend(str(folder))
+    cfg = experiment.compose(
+        [
+            "dataset=wine_parts",
+            "model=two_heads",
+            "task=class_and_value",
+            "task.weight=2.0",
+            "trainer.epochs=8",
+            "trainer.progress=quiet",
+            f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}",
+            *tracking_overrides(tmp_path),
+        ],
+        config_dir=str(folder / "conf"),
+    )
+    best_acc = experiment.run(cfg)
+    (finished,) = all_runs(sqlite_uri(tmp_path))
+    assert finished.info.status == "FINISHED" and finished.data.params["task.weight"] == "2.0"
+    assert best_acc == pytest.approx(finished.data.metrics["best/value"]) and best_acc > 0.8
+    assert {"val/alcohol_mae", "test/alcohol_mae", "test/acc", "test/loss"} <= set(
+        finished.data.metrics
+    )
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[finished.info.experiment_id], output_format="list"
+    )
+    model = mlflow.pyfunc.load_model(logged.model_uri)
+    rows = np.random.default_rng(0).normal(size=(4, 12)).astype(np.float32)
+    answer = model.predict({"input": rows})
+    assert set(answer) == {"probabilities", "alcohol"}
+    np.testing.assert_allclose(answer["probabilities"].sum(1), 1.0, rtol=1e-5)
+    assert answer["alcohol"].shape == (4,)
