@@ -39,8 +39,8 @@ sweep: $(STAMP)  ## an Optuna sweep over lr, batch size, dropout, weight decay
 test: $(STAMP)  ## the whole suite (slow tests included), two tests at a time
 	$(PY) -m pytest -q -n 2 --dist worksteal $(ARGS)
 
-test-fast: $(STAMP)  ## the fast tier: no slow tests
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+test-fast: $(STAMP)  ## the fast tier: no slow tests, two at a time
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" $(ARGS)
 
 lint: $(STAMP)  ## the pre-commit checks on every file: ruff, formatting, large files, conflicts
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pre-commit run --all-files

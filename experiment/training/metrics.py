@@ -21,7 +21,6 @@ import inspect
 import torch
 from hydra.utils import instantiate
 from torchmetrics import Metric
-from torchmetrics.aggregation import SumMetric
 from torchmetrics.utilities import dim_zero_cat
 
 from experiment.config.project import import_dotted
@@ -49,6 +48,24 @@ class FunctionMetric(Metric):
     def compute(self) -> torch.Tensor:
         value = self.function(dim_zero_cat(self.predictions), dim_zero_cat(self.targets))
         return torch.as_tensor(value, dtype=torch.float64)
+
+
+class LossTotals(Metric):
+    """The summed loss and sample count of an epoch, in one state (one update per batch,
+    one reduction across ranks)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("totals", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, count: int) -> None:
+        self.totals[0] += loss.detach().double() * count  # in place: no new tensor per batch
+        self.totals[1] += count
+
+    def compute(self) -> torch.Tensor:
+        return self.totals
 
 
 class KeptPoints(Metric):
@@ -129,10 +146,9 @@ class EpochMetrics:
 
     def __init__(self, task, num_outputs: int | None, device: torch.device, figures: bool = False):
         self.task, self.device, self.with_figures = task, device, figures
-        # Sums, not a MeanMetric: with nan_strategy="disable" (no host sync per batch to
-        # look for NaNs), torchmetrics' MeanMetric drops the weights.
-        self.loss_sum = SumMetric(nan_strategy="disable").to(device)
-        self.count = SumMetric(nan_strategy="disable").to(device)
+        # Not a MeanMetric: it looks for NaNs in each batch (a host sync), and without that
+        # check (nan_strategy="disable") it drops the weights.
+        self.loss = LossTotals().to(device)
         self.named: dict[str, Metric] | None = None
         self.figures: dict[str, Metric] = {}
         if num_outputs is not None:
@@ -148,9 +164,7 @@ class EpochMetrics:
     def update(self, outputs, targets: torch.Tensor, loss: torch.Tensor) -> None:
         if self.named is None:
             self._build(int(outputs.shape[-1]))
-        n = sample_count(targets)
-        self.loss_sum.update(loss.detach().float() * n)
-        self.count.update(float(n))
+        self.loss.update(loss, sample_count(targets))
         predictions = self.task.predictions(outputs)
         for metric in (*self.named.values(), *self.figures.values()):
             metric.update(*self.task.metric_inputs(metric, predictions, targets))
@@ -162,11 +176,8 @@ class EpochMetrics:
 
     def _compute(self) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         named = self.named or {}
-        count = self.count.compute()
-        values = {
-            "loss": self.loss_sum.compute() / count,
-            **{k: m.compute() for k, m in named.items()},
-        }
+        loss, count = self.loss.compute()
+        values = {"loss": loss / count, **{k: m.compute() for k, m in named.items()}}
         for name, value in values.items():
             if torch.as_tensor(value).numel() != 1:
                 raise DataError(
