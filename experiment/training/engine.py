@@ -23,7 +23,6 @@ from torch import nn
 from experiment.data.batches import call_model, leaves, sample_count
 from experiment.errors import NonFiniteLossError
 from experiment.runtime.device import autocast, synchronize
-from experiment.training.metrics import EpochMetrics
 from experiment.training.tasks import Classification, float_outputs
 
 
@@ -116,6 +115,8 @@ EpochCallback = Callable[[FitState], None]
 def train_one_epoch(
     model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None
 ) -> dict[str, float]:
+    from experiment.training.metrics import EpochMetrics  # torchmetrics: ~1.3 s to import
+
     model.train()
     task = settings.task
     metrics = EpochMetrics(task, settings.num_outputs, settings.device)
@@ -149,6 +150,8 @@ def evaluate_with_figures(
 ) -> tuple[dict, dict]:
     """The task's metrics over `loader` (without the sample count) and, with `figures`,
     its figure metrics' values (a classification's confusion matrix, say)."""
+    from experiment.training.metrics import EpochMetrics
+
     model.eval()
     task = task or Classification()
     metrics = EpochMetrics(task, num_outputs, device, figures=figures)

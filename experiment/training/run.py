@@ -49,7 +49,6 @@ from experiment.training.engine import (
     latency_per_image_ms,
     warm_up,
 )
-from experiment.training.metrics import metric_names
 from experiment.training.progress import EpochProgress
 
 log = logging.getLogger("experiment")
@@ -197,6 +196,10 @@ def trainable_logger(tracker):
 def check_objectives_exist(run: RunConfig, task, num_outputs: int) -> None:
     """Every validation metric among the objectives is one the task computes (known once
     the data is: top5_acc needs more than 5 classes); refused before training."""
+    # torchmetrics (~1.3 s) is imported by a run that gets this far, not by a command
+    # that stops on its settings or only coordinates a sweep.
+    from experiment.training.metrics import metric_names
+
     names = [f"val/{name}" for name in metric_names(task, num_outputs)]
     for metric in (o.metric for o in run.objectives):
         if metric.startswith("val/") and metric not in names:
@@ -309,6 +312,7 @@ def preload_sweep_workers(cfg) -> None:
     (`warm_up_sweep_worker`)."""
     run_config = RunConfig.enter(cfg)
     import torch._dynamo  # noqa: F401  (the first optimizer built imports it: ~1.5 s)
+    import torchmetrics  # noqa: F401  (every run's epoch metrics: ~1.3 s)
 
     if run_config.tracking.enabled:
         for name in TRACKED_RUN_IMPORTS:

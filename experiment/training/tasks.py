@@ -22,14 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import Metric, classification, regression
 
 from experiment.errors import ConfigValueError, DataError
-from experiment.training.metrics import KeptPoints
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "nll", "bce_with_logits")
 REGRESSION_LOSSES = ("mse", "l1", "smooth_l1")
@@ -195,6 +197,8 @@ class Classification(Task):
         return targets
 
     def metrics(self, num_outputs: int) -> dict[str, Metric]:
+        from torchmetrics import classification  # ~1.3 s: imported by runs that train
+
         n = num_outputs
         if self.multi_label:
             return {
@@ -212,6 +216,8 @@ class Classification(Task):
     def figure_metrics(self, num_outputs: int) -> dict[str, Metric]:
         if self.multi_label:
             return {}
+        from torchmetrics import classification
+
         return {
             "confusion": classification.MulticlassConfusionMatrix(num_outputs, validate_args=False)
         }
@@ -287,6 +293,8 @@ class Regression(Task):
         self.loss = self.eval_loss = _loss_function(loss, REGRESSION_LOSSES, 0.0)
 
     def metrics(self, num_outputs: int) -> dict[str, Metric]:
+        from torchmetrics import regression
+
         return {
             "mse": regression.MeanSquaredError(),
             "mae": regression.MeanAbsoluteError(),
@@ -294,6 +302,8 @@ class Regression(Task):
         }
 
     def figure_metrics(self, num_outputs: int) -> dict[str, Metric]:
+        from experiment.training.metrics import KeptPoints
+
         return {"points": KeptPoints(self.plot_points)}
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
