@@ -120,13 +120,19 @@ def test_interrupted_run_is_marked_killed(tmp_path, signum):
         "regularization.early_stopping.patience=null",
         *store_overrides(tmp_path),
     ]
-    proc = start_cli(args, tmp_path)
+    proc = start_cli(args, tmp_path, stderr=subprocess.PIPE)
     wait_for_line(proc, "epoch 2/")  # training is under way
     proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    _, err = proc.communicate(timeout=60)
     (killed,) = all_runs(sqlite_uri(tmp_path))
-    assert killed.info.status == "KILLED", out[-4000:]  # what the run said as it ended
+    assert killed.info.status == "KILLED", err[-4000:]  # what the run said as it ended
+    # One line, no traceback, and the shell's status for the signal (130, 143).
+    assert proc.returncode == 128 + signum, err[-4000:]
+    assert err.strip().splitlines()[-1] == (
+        f"Stopped by {signal.Signals(signum).name}: MLflow run {killed.info.run_id} marked "
+        "KILLED; the same command with trainer.resume=auto continues it."
+    )
+    assert "Traceback" not in err
 
 
 def test_the_python_api_shows_progress_without_any_logging_setup(tmp_path):

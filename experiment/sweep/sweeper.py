@@ -138,9 +138,10 @@ class SweepEngine(Sweeper):
         try:
             executor.prepare(loop.study, loop.lock)
             loop.run(executor)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             # The trial in flight stays RUNNING: the next run of the sweep fails it and
             # retries its configuration once, like a trial of a killed sweep.
+            stop.add_note("the same command continues the study (the trial cut short, once)")
             interrupted = True
             loop.stopped = Stop("interrupted", "interrupted (Ctrl-C or SIGTERM)")
             raise

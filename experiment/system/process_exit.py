@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -19,13 +20,27 @@ from typing import NoReturn
 
 
 def run_then_exit(entry: Callable[[], object]) -> NoReturn:
-    """Call `entry` (a command's main) and end the process with its exit status."""
+    """Call `entry` (a command's main) and end the process with its exit status; a stop by
+    Ctrl-C or SIGTERM is one line and the shell's status for the signal."""
     try:
         entry()
         code = 0
     except SystemExit as end:
         code = exit_status(end.code)
+    except KeyboardInterrupt as stop:
+        code = stopped(stop)
     leave(code)
+
+
+def stopped(stop: KeyboardInterrupt) -> int:
+    """Print one line for a stop by a signal, with what the code it passed through noted
+    on it (the run marked KILLED, how to continue), and return 128 + the signal's number
+    (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process the signal ended."""
+    signum = getattr(stop, "signum", signal.SIGINT)  # a bare KeyboardInterrupt: Ctrl-C
+    notes = "; ".join(getattr(stop, "__notes__", []))
+    name = signal.Signals(signum).name
+    print(f"Stopped by {name}" + (f": {notes}." if notes else "."), file=sys.stderr)
+    return 128 + signum
 
 
 def exit_status(code) -> int:

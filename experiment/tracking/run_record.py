@@ -72,6 +72,8 @@ def final_status(tracker, outcome):
         try:
             tracker.set_tags(tags)
             tracker.finish(status)
+            if isinstance(error, KeyboardInterrupt) and tracker.run_id:  # said as it stops
+                error.add_note(f"MLflow run {tracker.run_id} marked {status}")
         except Exception as err:  # the store is down: the error that brought us here counts
             log.warning("Could not record the run's end in MLflow: %s", type(err).__name__)
 

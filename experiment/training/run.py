@@ -67,7 +67,12 @@ def run(cfg) -> float | list[float]:
     with distributed.joined(run_config.trainer, run_config.dataset.batch_size) as (ranks, device):
         if device is None:  # not under torchrun: the run's own choice
             device = resolve_device(run_config.trainer.device)
-        return train_and_test(run_config, ranks, device)
+        try:
+            return train_and_test(run_config, ranks, device)
+        except KeyboardInterrupt as stop:  # a sweep says for itself how it continues
+            if not sweep_context.current():
+                stop.add_note("the same command with trainer.resume=auto continues it")
+            raise
 
 
 def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float | list[float]:
