@@ -184,16 +184,15 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     rows = torch.linspace(-0.1, 0.1, 40).reshape(4, 10)
     (project / "rows.csv").write_text("\n".join(",".join(map(str, r.tolist())) for r in rows))
     predict = [str(target / "bin" / "experiment-predict")]
-    uri = ["--tracking-uri", sqlite_uri(project)]
-    proc = run_cli(
-        [f"runs:/{run.info.run_id}/model", "rows.csv", *uri],
-        project,
-        env=env,
-        program=predict,
-        split_stderr=True,
-    )
-    assert proc.returncode == 0, output(proc)
-    header, *lines = proc.stdout.strip().splitlines()
+
+    def predicted(run_id: str, inputs: str, folder: Path) -> list[str]:
+        """The CSV lines of the installed experiment-predict for a run's model."""
+        args = [f"runs:/{run_id}/model", inputs, "--tracking-uri", sqlite_uri(folder)]
+        proc = run_cli(args, folder, env=env, program=predict, split_stderr=True)
+        assert proc.returncode == 0, output(proc)
+        return proc.stdout.strip().splitlines()
+
+    header, *lines = predicted(run.info.run_id, "rows.csv", project)
     assert header == "input,target" and [line.split(",")[0] for line in lines] == list("0123")
     with torch.no_grad():
         expected = model(rows).squeeze(1).tolist()
@@ -217,15 +216,7 @@ def test_the_wheel_holds_the_configs_and_a_users_project_runs_from_its_own_folde
     assert 0.0 <= scored.data.metrics["test/auroc"] <= 1.0
     tokens = np.array([[7, 3, 5, 0], [1, 2, 4, 6]])  # the motif, and none; padded with 0
     np.savez(sequences / "two.npz", tokens=tokens, lengths=np.array([2, 4]))
-    proc = run_cli(
-        [f"runs:/{scored.info.run_id}/model", "two.npz", "--tracking-uri", sqlite_uri(sequences)],
-        sequences,
-        env=env,
-        program=predict,
-        split_stderr=True,
-    )
-    assert proc.returncode == 0, output(proc)
-    header, *lines = proc.stdout.strip().splitlines()
+    header, *lines = predicted(scored.info.run_id, "two.npz", sequences)
     assert header == "input,class,probability" and len(lines) == 2
     assert all(line.split(",")[1] in {"0", "1"} for line in lines)  # the labels
     storage = f"sqlite:///{sequences / 'optuna.db'}"

@@ -19,7 +19,6 @@ from experiment.data.batches import call_model, input_names, map_inputs, structu
 from experiment.data.loaders import (
     BatchTransform,
     DeviceLoader,
-    example_batch,
     model_inputs,
     normalize_images,
 )
@@ -71,12 +70,8 @@ class Deployable(nn.Module):
 def raw_example(loader, size: int = 4):
     """A few inputs of `loader` as the data holds them (before normalization), in their
     form (a tensor, a tuple or a dict)."""
-    if isinstance(loader, DeviceLoader):
-        inputs = loader.inputs
-    elif hasattr(loader, "raw_inputs"):  # a HostLoader: the DataLoader's own batches
-        inputs = loader.raw_inputs()
-    else:
-        inputs = example_batch(loader, size)
+    # A HostLoader's are the DataLoader's own batches.
+    inputs = loader.inputs if isinstance(loader, DeviceLoader) else loader.raw_inputs()
     return map_inputs(lambda x: x[:size].detach().cpu().contiguous(), inputs)
 
 

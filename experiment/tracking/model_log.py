@@ -68,13 +68,12 @@ def raised_by_export(err: BaseException) -> bool:
 
 
 def _log(tracker, model, example_np, signature, metadata, step, model_format) -> None:
-    torch_version = torch.__version__.split("+")[0]  # no local tag such as +cu130
     tracker.mlflow.pytorch.log_model(
         model,
         name="model",
         signature=signature,
         input_example=example_np,
-        pip_requirements=[f"torch=={torch_version}"],
+        pip_requirements=pip_requirements(),
         serialization_format=model_format,
         metadata=metadata,
         step=step,
@@ -102,7 +101,6 @@ def _log_named_inputs(tracker, model, example, predictions, metadata: dict, step
         Schema([spec(a, n) for n, a in outputs.items()]),
     )
     form = "dict" if isinstance(example, dict) else "tuple"
-    torch_version = torch.__version__.split("+")[0]
     with tempfile.TemporaryDirectory() as folder, _quiet_pyfunc_logging():
         path = os.path.join(folder, "module.pt")
         torch.save(model, path)
@@ -112,7 +110,7 @@ def _log_named_inputs(tracker, model, example, predictions, metadata: dict, step
             artifacts={"module": path},
             signature=signature,
             input_example=arrays,
-            pip_requirements=[f"torch=={torch_version}"],
+            pip_requirements=pip_requirements(),
             # The names the pyfunc model takes its arrays by (experiment-predict reads them).
             metadata={**metadata, "experiment.input_names": names},
             step=step,
@@ -137,6 +135,11 @@ def _quiet_pyfunc_logging():
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         else:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
+def pip_requirements() -> list[str]:
+    """What a logged model needs installed: this torch, without a local tag (+cu130)."""
+    return [f"torch=={torch.__version__.split('+')[0]}"]
 
 
 def _delete_failed_models(tracker) -> None:

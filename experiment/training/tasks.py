@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from experiment.data.batches import map_inputs
 from experiment.errors import ConfigValueError, DataError
 
 if TYPE_CHECKING:
@@ -126,11 +127,7 @@ class Task:
 
 def float_outputs(outputs):
     """Model outputs (a tensor, or a tuple or dict of them) as float32, detached."""
-    if isinstance(outputs, dict):
-        return {k: v.detach().float() for k, v in outputs.items()}
-    if isinstance(outputs, tuple | list):
-        return tuple(v.detach().float() for v in outputs)
-    return outputs.detach().float()
+    return map_inputs(lambda v: v.detach().float(), outputs)
 
 
 def one_target_tensor(targets, task: str) -> torch.Tensor:
