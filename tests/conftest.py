@@ -252,6 +252,17 @@ def sweep_args(
     ]
 
 
+def files_holding(root: Path, *secrets: str) -> list[Path]:
+    """Every file under `root` (logs, YAML, SQLite stores, checkpoints, pickles) whose bytes
+    hold one of `secrets`."""
+    needles = [secret.encode() for secret in secrets]
+    return [
+        path
+        for path in root.rglob("*")
+        if path.is_file() and any(needle in path.read_bytes() for needle in needles)
+    ]
+
+
 def output(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + (proc.stderr or "")
 

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import (
     FAST,
     all_runs,
+    files_holding,
     output,
     run_cli,
     sqlite_uri,
@@ -22,6 +23,7 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+PASSWORD = "Wh-s3cret-9"
 
 # The README's override example (its epochs and seed aside).
 README_OVERRIDES = [
@@ -64,6 +66,8 @@ def test_single_run_with_overrides(tmp_path):
             *README_OVERRIDES,
             "trainer.seed=1",
             *store_overrides(tmp_path),
+            # A password the run hands its job's environment: in no file it writes.
+            f"+hydra.job.env_set.WAREHOUSE=postgresql://reader:{PASSWORD}@db.example/w",
         ],
         tmp_path,
         env={"PYTHONPROFILEIMPORTTIME": "1"},
@@ -95,6 +99,8 @@ def test_single_run_with_overrides(tmp_path):
         .__next__()
         .read_text()
     )
+    assert not files_holding(tmp_path, PASSWORD)  # .hydra/, checkpoints, MLflow store
+    assert "reader:${oc.env:EXPERIMENT_SECRET_1}@" in next(tmp_path.rglob("hydra.yaml")).read_text()
 
 
 def test_multirun_over_two_overrides(tmp_path):

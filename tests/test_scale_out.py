@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from experiment.training.checkpoint import load_checkpoint
-from tests.conftest import FAST, start_cli, stop_group, sweep_args, wait_for_line
+from tests.conftest import FAST, files_holding, start_cli, stop_group, sweep_args, wait_for_line
 from tests.services import POSTGRES_PASSWORD
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,11 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
     assert probabilities.shape == (3, 4)
     np.testing.assert_allclose(probabilities.sum(1).numpy(), 1.0, rtol=1e-5)
 
-    # Neither password is in any log line, param or tag.
+    # Neither password is in any log line, param, tag or file: the sweeps' folders (.hydra,
+    # checkpoints, logs), the MLflow server's store and artifacts, the study's attributes.
+    assert not files_holding(tmp_path, POSTGRES_PASSWORD, TRACKING_PASSWORD)
+    attributes = repr([study.user_attrs, *[(t.user_attrs, t.system_attrs) for t in trials]])
+    assert POSTGRES_PASSWORD not in attributes and TRACKING_PASSWORD not in attributes
     for text in outputs:
         assert POSTGRES_PASSWORD not in text and TRACKING_PASSWORD not in text
     for run in runs:

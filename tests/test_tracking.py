@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from experiment.config.run_config import RunConfig, flatten
-from experiment.system.secrets import redact
+import os
+
+from experiment.config.run_config import RunConfig, flatten, overrides_yaml
+from experiment.system.secrets import ENV_PREFIX, is_secret_key, redact, redact_tree
 from experiment.tracking.tracker import absolute_uri
+from tests.conftest import compose_config
 
 
 def test_flatten_gives_dotted_keys_and_keeps_lists_whole():
@@ -18,10 +21,75 @@ def test_passwords_in_urls_are_redacted():
     assert "s3cret" not in redact(f"could not connect to {url}: refused")
 
 
-def test_config_params_never_carry_a_password():
-    resolved = {"tracking": {"uri": "http://bob:hunter2@mlflow:5000"}, "optimizer": {"lr": 0.1}}
-    params = RunConfig(config=None, objectives=(), resolved=resolved).params()
-    assert params == {"tracking.uri": "http://bob:***@mlflow:5000", "optimizer.lr": "0.1"}
+def test_secrets_are_masked_by_url_and_by_key_name_and_interpolations_are_kept():
+    text = "tracking.token=abc1 +dataset.hf_token=abc2 tokenizer=bert max_tokens=5 password: abc3"
+    assert redact(text) == (
+        "tracking.token=*** +dataset.hf_token=*** tokenizer=bert max_tokens=5 password: ***"
+    )
+    assert redact("token=${oc.env:HF_TOKEN}") == "token=${oc.env:HF_TOKEN}"
+    tree = {
+        "source": {"api_key": 12345, "secret": "abc4", "access_token": "${oc.env:T}"},
+        "urls": ["http://u:abc5@h", "sqlite:///a.db"],
+        "tokenizer": "bert",
+    }
+    assert redact_tree(tree) == {
+        "source": {"api_key": "***", "secret": "***", "access_token": "${oc.env:T}"},
+        "urls": ["http://u:***@h", "sqlite:///a.db"],
+        "tokenizer": "bert",
+    }
+    assert [is_secret_key(k) for k in ("db_password", "PASSWD", "tokenizer", "token_count")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+
+
+def test_a_sealed_config_resolves_to_its_secrets_and_is_written_without_them(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from experiment.config.secret_sealing import seal_config
+
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    cfg = OmegaConf.create(
+        {
+            "tracking": {"uri": "http://bob:pw-one@mlflow:5000", "token": "pw-two"},
+            "hydra": {"overrides": {"task": ["tracking.uri=http://bob:pw-one@mlflow:5000"]}},
+            "kept": "${oc.env:HOME}",
+        }
+    )
+    OmegaConf.set_readonly(cfg.hydra, True)  # as Hydra leaves it
+    seal_config(cfg)
+    written = OmegaConf.to_yaml(cfg)  # what Hydra writes to .hydra/: unresolved
+    assert "pw-one" not in written and "pw-two" not in written
+    assert "${oc.env:HOME}" in written
+    assert cfg.tracking.uri == "http://bob:pw-one@mlflow:5000"  # the live process's value
+    assert cfg.tracking.token == "pw-two"
+    assert cfg.hydra.overrides.task[0] == "tracking.uri=http://bob:pw-one@mlflow:5000"
+    # One variable per secret, the same one for the same secret: a child process started
+    # with this environment resolves the same config.
+    assert sorted(v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)) == [
+        "pw-one",
+        "pw-two",
+    ]
+    assert redact(written).count("***") == 3
+
+
+def test_what_a_run_writes_of_its_config_never_carries_a_password():
+    def entered(password):
+        uri = f"tracking.uri=http://bob:{password}@mlflow:5000"
+        return RunConfig.enter(compose_config([uri, "tracking.experiment_name=x"]))
+
+    run = entered("hunter2")
+    assert run.params()["tracking.uri"] == "http://bob:***@mlflow:5000"
+    assert run.resolved["tracking"]["uri"] == "http://bob:***@mlflow:5000"  # checkpoints
+    assert "hunter2" not in run.yaml()
+    assert run.config.tracking.uri == "http://bob:hunter2@mlflow:5000"  # what connects
+    assert entered("rotated").fingerprint == run.fingerprint  # a new password: the same run
+    assert overrides_yaml(["tracking.uri=http://bob:hunter2@h", "a.token=x1"]) == (
+        "- tracking.uri=http://bob:***@h\n- a.token=***\n"
+    )
 
 
 def test_relative_sqlite_paths_become_absolute(tmp_path, monkeypatch):

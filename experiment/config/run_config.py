@@ -24,7 +24,7 @@ from experiment.config.allowed import check_fields
 from experiment.config.schema import Config
 from experiment.config.unknown_keys import refuse_unknown_keys
 from experiment.errors import ConfigError, ConfigValueError
-from experiment.system.secrets import redact
+from experiment.system.secrets import redact, redact_tree
 
 # Objectives a run measures besides its validation metrics.
 RUN_MEASURES = {
@@ -52,7 +52,7 @@ class RunConfig:
 
     config: Config  # dataset, model, ... as the schema's dataclasses (a user's own: dicts)
     objectives: tuple[Objective, ...]  # the first picks the best epoch
-    resolved: dict = field(repr=False)  # plain values: the run's params and config.yaml
+    resolved: dict = field(repr=False)  # plain values, secrets masked: params, config.yaml
     fingerprint: str = ""  # what makes two runs the same run (resume matches on it)
 
     @classmethod
@@ -87,7 +87,9 @@ class RunConfig:
 
         fine_tuning.check_fine_tuning(config.model)
         fine_tuning.match_data_to_model(config.dataset, config.model)  # normalization=model
-        resolved = plain(config)
+        # Secrets masked: what is written of a run (params, config.yaml, checkpoints) is
+        # made from `resolved`, and a rotated password does not make another run.
+        resolved = redact_tree(plain(config))
         return cls(config, objectives, resolved, fingerprint(resolved))
 
     # The groups, typed; `run.trainer.epochs` reads as the config does.
@@ -108,8 +110,8 @@ class RunConfig:
         return any(o.metric == measure for o in self.objectives)
 
     def params(self) -> dict[str, str]:
-        """Every leaf of the resolved config as a string MLflow param, secrets redacted."""
-        return {key: redact(str(value)) for key, value in flatten(self.resolved).items()}
+        """Every leaf of the resolved config as a string MLflow param, secrets masked."""
+        return {key: str(value) for key, value in flatten(self.resolved).items()}
 
     def yaml(self) -> str:
         return to_yaml(self.resolved)
@@ -180,7 +182,7 @@ def fingerprint(resolved: dict) -> str:
 
 
 def overrides_yaml(overrides: list[str]) -> str:
-    return to_yaml(list(overrides))
+    return to_yaml([redact(str(o)) for o in overrides])
 
 
 def as_node(value: Any) -> Any:

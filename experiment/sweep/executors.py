@@ -35,6 +35,7 @@ from experiment.sweep import optuna_internals as internals
 from experiment.sweep.repeats import run_repeats
 from experiment.sweep.study import StudyLocation
 from experiment.system.console import split_streams
+from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class TrialResult:
     # cancelled): the trial is failed with this reason and its configuration queued once
     # more, to continue from its checkpoint; it does not count against n_trials.
     lost: str | None = None
+
+    def __post_init__(self) -> None:  # an error is written to the study: no secret in it
+        self.error = redact(self.error) if self.error else self.error
 
 
 def objective_values(value, n_objectives: int) -> float | list[float]:

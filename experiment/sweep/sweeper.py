@@ -26,6 +26,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from experiment.config.secret_sealing import seal_config
 from experiment.errors import ExperimentError, SweepError
 from experiment.sweep import constraints as constraining
 from experiment.sweep import objectives, reporting, search_space
@@ -46,6 +47,7 @@ from experiment.sweep.stopping import Stop, StopConditions
 from experiment.sweep.trial_loop import TrialLoop
 from experiment.sweep.workers import WorkerPool
 from experiment.system.console import split_streams
+from experiment.system.secrets import redact
 from experiment.system.signals import stop_on_sigterm
 
 log = logging.getLogger(__name__)
@@ -282,6 +284,7 @@ class SweepEngine(Sweeper):
 
     def _job_config(self, overrides: list[str], number: int) -> DictConfig:
         job_config = self.composer.compose(overrides)
+        seal_config(job_config)  # a secret from a config file, before any process writes it
         with open_dict(job_config):
             job_config.hydra.job.id = f"trial_{number}"
             job_config.hydra.job.num = number
@@ -304,5 +307,6 @@ class SweepEngine(Sweeper):
 
 def default_study_name(space: dict, fixed: list[str]) -> str:
     """The same search space and fixed overrides give the same name, so a rerun resumes."""
-    text = repr(sorted((k, repr(v)) for k, v in space.items())) + repr(sorted(fixed))
+    # Secrets masked: a rotated password is the same sweep.
+    text = repr(sorted((k, repr(v)) for k, v in space.items())) + repr(sorted(map(redact, fixed)))
     return "sweep-" + hashlib.sha1(text.encode()).hexdigest()[:10]
