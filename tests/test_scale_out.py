@@ -28,15 +28,34 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
         "tracking.experiment_name=scale-out",
         "tracking.log_plots=false",  # per-run plots are test_run's subject
     ]
-    args = sweep_args(postgres_url, tracking, n_trials=12, study="shared")
+    # The database password handed over in each of the documented ways: in the URL, from
+    # an environment variable by interpolation (`${oc.env:...}`), from a ~/.pgpass file.
+    user, address = postgres_url.removeprefix("postgresql://").split("@")
+    without_password = f"postgresql://{user.split(':')[0]}@{address}"
+    pgpass = tmp_path / "home" / ".pgpass"
+    pgpass.parent.mkdir()
+    host, port_db = address.split(":")
+    pgpass.write_text(
+        f"{host}:{port_db.split('/')[0]}:*:{user.split(':')[0]}:{POSTGRES_PASSWORD}\n"
+    )
+    pgpass.chmod(0o600)  # libpq ignores a file others can read
+    ways = [
+        (postgres_url, {}),
+        (
+            postgres_url.replace(POSTGRES_PASSWORD, "${oc.env:STUDY_DB_PASSWORD}"),
+            {"STUDY_DB_PASSWORD": POSTGRES_PASSWORD},
+        ),
+        (without_password, {"PGPASSFILE": str(pgpass)}),
+    ]
     logs, processes = [], []
     try:
-        for index in range(3):  # three commands at once, as on three machines
+        for index, (storage, env) in enumerate(ways):  # three commands, as on three machines
+            args = sweep_args(storage, tracking, n_trials=12, study="shared")
             logs.append(tmp_path / f"sweep{index}.log")
             workdir = tmp_path / f"machine{index}"
             workdir.mkdir()
             with logs[-1].open("w") as log:
-                processes.append(start_cli(args, workdir, stdout=log))
+                processes.append(start_cli(args, workdir, stdout=log, env=env))
         codes = [p.wait(timeout=400) for p in processes]
     finally:
         for proc in processes:
@@ -93,7 +112,11 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
 
     # Neither password is in any log line, param, tag or file: the sweeps' folders (.hydra,
     # checkpoints, logs), the MLflow server's store and artifacts, the study's attributes.
-    assert not files_holding(tmp_path, POSTGRES_PASSWORD, TRACKING_PASSWORD)
+    holding = files_holding(tmp_path, POSTGRES_PASSWORD, TRACKING_PASSWORD)
+    assert holding == [pgpass], holding
+    assert "${oc.env:STUDY_DB_PASSWORD}" in "".join(
+        p.read_text() for p in (tmp_path / "machine1").rglob("hydra.yaml")
+    )
     attributes = repr([study.user_attrs, *[(t.user_attrs, t.system_attrs) for t in trials]])
     assert POSTGRES_PASSWORD not in attributes and TRACKING_PASSWORD not in attributes
     for text in outputs:

@@ -25,8 +25,10 @@ from tests.conftest import (
     output,
     run_cli,
     run_config,
+    running_trial_run,
     sqlite_uri,
     start_cli,
+    stop_group,
     sweep_args,
     tracking_overrides,
     wait_for_line,
@@ -153,9 +155,12 @@ def test_a_sweep_killed_twice_resumes_its_study_and_ends_with_exactly_n_trials(t
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in out, out[-4000:]
-    assert out.strip().splitlines()[-1].startswith("Stopped by SIGTERM: MLflow run ")
-    assert out.strip().endswith("the same command continues the study (the trial cut short, once).")
     (parent,), children = split_runs(tmp_path)
+    assert out.strip().splitlines()[-1].startswith("Stopped by SIGTERM: MLflow run ")
+    assert out.strip().endswith(
+        f"the sweep's MLflow run {parent.info.run_id} marked KILLED; the same command "
+        "continues the study, retrying the 1 trial cut short once."
+    )
     assert parent.info.status == "KILLED"
     assert not [c for c in children if c.info.status == "RUNNING"]
     (continued,) = [c for c in children if c.data.tags["optuna.trial"] != "0"]
@@ -267,6 +272,51 @@ def test_parallel_workers_run_trials_in_long_lived_processes(tmp_path):
     assert "epoch 1/2" not in output(proc)
     assert sum(f"trial {n} " in output(proc) for n in range(6)) == 6
     assert "best first:" in output(proc)
+
+
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
+def test_a_parallel_sweep_stopped_by_sigterm_ends_cleanly_and_the_same_command_finishes_it(
+    tmp_path,
+):
+    args = sweep(
+        tmp_path,
+        "hydra.sweeper.n_jobs=2",
+        "trainer.epochs=30",
+        "regularization.early_stopping.patience=null",
+        "hydra.sweeper.pruner=none",
+        n_trials=2,
+    )
+    client = MlflowClient(sqlite_uri(tmp_path))
+    proc = start_cli(args, tmp_path)
+    try:
+        first = running_trial_run(client, 2)  # both workers are training
+        running_trial_run(client, 2, skip={first.info.run_id})
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 143 and "Traceback" not in out, out[-4000:]
+    last = out.strip().splitlines()[-1]
+    (parent,), children = split_runs(tmp_path)
+    assert last == (
+        f"Stopped by SIGTERM: the sweep's MLflow run {parent.info.run_id} marked KILLED; the "
+        "same command continues the study, retrying the 2 trials cut short once."
+    )
+    assert parent.info.status == "KILLED"
+    assert len(children) == 2 and {c.info.status for c in children} == {"KILLED"}
+    assert [t.state for t in load_study(tmp_path).trials] == [TrialState.RUNNING] * 2
+
+    resumed = run_cli(args, tmp_path)
+    assert resumed.returncode == 0, output(resumed)
+    study = load_study(tmp_path)
+    states = [(t.state, t.user_attrs.get("retry_of")) for t in study.trials]
+    retried = sorted(states[2:], key=lambda state: state[1])
+    assert states[:2] == [(TrialState.FAIL, None)] * 2, states  # failed as killed, not counted
+    assert retried == [(TrialState.COMPLETE, 0), (TrialState.COMPLETE, 1)], states
+    (parent,), children = split_runs(tmp_path)
+    assert parent.info.status == "FINISHED"
+    # Each stopped trial continued in its own MLflow run, to the end.
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
 
 
 def test_parallel_sweep_over_an_image_folder_on_the_dataloader_path(tmp_path):

@@ -27,6 +27,7 @@ def test_secrets_are_masked_by_url_and_by_key_name_and_interpolations_are_kept()
         "tracking.token=*** +dataset.hf_token=*** tokenizer=bert max_tokens=5 password: ***"
     )
     assert redact("token=${oc.env:HF_TOKEN}") == "token=${oc.env:HF_TOKEN}"
+    assert redact("pg://u:${oc.env:PW}@h") == "pg://u:${oc.env:PW}@h"
     tree = {
         "source": {"api_key": 12345, "secret": "abc4", "access_token": "${oc.env:T}"},
         "urls": ["http://u:abc5@h", "sqlite:///a.db"],
@@ -57,13 +58,16 @@ def test_a_sealed_config_resolves_to_its_secrets_and_is_written_without_them(mon
             "tracking": {"uri": "http://bob:pw-one@mlflow:5000", "token": "pw-two"},
             "hydra": {"overrides": {"task": ["tracking.uri=http://bob:pw-one@mlflow:5000"]}},
             "kept": "${oc.env:HOME}",
+            "kept_in_url": "http://bob:${oc.env:HOME}@mlflow:5000",
         }
     )
     OmegaConf.set_readonly(cfg.hydra, True)  # as Hydra leaves it
     seal_config(cfg)
     written = OmegaConf.to_yaml(cfg)  # what Hydra writes to .hydra/: unresolved
     assert "pw-one" not in written and "pw-two" not in written
-    assert "${oc.env:HOME}" in written
+    assert "${oc.env:HOME}" in written and "bob:${oc.env:HOME}@" in written
+    seal_config(cfg)  # sealing twice (a sweep's trial, composed from sealed overrides)
+    assert OmegaConf.to_yaml(cfg) == written
     assert cfg.tracking.uri == "http://bob:pw-one@mlflow:5000"  # the live process's value
     assert cfg.tracking.token == "pw-two"
     assert cfg.hydra.overrides.task[0] == "tracking.uri=http://bob:pw-one@mlflow:5000"

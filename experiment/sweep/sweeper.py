@@ -136,15 +136,13 @@ class SweepEngine(Sweeper):
             raise
         loop.stop, loop.judge, loop.extend_space = stop, judge, extend_space
         loop.while_waiting = loop.parent.prepare_plots if loop.parent else None
-        interrupted = errored = False
+        stop: KeyboardInterrupt | None = None
+        errored = False
         try:
             executor.prepare(loop.study, loop.lock)
             loop.run(executor)
-        except KeyboardInterrupt as stop:
-            # The trial in flight stays RUNNING: the next run of the sweep fails it and
-            # retries its configuration once, like a trial of a killed sweep.
-            stop.add_note("the same command continues the study (the trial cut short, once)")
-            interrupted = True
+        except KeyboardInterrupt as interrupt:
+            stop = interrupt
             loop.stopped = Stop("interrupted", "interrupted (Ctrl-C or SIGTERM)")
             raise
         except Exception:
@@ -152,7 +150,9 @@ class SweepEngine(Sweeper):
             raise
         finally:
             executor.close()
-            summary, results_file = self._finish(loop, location, sweep_dir, interrupted, errored)
+            summary, results_file = self._finish(loop, location, sweep_dir, bool(stop), errored)
+            if stop is not None:
+                stop.add_note(stop_note(loop))
         self._report(loop, location, summary, results_file, sweep_dir)
 
     def _open_study(self, location, directions, pruner, space, fixed, constrained) -> TrialLoop:
@@ -303,6 +303,22 @@ class SweepEngine(Sweeper):
             return None
         tracking = self.config.tracking
         return reporting.ParentRun(tracking, location.name, location.storage_url)
+
+
+def stop_note(loop: TrialLoop) -> str:
+    """What the line of a stopped sweep says after its trial's run: the parent run's end,
+    and how the trials in flight go on. Those stay RUNNING in the study: the next run of
+    the sweep fails each and retries its configuration once, like a killed sweep's."""
+    me = studies.this_worker()
+    cut_short = [
+        t
+        for t in loop.study.get_trials(deepcopy=False, states=(studies.TrialState.RUNNING,))
+        if t.system_attrs.get(studies.WORKER_ATTR) == me
+    ]
+    parts = [f"the sweep's MLflow run {loop.parent.run_id} marked KILLED"] if loop.parent else []
+    count = len(cut_short)
+    retried = f", retrying the {count} trial{'s' * (count != 1)} cut short once" if count else ""
+    return "; ".join([*parts, f"the same command continues the study{retried}"])
 
 
 def default_study_name(space: dict, fixed: list[str]) -> str:

@@ -20,7 +20,8 @@ import re
 from typing import Any
 
 MASK = "***"
-_URL_PASSWORD = re.compile(r"(://[^:/@\s'\"]+:)([^@\s'\"]+)@")
+# The password of a URL, unless it is an interpolation (`${oc.env:DB_PASSWORD}`).
+_URL_PASSWORD = re.compile(r"(://[^:/@\s'\"]+:)(?!\$\{)([^@\s'\"]+)@")
 _SECRET_NAME = r"(?:password|passwd|token|secret|api_?key|access_?key|secret_?key)"
 _SECRET_KEY = re.compile(rf"(?i)(?:^|[._-]){_SECRET_NAME}$|^{_SECRET_NAME}$")
 # `key=value` (an override) or `key: value` (YAML) where the key is secret-named.
