@@ -30,8 +30,10 @@ from tests.conftest import (
     all_runs,
     output,
     run_cli,
+    running_trial_run,
     sqlite_uri,
     start_cli,
+    stop_group,
     sweep_args,
     tracking_overrides,
     wait_for_line,
@@ -293,16 +295,35 @@ def test_a_bad_override_stops_every_rank_with_one_clear_line(tmp_path):
 
 @pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_path):
+    """Stopped by SIGTERM while its first trial's group trains, then finished by the same
+    command: every trial on two ranks, with its own parameters."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = [*tracking_overrides(tmp_path), "tracking.log_plots=false"]
     args = sweep_args(
         storage,
         tracking,
         "hydra.sweeper.devices_per_trial=2",
-        "trainer.epochs=1",
+        "trainer.epochs=3",
+        "hydra.sweeper.pruner=none",
         n_trials=2,
         study="ranks",
     )
+    client = MlflowClient(sqlite_uri(tmp_path))
+    proc = start_cli(args, tmp_path)
+    try:
+        running_trial_run(client, 1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        stop_group(proc)
+    assert proc.returncode == 143 and "Traceback" not in out, out[-4000:]
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .endswith("the same command continues the study, retrying the 1 trial cut short once.")
+    )
+    assert {r.info.status for r in all_runs(sqlite_uri(tmp_path))} == {"KILLED"}
+
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, output(proc)
     study = optuna.load_study(study_name="ranks", storage=storage)
@@ -311,16 +332,19 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
         [t.system_attrs.get("fail_reason") for t in study.trials],
         [log.read_text()[-3000:] for log in groups],
     )
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2, why
+    counted = [t for t in study.trials if t.state != TrialState.FAIL]
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 2, why
     runs = {r.data.tags.get("optuna.trial"): r for r in all_runs(sqlite_uri(tmp_path))}
-    for trial in study.trials:
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    for trial in counted:
         run = runs[str(trial.number)]
         assert run.data.tags["distributed.world_size"] == "2"
         # Each rank's config fingerprint, gathered at start: both ranks trained one config,
         # the one whose parameters the trial holds.
         fingerprints = run.data.tags["distributed.rank_fingerprints"].split(",")
         assert len(fingerprints) == 2 and len(set(fingerprints)) == 1
-        checkpoint = next(tmp_path.glob(f"multirun/*/*/{trial.number}/checkpoints/best.pt"))
+        # A retry continues in the folder of the trial it retries.
+        checkpoint = Path(trial.user_attrs["checkpoint_dir"]) / "best.pt"
         assert load_checkpoint(checkpoint)["extra"]["fingerprint"] == fingerprints[0]
         for key, value in trial.params.items():
             assert run.data.params[key] == str(value)
