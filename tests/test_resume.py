@@ -54,16 +54,26 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     assert reference.returncode == 0, output(reference)
 
     proc = start_cli([*store_args(resumed_dir), "trainer.resume=auto"], resumed_dir)
-    wait_for_line(proc, "epoch 4/10")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        wait_for_line(proc, "epoch 4/10")
+        os.killpg(proc.pid, signal.SIGSTOP)  # alive, holding its folder
+        # The same command while it lives: refused, naming it (not two writers of one run).
+        second = run_cli([*store_args(resumed_dir), "trainer.resume=auto"], resumed_dir)
+        assert second.returncode == 2, output(second)
+        assert f"is being written by process {proc.pid} on " in output(second)
+        assert "Traceback" not in output(second)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     (killed,) = all_runs(sqlite_uri(resumed_dir))
     assert killed.info.status == "RUNNING"
     assert "test/mse" not in killed.data.metrics
+    (last,) = (resumed_dir / "outputs").rglob("last.pt")
+    last.write_bytes(last.read_bytes()[:1000])  # damaged: best.pt, a file of its own, is not
 
     resumed = run_cli([*store_args(resumed_dir), "trainer.resume=auto"], resumed_dir)
     assert resumed.returncode == 0, output(resumed)
-    assert "Resuming from" in output(resumed)
+    assert "continuing from best.pt instead" in output(resumed)
     assert "epoch 1/10 " not in output(resumed)  # it did not start over
 
     expected, expected_history = final_metrics(reference_dir)
@@ -72,8 +82,11 @@ def test_sigkilled_run_resumes_in_the_same_mlflow_run_with_the_same_result(tmp_p
     assert run.data.tags["resumed"] == "true"
     for key in ("test/mse", "test/r2", "test/loss", "best/value", "best/epoch"):
         assert run.data.metrics[key] == pytest.approx(expected.data.metrics[key], rel=1e-6)
-    assert [step for step, _ in history] == list(range(10))  # every epoch, once
-    assert [v for _, v in history] == pytest.approx([v for _, v in expected_history], rel=1e-6)
+    # Every epoch; those after best.pt's epoch trained (and logged) again, to the same values.
+    assert sorted(dict(history)) == list(range(10))
+    assert [v for _, v in sorted(dict(history).items())] == pytest.approx(
+        [v for _, v in expected_history], rel=1e-6
+    )
 
     # A finished run is never resumed: auto finds nothing to continue.
     (checkpoint,) = (resumed_dir / "outputs").rglob("last.pt")

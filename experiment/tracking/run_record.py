@@ -101,7 +101,7 @@ def run_record(
         texts={"config.yaml": run.yaml(), "overrides.yaml": overrides_text},
         parent_run_id=trial.parent_run_id,
         resume_run_id=continued_run_id,
-        history=point.checkpoint.loop.history if point else [],
+        history=point.checkpoint.loop.history if point and point.checkpoint else [],
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from experiment.training.checkpoint import BEST, LAST, Checkpoint, link_checkpoint
+from experiment.training.checkpoint import BEST, LAST, Checkpoint
 from experiment.training.engine import FitState
 
 
@@ -27,12 +27,9 @@ class Checkpointer:
             state, self.model, self.optimizer, self.scheduler, **self.identity
         )
         if state.improved:  # best first: a resume finds best.pt whole
-            checkpoint.save(self.directory / BEST)
-            # The same content: last.pt becomes a second name of best.pt's file, until the
-            # next epoch replaces it with a file of its own.
-            if link_checkpoint(self.directory / BEST, self.directory / LAST):
-                return
-        checkpoint.save(self.directory / LAST)
+            checkpoint.save(self.directory / BEST, self.directory / LAST)
+        else:
+            checkpoint.save(self.directory / LAST)
 
 
 class EarlyStopping:

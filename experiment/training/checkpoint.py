@@ -11,8 +11,7 @@ A file that is not such a checkpoint is refused with a `CheckpointError` that na
 
 from __future__ import annotations
 
-import errno
-import os
+import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +78,11 @@ class Checkpoint:
             mlflow_run_id=extra.get("mlflow_run_id"),
         )
 
-    def save(self, path: Path) -> None:
+    def save(self, *paths: Path) -> None:
+        """Write the checkpoint to each of `paths`: serialized once, a file of its own each
+        (never a second name of one file: damage to one is not damage to both)."""
         loop = self.loop
-        save_checkpoint(
-            path,
+        data = serialize(
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
@@ -94,6 +94,8 @@ class Checkpoint:
             config=self.config,
             extra={"fingerprint": self.fingerprint, "mlflow_run_id": self.mlflow_run_id},
         )
+        for path in paths:
+            write_checkpoint(path, data)
 
     def restore(self, model, optimizer, scheduler) -> FitState:
         """Load the weights and optimizer/scheduler state; the loop state to go on from."""
@@ -124,30 +126,18 @@ def check_folder(folder: Path) -> None:
         )
 
 
-def save_checkpoint(path: Path, **state) -> None:
+def serialize(**state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def write_checkpoint(path: Path, data: bytes) -> None:
     """Write durably (experiment.system.durable); a write that fails leaves the previous file."""
     try:
-        with durable.replacing_file(path) as temporary:
-            torch.save(state, temporary)
+        durable.write_bytes(path, data)
     except OSError as err:
         raise _write_error(path, err) from None
-
-
-# What os.link raises where a filesystem (or its mount) has no hard links.
-_NO_HARD_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.EOPNOTSUPP)
-
-
-def link_checkpoint(source: Path, path: Path) -> bool:
-    """`path` made, durably, the same file as the checkpoint `source` (a hard link: no
-    second serialization and write); False where the filesystem has no hard links."""
-    try:
-        with durable.replacing_file(path) as temporary:
-            os.link(source, temporary)
-    except OSError as err:
-        if err.errno in _NO_HARD_LINKS:
-            return False
-        raise _write_error(path, err) from None
-    return True
 
 
 def _write_error(path: Path, err: OSError) -> WriteError:

@@ -1,10 +1,13 @@
 """`trainer.resume`: continue a killed run from its last checkpoint, in the same MLflow run.
 
-`trainer.resume=auto` looks for the newest unfinished `last.pt` of a run with the same
-configuration: first in `trainer.checkpoint_dir`, then under `trainer.resume_dir` (where
-Hydra puts run folders, `outputs/` by default). `trainer.resume=PATH` takes that
-checkpoint file (or the `last.pt` in that folder) whatever its configuration.
-A finished run leaves a `COMPLETE` marker next to its checkpoints: auto skips it.
+`trainer.resume=auto` looks for the newest unfinished run folder of a run with the same
+configuration: first `trainer.checkpoint_dir`, then under `trainer.resume_dir` (where
+Hydra puts run folders, `outputs/` by default). It continues from `last.pt`; from
+`best.pt` where `last.pt` is damaged; from epoch 1 in the same MLflow run where both are
+(or the run was killed before its first checkpoint: run_lock.py). `trainer.resume=PATH`
+takes that checkpoint file (or that folder's) whatever its configuration. A folder whose
+writer still runs is refused. A finished run leaves a `COMPLETE` marker next to its
+checkpoints: auto skips it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 from experiment.errors import CheckpointError, ConfigValueError
 from experiment.runtime import distributed
 from experiment.sweep.protocol import LostAttempt
-from experiment.training.checkpoint import LAST, Checkpoint
+from experiment.training.checkpoint import BEST, LAST, Checkpoint
+from experiment.training.run_lock import LOCK, FolderInUse, live_owner, read_owner
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +29,80 @@ COMPLETE_MARKER = "COMPLETE"
 
 @dataclass
 class ResumePoint:
-    path: Path  # the checkpoint file it continues from
-    checkpoint: Checkpoint
+    """Where a run continues: its checkpoint folder, the checkpoint it restores (None: its
+    checkpoints are missing or damaged, it starts at epoch 1), and its MLflow run."""
+
+    folder: Path
+    checkpoint: Checkpoint | None
+    run_id: str | None = None
 
     @property
     def next_epoch(self) -> int:
-        return self.checkpoint.next_epoch
+        return self.checkpoint.next_epoch if self.checkpoint else 0
 
     @property
     def mlflow_run_id(self) -> str | None:
-        return self.checkpoint.mlflow_run_id
+        return (self.checkpoint.mlflow_run_id if self.checkpoint else None) or self.run_id
 
 
 def _candidates(checkpoint_dir: Path, resume_dir: Path | None) -> list[Path]:
-    found = [checkpoint_dir / LAST] if (checkpoint_dir / LAST).exists() else []
+    """Unfinished run folders (a checkpoint or a run.lock in them), this run's own first,
+    then the newest under `resume_dir`."""
+    found = [checkpoint_dir] if _is_run_folder(checkpoint_dir) else []
     if resume_dir is not None and resume_dir.is_dir():
-        others = sorted(resume_dir.rglob(LAST), key=lambda p: p.stat().st_mtime, reverse=True)
-        found += [p for p in others if p not in found]
-    return [p for p in found if not (p.parent / COMPLETE_MARKER).exists()]
+        folders = {p.parent for name in (LAST, BEST, LOCK) for p in resume_dir.rglob(name)}
+        found += sorted(folders - set(found), key=_newest_change, reverse=True)
+    return [f for f in found if not (f / COMPLETE_MARKER).exists()]
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (LAST, BEST, LOCK))
+
+
+def _newest_change(folder: Path) -> float:
+    times = [(folder / n).stat().st_mtime for n in (LAST, BEST, LOCK) if (folder / n).exists()]
+    return max(times, default=0.0)
+
+
+def resume_from(folder: Path, wanted: str | None) -> ResumePoint | None:
+    """How a run folder continues: from `last.pt`, else (damaged) from `best.pt`, else
+    from epoch 1 in the same MLflow run (its run.lock names it); each fallback said in one
+    line. None where the folder belongs to another configuration than `wanted` (None: any)
+    or names no run at all. FolderInUse where its writer is still running."""
+    owner = read_owner(folder)
+    if wanted is not None and owner is not None and owner.fingerprint != wanted:
+        return None
+    problems = []
+    for name in (LAST, BEST):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            checkpoint = Checkpoint.load(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if wanted is not None and checkpoint.fingerprint != wanted:
+            return None
+        _refuse_live_writer(folder)
+        if problems:
+            log.warning("%s; continuing from %s instead.", problems[0], name)
+        return ResumePoint(folder, checkpoint, owner.mlflow_run_id if owner else None)
+    if owner is None or (wanted is not None and owner.fingerprint != wanted):
+        for problem in problems:  # damaged checkpoints of a run this folder cannot name
+            log.warning("Skipping it: %s", problem)
+        return None
+    _refuse_live_writer(folder)
+    why = "; ".join(problems) if problems else f"no checkpoint in {folder}"
+    where = f"its MLflow run {owner.mlflow_run_id}" if owner.mlflow_run_id else "a new MLflow run"
+    log.warning("%s: restarting the run at epoch 1 in %s.", why, where)
+    return ResumePoint(folder, None, owner.mlflow_run_id)
+
+
+def _refuse_live_writer(folder: Path) -> None:
+    owner = live_owner(folder)
+    if owner is not None:
+        raise FolderInUse(folder, owner)
 
 
 def for_run(trial, trainer, wanted: str) -> tuple[ResumePoint | None, str | None]:
@@ -84,7 +144,7 @@ def continue_lost_attempt(lost: LostAttempt, wanted: str) -> tuple[ResumePoint |
             path,
         )
         return None, None
-    point = ResumePoint(path, checkpoint)
+    point = ResumePoint(path.parent, checkpoint)
     log.info(
         "Continuing trial %s from %s at epoch %s %s.", lost.trial, path, point.next_epoch + 1, where
     )
@@ -101,7 +161,7 @@ def find_for(trainer, wanted: str) -> ResumePoint | None:
         option = "auto"
     point = find(option, wanted, Path(trainer.checkpoint_dir), search)
     if point is not None:
-        log.info("Resuming from %s at epoch %s", point.path, point.next_epoch + 1)
+        log.info("Resuming from %s at epoch %s", point.folder, point.next_epoch + 1)
     return point
 
 
@@ -112,22 +172,26 @@ def find(option: str | None, wanted: str, checkpoint_dir: Path, resume_dir: Path
         return None
     if option != "auto":
         path = Path(option).expanduser()
-        path = path / LAST if path.is_dir() else path
-        if not path.is_file():
+        folder = path if path.is_dir() else path.parent
+        if not path.is_file() and not (path.is_dir() and _is_run_folder(path)):
             raise ConfigValueError(
                 "trainer.resume", option, "'auto', null, or an existing checkpoint file/folder"
             )
-        return ResumePoint(path, Checkpoint.load(path))
-    for path in _candidates(checkpoint_dir, resume_dir):
-        try:
-            checkpoint = Checkpoint.load(path)
-        except CheckpointError as err:  # a damaged file: say so, look further
-            log.warning("Skipping it: %s", err)
-            continue
-        if checkpoint.fingerprint == wanted:
-            return ResumePoint(path, checkpoint)
+        _refuse_live_writer(folder)
+        if path.is_file():  # the file asked for, whatever its configuration
+            return ResumePoint(folder, Checkpoint.load(path), _run_id_of(folder))
+        return resume_from(folder, None)
+    for folder in _candidates(checkpoint_dir, resume_dir):
+        point = resume_from(folder, wanted)
+        if point is not None:
+            return point
     log.info("trainer.resume=auto: no unfinished run with this configuration; starting anew.")
     return None
+
+
+def _run_id_of(folder: Path) -> str | None:
+    owner = read_owner(folder)
+    return owner.mlflow_run_id if owner else None
 
 
 def mark_complete(checkpoint_dir: Path) -> None:

@@ -50,6 +50,7 @@ from experiment.training.engine import (
     warm_up,
 )
 from experiment.training.progress import EpochProgress
+from experiment.training.run_lock import RunLock
 
 log = logging.getLogger("experiment")
 
@@ -82,59 +83,64 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
     point, continued_run_id = distributed.from_main(
         resume.for_run(trial, run.trainer, run.fingerprint) if ranks.main else (None, None)
     )
-    checkpoint_dir = point.path.parent if point else Path(run.trainer.checkpoint_dir)
-    if ranks.main:  # it is rank 0 that writes them
+    checkpoint_dir = point.folder if point else Path(run.trainer.checkpoint_dir)
+    lock = contextlib.nullcontext()
+    if ranks.main:  # it is rank 0 that writes them, holding the folder till the run's end
         check_folder(checkpoint_dir)
-    # An unreachable store fails here, before training; other ranks track nothing.
-    tracker = build_tracker(run.tracking) if ranks.main else NullTracker()
-    task = build_task(run.task)
-    parts = build_parts(run, device, ranks, task)
-    check_objectives_exist(run, task, parts.data.num_outputs)
-    state = None
-    if point is not None:
-        state = point.checkpoint.restore(parts.model, parts.optimizer, parts.scheduler)
-    amp_dtype = autocast_dtype(run.trainer.precision, device)
-    settings = FitSettings.of_run(run, device, task, amp_dtype, parts.data.num_outputs)
-    progress = EpochProgress(
-        run.trainer.epochs,
-        settings.monitor,
-        "quiet" if trial.quiet or not ranks.main else run.trainer.progress,
-        first_epoch=point.next_epoch if point else 0,
-        metric=task.curve_metric,
-    )
-    with final_status(tracker, trial.outcome), contextlib.closing(progress):
-        tags = ranks.tags(fingerprints)
-        record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
-        start_tracking(tracker, record, run, parts, trial, checkpoint_dir, ranks)
-        callbacks = [
-            Checkpointer(
-                checkpoint_dir,
-                parts.model,
-                parts.optimizer,
-                parts.scheduler,
-                config=run.resolved,
-                fingerprint=run.fingerprint,
-                mlflow_run_id=tracker.run_id,
-            ),
-            progress,
-            epoch_logger(tracker, checkpoint_dir),
-            *trial.callbacks(settings.monitor),
-            EarlyStopping(run.regularization.early_stopping.patience),
-        ]
-        result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
-        test, test_figures = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
-        summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
-        if ranks.main:
-            trial.record_measures(run_measures(result, summary))
-        with store_failure_keeps(checkpoint_dir, "after training"):
-            # The curves' metric, and what draws the task's test figure into a folder.
-            figure = (task.curve_metric, partial(task.plot, test_figures, parts.data.classes))
-            package = partial(deployable.of_run, parts.model, parts.data, task)
-            tracker.log_final(summary, result.history, figure, package)
-        if ranks.main:
-            resume.mark_complete(checkpoint_dir)
-    report(result, test, summary, settings, task, checkpoint_dir, tracker)
-    return objective(run, result, summary)
+        lock = RunLock(checkpoint_dir, run.fingerprint).hold(take_over=bool(trial.continues))
+    with lock:
+        # An unreachable store fails here, before training; other ranks track nothing.
+        tracker = build_tracker(run.tracking) if ranks.main else NullTracker()
+        task = build_task(run.task)
+        parts = build_parts(run, device, ranks, task)
+        check_objectives_exist(run, task, parts.data.num_outputs)
+        state = None
+        if point is not None and point.checkpoint is not None:
+            state = point.checkpoint.restore(parts.model, parts.optimizer, parts.scheduler)
+        amp_dtype = autocast_dtype(run.trainer.precision, device)
+        settings = FitSettings.of_run(run, device, task, amp_dtype, parts.data.num_outputs)
+        progress = EpochProgress(
+            run.trainer.epochs,
+            settings.monitor,
+            "quiet" if trial.quiet or not ranks.main else run.trainer.progress,
+            first_epoch=point.next_epoch if point else 0,
+            metric=task.curve_metric,
+        )
+        with final_status(tracker, trial.outcome), contextlib.closing(progress):
+            tags = ranks.tags(fingerprints)
+            record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
+            start_tracking(tracker, record, run, parts, trial, checkpoint_dir, ranks)
+            if ranks.main:  # the run a resume continues, known before its first checkpoint
+                lock.record(tracker.run_id)
+            callbacks = [
+                Checkpointer(
+                    checkpoint_dir,
+                    parts.model,
+                    parts.optimizer,
+                    parts.scheduler,
+                    config=run.resolved,
+                    fingerprint=run.fingerprint,
+                    mlflow_run_id=tracker.run_id,
+                ),
+                progress,
+                epoch_logger(tracker, checkpoint_dir),
+                *trial.callbacks(settings.monitor),
+                EarlyStopping(run.regularization.early_stopping.patience),
+            ]
+            result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
+            test, test_figures = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
+            summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
+            if ranks.main:
+                trial.record_measures(run_measures(result, summary))
+            with store_failure_keeps(checkpoint_dir, "after training"):
+                # The curves' metric, and what draws the task's test figure into a folder.
+                figure = (task.curve_metric, partial(task.plot, test_figures, parts.data.classes))
+                package = partial(deployable.of_run, parts.model, parts.data, task)
+                tracker.log_final(summary, result.history, figure, package)
+            if ranks.main:
+                resume.mark_complete(checkpoint_dir)
+        report(result, test, summary, settings, task, checkpoint_dir, tracker)
+        return objective(run, result, summary)
 
 
 def start_tracking(tracker, record: dict, run, parts, trial, checkpoint_dir: Path, ranks):
