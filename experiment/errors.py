@@ -27,7 +27,13 @@ class DataError(ExperimentError):
     """A dataset is missing, empty or unreadable."""
 
 
-class TrackingError(ExperimentError):
+class EnvironmentFailure(ExperimentError):
+    """The machine or a service failed, not the configuration: a full disk, a store that
+    does not answer. What was trained is kept; the same command continues once it is
+    fixed. A sweep counts no trial this ended: it keeps the trial for a retry and stops."""
+
+
+class TrackingError(EnvironmentFailure):
     """The MLflow tracking store cannot be reached or written."""
 
 
@@ -56,7 +62,7 @@ class CheckpointError(ExperimentError):
         )
 
 
-class WriteError(ExperimentError):
+class WriteError(EnvironmentFailure):
     """A file the run must keep (a checkpoint, an artifact) cannot be written: the disk is
     full, or the folder cannot be written. What was written before is whole."""
 

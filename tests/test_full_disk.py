@@ -12,9 +12,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 
 from experiment.training.builders import build_parts
 from experiment.training.checkpoint import LAST, Checkpoint, load_checkpoint
@@ -26,6 +28,7 @@ from tests.conftest import (
     run_cli,
     run_config,
     sqlite_uri,
+    sweep_args,
     tracking_overrides,
 )
 
@@ -78,10 +81,10 @@ def test_a_full_disk_stops_the_run_and_a_resume_continues_it_once_there_is_room(
     args = [*FAST, "trainer.epochs=4", "trainer.progress=quiet", *tracking_overrides(tmp_path)]
     with small_disk(tmp_path / "disk", size_kb=8192) as disk:
         size = checkpoint_size([*FAST, "trainer.checkpoint_dir=unused"])
-        # Room for a checkpoint and a half: epoch 1 writes best.pt and last.pt (one file,
-        # two names), the next write (the new best.pt or last.pt, beside the old file)
+        # Room for two checkpoints and a half: epoch 1 writes best.pt and last.pt (files of
+        # their own), the next write (the new best.pt or last.pt, beside the old files)
         # finds no room.
-        filler = fill_leaving(disk, int(1.5 * size))
+        filler = fill_leaving(disk, int(2.5 * size))
         checkpoints = disk / "checkpoints"
         run = [*args, f"trainer.checkpoint_dir={checkpoints}"]
 
@@ -108,3 +111,51 @@ def test_a_full_disk_stops_the_run_and_a_resume_continues_it_once_there_is_room(
         finished.info.run_id, "val/loss"
     )
     assert sorted(m.step for m in history) == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
+def test_a_full_artifact_store_loses_no_trial_and_the_same_command_finishes_the_sweep(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with small_disk(tmp_path / "artifacts", size_kb=4096) as disk:
+        tracking = [
+            f"tracking.uri={sqlite_uri(tmp_path)}",
+            f"tracking.artifact_root={disk}",
+            "tracking.log_model=true",
+            "tracking.log_plots=false",
+        ]
+        args = sweep_args(storage, tracking, n_trials=2)
+        filler = fill_leaving(disk, 8 * 1024)  # no room for a logged model
+
+        full = run_cli(args, tmp_path, split_stderr=True)
+
+        assert full.returncode == 2, output(full)
+        assert "Traceback" not in output(full)
+        (line,) = [x for x in full.stderr.splitlines() if "SweepError" in x]
+        assert "The sweep stopped: trial 0 was lost" in line and "no space left" in line
+        assert "does not count toward n_trials" in line and "same command continues" in line
+        study = optuna.load_study(study_name="test-study", storage=storage)
+        lost, *queued = study.trials  # the sweep stopped at the first lost trial
+        assert [t.state for t in queued] == [TrialState.WAITING]  # its retry, queued
+        assert lost.state == TrialState.FAIL and "no space left" in lost.system_attrs["fail_reason"]
+        runs = all_runs(sqlite_uri(tmp_path))
+        parent = next(r for r in runs if r.data.tags.get("sweep.parent") == "true")
+        assert parent.info.status == "FAILED"  # its end written though its artifacts failed
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        # The model upload cut short is marked FAILED and left no file behind.
+        models = MlflowClient(sqlite_uri(tmp_path)).search_logged_models(
+            experiment_ids=[parent.info.experiment_id]
+        )
+        assert [str(m.status) for m in models] == ["FAILED"]
+        assert not list(disk.rglob("model.pth"))
+
+        filler.unlink()
+        finished = run_cli(args, tmp_path)
+
+    assert finished.returncode == 0, output(finished)
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    counted = [t for t in study.trials if t.number != lost.number]
+    assert [t.state for t in counted] == [TrialState.COMPLETE] * 2, output(finished)[-3000:]
+    assert counted[0].user_attrs["retry_of"] == lost.number
+    runs = all_runs(sqlite_uri(tmp_path))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 3  # the parent, the lost trial's run continued by its retry, trial 2

@@ -17,6 +17,9 @@ from typing import Any
 from experiment.sweep.protocol import CHECKPOINT_DIR_ATTR, RUN_ID_ATTR, LostAttempt
 
 PRUNED, COMPLETE, FAIL = "PRUNED", "COMPLETE", "FAIL"
+# A trial its environment failed (experiment.errors.EnvironmentFailure): not counted, kept
+# for a retry, and the sweep stops.
+LOST = "LOST"
 MEASURES_ATTR = "measures"  # the trial's user attribute holding what its run measured
 
 

@@ -29,9 +29,10 @@ from hydra.core.utils import JobStatus, run_job, setup_globals
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf
 
-from experiment.errors import ExperimentError
+from experiment.errors import EnvironmentFailure, ExperimentError
 from experiment.sweep import context as sweep_context
 from experiment.sweep import optuna_internals as internals
+from experiment.sweep import study as studies
 from experiment.sweep.repeats import run_repeats
 from experiment.sweep.study import StudyLocation
 from experiment.system.console import split_streams
@@ -74,9 +75,14 @@ class TrialResult:
     # cancelled): the trial is failed with this reason and its configuration queued once
     # more, to continue from its checkpoint; it does not count against n_trials.
     lost: str | None = None
+    # Lost to its environment (a full disk, a store down): the sweep stops after it.
+    stops_sweep: bool = False
 
-    def __post_init__(self) -> None:  # an error is written to the study: no secret in it
-        self.error = redact(self.error) if self.error else self.error
+    def __post_init__(self) -> None:
+        self.error = redact(self.error) if self.error else self.error  # no secret in the study
+        if self.state == sweep_context.LOST:
+            self.state, self.stops_sweep = sweep_context.FAIL, True
+            self.lost = f"{studies.ENVIRONMENT_FAILED}: {self.error}"
 
 
 def objective_values(value, n_objectives: int) -> float | list[float]:
@@ -151,6 +157,8 @@ def _run_job(hydra_context, task_function, job_config: DictConfig, context):
     _release_memory()  # an out-of-memory trial must not starve the next one
     if context.is_pruned(error):
         return sweep_context.PRUNED, None, str(error)
+    if isinstance(error, EnvironmentFailure):
+        return sweep_context.LOST, None, f"{type(error).__name__}: {error}"
     if not isinstance(error, ExperimentError):  # a bug, not a bad value: keep its traceback
         log.error("Trial %d failed", context.trial.number, exc_info=error)
     return sweep_context.FAIL, None, f"{type(error).__name__}: {error}"

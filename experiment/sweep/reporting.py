@@ -161,7 +161,22 @@ class ParentRun:
         """Record the summary and (with `tracking.log_plots`) the study plots; status
         FINISHED, FAILED (all trials failed) or KILLED.
 
-        `close=False` leaves the run RUNNING for the other processes sharing the study."""
+        `close=False` leaves the run RUNNING for the other processes sharing the study.
+        The status is written whatever fails before it (a full artifact store, say)."""
+        try:
+            self._record_summary(study, summary, results_file)
+        except Exception as err:
+            log.warning(
+                "Could not record the sweep's summary in its MLflow run %s: %s: %s",
+                self.run_id,
+                type(err).__name__,
+                redact(str(err)).splitlines()[0] if str(err) else "",
+            )
+        finally:
+            if close or status == "KILLED":
+                self.client.set_terminated(self.run_id, status)
+
+    def _record_summary(self, study, summary: dict, results_file: Path | None) -> None:
         metrics = {f"trials_{state.lower()}": count for state, count in summary["counts"].items()}
         if summary.get("best_value") is not None:
             metrics["best_value"] = summary["best_value"]
@@ -184,8 +199,6 @@ class ParentRun:
         if results_file is not None and results_file.exists():
             self.client.log_artifact(self.run_id, str(results_file))
         self._log_plots(study)
-        if close or status == "KILLED":
-            self.client.set_terminated(self.run_id, status)
 
 
 # Margins (shares of the 10 x 6 in figure) of the study plots whose labels are fixed words.

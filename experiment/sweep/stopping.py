@@ -26,7 +26,7 @@ from experiment.sweep.study import FINISHED, is_counted
 
 @dataclass(frozen=True)
 class Stop:
-    by: str  # n_trials | timeout | target | patience | max_failure_rate | interrupted
+    by: str  # n_trials | timeout | target | patience | max_failure_rate | interrupted | environment
     reason: str
 
 

@@ -48,6 +48,8 @@ WARM_START_ATTR = "warm_start_from"  # on trials copied from another study
 HEARTBEAT_LOST = "heartbeat lost"  # the fail reason of a trial whose process went silent
 JOB_ATTR = "job"  # {job_id, folder, cluster} of a trial run as a submitit job
 JOB_LOST = "job ended without a result"  # cancelled, preempted, timed out, node lost
+# A disk full, a store down (experiment.errors.EnvironmentFailure): not the trial's fault.
+ENVIRONMENT_FAILED = "its environment failed"
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 DEFAULT_MAX_RETRIES = 3
 ATTEMPT_ATTR = "attempt"  # on a retry: 1 for the first of a configuration, then 2, ...
@@ -348,9 +350,9 @@ def continuation_of(trial: optuna.trial.FrozenTrial) -> LostAttempt:
 
 def was_killed(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial was lost (its process killed or silent, its job ended without a
-    result) rather than failed by its own task."""
+    result, its disk or store failed) rather than failed by its own task."""
     reason = str(trial.system_attrs.get(FAIL_REASON_ATTR, ""))
-    return reason.startswith((KILLED, HEARTBEAT_LOST, JOB_LOST))
+    return reason.startswith((KILLED, HEARTBEAT_LOST, JOB_LOST, ENVIRONMENT_FAILED))
 
 
 def is_counted(trial: optuna.trial.FrozenTrial) -> bool:

@@ -213,9 +213,14 @@ class SweepEngine(Sweeper):
             loop.stopped = Stop("max_failure_rate", f"{failed} of {finished} trials failed")
         summary = reporting.summarize(study, loop.stopped)
         results_file = sweep_dir / "optimization_results.yaml"
-        reporting.write_results(results_file, location.name, summary)
+        try:
+            reporting.write_results(results_file, location.name, summary)
+        except OSError as err:  # a full disk: the parent run's end is written all the same
+            log.warning("Could not write %s: %s", results_file, err.strerror or err)
+            results_file = None
         if loop.parent is not None:
-            failed = loop.all_failed or too_many_failed or errored
+            lost = loop.stopped is not None and loop.stopped.by == "environment"
+            failed = loop.all_failed or too_many_failed or errored or lost
             status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
             with loop.lock:  # the last process of a shared study to finish closes the run
                 others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
@@ -234,8 +239,14 @@ class SweepEngine(Sweeper):
             loop.stopped.reason,
             summary["counts"],
             reporting.best_line(summary),
-            results_file,
+            results_file or "(not written)",
         )
+        if loop.stopped.by == "environment":
+            raise SweepError(
+                f"The sweep stopped: {loop.stopped.reason} It does not count toward n_trials; "
+                "once that is fixed, the same command continues the study and retries it "
+                "from its checkpoint."
+            )
         if loop.stopped.by == "max_failure_rate":  # as _finish recorded it
             raise SweepError(loop.failure_rate.message(study, sweep_dir))
         if loop.all_failed:

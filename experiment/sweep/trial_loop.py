@@ -81,6 +81,13 @@ class TrialLoop:
             trial = self._record(result)
             self.results.append(result)
             log.info(reporting.trial_line(result, params_of.get(result.number, trial.params)))
+            if result.stops_sweep and self.stopped is None:  # the next trials would fail too
+                self.stopped = Stop("environment", f"trial {result.number} was lost: {result.lost}")
+                log.warning(
+                    "Stopping: trial %d was lost to a failure of the machine or a "
+                    "store. Running trials finish.",
+                    result.number,
+                )
 
     def _submit(self, trial, executor: Executor) -> dict:
         """Compose the trial's job and hand it to the executor; a trial whose config

@@ -152,3 +152,21 @@ def _delete_failed_models(tracker) -> None:
     ):
         if str(logged.status) == "FAILED":  # a status filter is not matched by every store
             client.delete_logged_model(logged.model_id)
+
+
+def discard_failed_models(tracker) -> None:
+    """The files of this run's logged models that MLflow marked FAILED (an upload cut short
+    by a full disk, say) deleted from the artifact store: no truncated model.pth is left to
+    load, and the space is freed. The FAILED record stays, to show the attempt."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        client = tracker.mlflow.MlflowClient(tracker.uri)
+        for logged in client.search_logged_models(
+            experiment_ids=[tracker.experiment_id],
+            filter_string=f"source_run_id = '{tracker.run_id}'",
+        ):
+            if str(logged.status) == "FAILED":
+                get_artifact_repository(logged.artifact_location).delete_artifacts()
+    except Exception as err:  # the store itself is what failed: the error raised says so
+        log.warning("Could not remove a model upload cut short: %s", type(err).__name__)

@@ -334,8 +334,13 @@ class Tracker:
         self, model: torch.nn.Module, example: torch.Tensor, metadata: dict, step: int = 0
     ) -> None:
         """Log `model` with a signature, an input example and `metadata`, as the run's
-        output at `step` (model_log.py)."""
-        model_log.log_model(self, model, example, metadata, step)
+        output at `step` (model_log.py). One that fails part-way (a full disk) leaves its
+        logged model marked FAILED and none of its files."""
+        try:
+            model_log.log_model(self, model, example, metadata, step)
+        except Exception:
+            model_log.discard_failed_models(self)
+            raise
 
     @uninterrupted
     def finish(self, status: str) -> None:
