@@ -33,7 +33,7 @@ from experiment.sweep.protocol import (
     LostAttempt,
 )
 from experiment.system.secrets import redact
-from experiment.system.sqlite_files import create_atomically
+from experiment.system.sqlite_files import create_atomically, existing_file_problem, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,13 @@ def make_storage(
         storage = optuna.storages.RDBStorage(temporary_url, engine_kwargs=engine_kwargs)
         storage.engine.dispose()
 
+    problem = existing_file_problem(url, "studies")
+    if problem is not None:
+        raise SweepError(
+            f"The study file {sqlite_path(url)} {problem}. It is left as it is: restore it "
+            "from a backup, or move it away to start a new study there "
+            "(hydra.sweeper.storage names it)."
+        )
     try:
         create_atomically(url, create_tables)
         return _open_rdb_storage(url, engine_kwargs, heartbeat)

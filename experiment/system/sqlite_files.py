@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,38 @@ def sqlite_path(url: str) -> Path | None:
     if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
         return None
     return Path(url[len(prefix) :]).expanduser()
+
+
+def existing_file_problem(url: str, table: str) -> str | None:
+    """What is wrong with the existing SQLite file of `url` as a database holding `table`
+    (an Optuna storage's `studies`, an MLflow store's `experiments`): empty, not a SQLite
+    file, damaged, or another program's database. None where it is fine or not there (a
+    new one is created whole), and for other URLs. Such a file is never written to: a
+    library would create its tables in it and carry on as if nothing had been there."""
+    path = sqlite_path(url)
+    if path is None or not path.exists():
+        return None
+    if path.is_dir():
+        return "is a folder, not a database file"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes): whatever it held is gone"
+    try:
+        reading = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)
+        with contextlib.closing(reading) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master")}
+            if table not in tables:
+                kind = f"tables {', '.join(sorted(tables)[:5])}" if tables else "no tables"
+                return f"is a SQLite database of something else ({kind}; no '{table}')"
+            (verdict,) = db.execute("pragma quick_check(1)").fetchone()
+            if verdict != "ok":
+                return f"is damaged (SQLite: {verdict})"
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):  # busy writers for a minute: no verdict, the library's turn
+            return None
+        return f"cannot be read (SQLite: {err})"
+    except sqlite3.DatabaseError as err:  # "file is not a database", "... is malformed"
+        return f"is damaged or not a SQLite database (SQLite: {err})"
+    return None
 
 
 def create_atomically(

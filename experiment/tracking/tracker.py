@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from experiment.errors import ConfigValueError, TrackingError
+from experiment.errors import ConfigValueError, ExperimentError, TrackingError
+from experiment.system.durable import writable_folder_problem
 from experiment.system.secrets import redact
 from experiment.system.signals import uninterrupted
-from experiment.system.sqlite_files import create_atomically
+from experiment.system.sqlite_files import create_atomically, existing_file_problem, sqlite_path
 from experiment.tracking import model_log
 from experiment.tracking.run_figures import RunFigures
 
@@ -80,6 +81,51 @@ def _point_default_experiment_here(database: Path) -> None:
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
             (_default_artifact_root(),),
         )
+
+
+def _artifact_location(artifact_root: str | None) -> str | None:
+    """The file URI of a local `tracking.artifact_root`, checked before an experiment is
+    created with it: MLflow would record any location and fail every run that writes there."""
+    if not artifact_root:
+        return None
+    folder = Path(artifact_root).expanduser().resolve()
+    problem = writable_folder_problem(folder)
+    if problem is not None:
+        raise ConfigValueError(
+            "tracking.artifact_root", artifact_root, f"a folder this process can write ({problem})"
+        )
+    return folder.as_uri()
+
+
+def _differs(wanted: str | None, existing: str | None) -> bool:
+    """Whether an experiment's local artifact location is another folder than `wanted`."""
+    if wanted is None or not existing or not existing.startswith("file:"):
+        return False
+    return wanted.rstrip("/") != existing.rstrip("/")
+
+
+def _reachable(uri: str, patience: float = 10.0) -> None:
+    """A database server behind `uri` answers, or the error within ~`patience` + 5 s
+    (MLflow itself retries for over a minute and a half before it says so)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in ("postgresql", "mysql"):
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 5}, poolclass=NullPool)
+    deadline = time.monotonic() + patience
+    try:
+        while True:
+            try:
+                with engine.connect():
+                    return
+            except sqlalchemy.exc.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+    finally:
+        engine.dispose()
 
 
 def _create_store(uri: str) -> None:
@@ -182,11 +228,21 @@ class Tracker:
         if redact(self.uri) != self.uri:  # MLflow prints run URLs, credentials and all
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
-        location = Path(artifact_root).resolve().as_uri() if artifact_root and local else None
+        location = _artifact_location(artifact_root) if local else None
+        problem = existing_file_problem(self.uri, "experiments")
+        if problem is not None:
+            raise TrackingError(
+                f"The MLflow store file {sqlite_path(self.uri)} {problem}. It is left as it "
+                "is: restore it from a backup, or move it away (or give tracking.uri another "
+                "file) to start a new store."
+            )
         try:
+            _reachable(self.uri)
             _create_store(self.uri)
             with _few_http_retries():  # a server that is not there: say so in seconds
                 self.experiment_id = self._experiment_id(location)
+        except ExperimentError:
+            raise
         except Exception as err:  # any failure here means the store is unusable
             raise TrackingError(
                 f"Cannot use the MLflow tracking store {redact(self.uri)}: "
@@ -208,6 +264,14 @@ class Tracker:
             with contextlib.suppress(MlflowException):
                 client.create_experiment(self.experiment_name, artifact_location)
             found = client.get_experiment_by_name(self.experiment_name)
+        elif _differs(artifact_location, found.artifact_location):
+            raise ConfigValueError(
+                "tracking.artifact_root",
+                artifact_location.removeprefix("file://"),
+                f"the artifact location of experiment '{self.experiment_name}', "
+                f"{found.artifact_location}: MLflow fixes it when it creates an experiment "
+                "(give tracking.experiment_name a new name for artifacts elsewhere)",
+            )
         _EXPERIMENT_IDS[key] = found.experiment_id
         return found.experiment_id
 
