@@ -276,6 +276,12 @@ CLI = {
         2,
         ["hydra.sweeper.warm_start reads another study from a database storage"],
     ),
+    # MLflow alone retries a database for over a minute and a half before it says so.
+    "tracking database unreachable": case(
+        ["tracking.uri=postgresql://user:pg-pass-123@127.0.0.1:9/mlflow"],
+        2,
+        ["TrackingError", "postgresql://user:***@127.0.0.1:9/mlflow", "Connection refused"],
+    ),
     "sweep storage unreachable": case(
         [*SWEEP, "hydra.sweeper.storage=postgresql://user:pg-pass-123@127.0.0.1:9/optuna"],
         2,

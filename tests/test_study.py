@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import optuna
 import pytest
 from omegaconf import OmegaConf
@@ -149,3 +151,83 @@ def test_pareto_ranks_peel_the_front_off_layer_by_layer():
     for values in ([1, 4], [2, 2], [4, 1], [3, 3], [5, 5]):
         study.add_trial(optuna.trial.create_trial(values=values))
     assert pareto_ranks(study) == {0: 1, 1: 1, 2: 1, 3: 2, 4: 3}
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("empty", "is empty (0 bytes)"),
+        ("truncated", "database disk image is malformed"),
+        ("text", "file is not a database"),
+        ("foreign", "is a SQLite database of something else (tables runs; no 'studies')"),
+    ],
+)
+def test_a_study_file_that_is_empty_damaged_or_foreign_is_refused_and_left_as_it_is(
+    tmp_path, kind, expected
+):
+    import sqlite3
+
+    path = tmp_path / "optuna.db"
+    if kind == "empty":
+        path.touch()
+    elif kind == "text":
+        path.write_text("name: a results file\n")
+    elif kind == "foreign":  # another program's database (MLflow's, say) is not a study
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("create table runs (id text)")
+            db.commit()
+    else:  # a study file cut in the middle of its tables
+        whole = tmp_path / "whole.db"
+        study = optuna.create_study(study_name="s", storage=make_storage(f"sqlite:///{whole}"))
+        for _ in range(50):
+            study.add_trial(optuna.trial.create_trial(value=1.0))
+        data = whole.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    before = path.read_bytes()
+    with pytest.raises(SweepError) as refused:
+        make_storage(f"sqlite:///{path}")
+    message = str(refused.value)
+    assert f"The study file {path} " in message and expected in message, message
+    assert "restore it from a backup, or move it away" in message
+    assert path.read_bytes() == before  # never replaced, never written to
+
+
+def test_a_new_study_of_an_old_name_gets_a_parent_run_of_its_own(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from experiment.sweep import study as studies
+    from experiment.sweep.reporting import STUDY_UID_TAG, ParentRun
+    from tests.conftest import sqlite_uri, tracking_overrides
+
+    settings = dict(o.split("=", 1) for o in tracking_overrides(tmp_path))
+    tracking = SimpleNamespace(
+        uri=settings["tracking.uri"],
+        artifact_root=settings["tracking.artifact_root"],
+        experiment_name="identity",
+        log_plots=False,
+    )
+
+    def parent_of(study):
+        return ParentRun(tracking, study.study_name, None, *studies.identity(study)).run_id
+
+    first = optuna.create_study(
+        study_name="cifar", storage=make_storage(f"sqlite:///{tmp_path / 'a.db'}")
+    )
+    parent = parent_of(first)
+    assert parent_of(first) == parent  # the same study, resumed: the same parent
+    # The study file replaced by a new one of the same name: a parent of its own.
+    again = optuna.create_study(
+        study_name="cifar", storage=make_storage(f"sqlite:///{tmp_path / 'b.db'}")
+    )
+    assert parent_of(again) != parent
+    # A study from before identities (trials, no identity) keeps its untagged parent.
+    client = MlflowClient(sqlite_uri(tmp_path))
+    client.delete_tag(parent, STUDY_UID_TAG)
+    old = optuna.create_study(
+        study_name="cifar", storage=make_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    )
+    old.add_trial(optuna.trial.create_trial(value=1.0))
+    assert parent_of(old) == parent
+    assert client.get_run(parent).data.tags[STUDY_UID_TAG] == old.user_attrs["identity"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from experiment.config.run_config import RunConfig, flatten, overrides_yaml
 from experiment.system.secrets import ENV_PREFIX, is_secret_key, redact, redact_tree
 from experiment.tracking.tracker import absolute_uri
@@ -175,3 +177,26 @@ def test_epoch_metrics_are_sent_in_batches_and_all_of_them_by_the_runs_end(tmp_p
     tracker.finish("FAILED")  # a run that ends, however it ends, sends what it holds
     assert steps() == [0, 1, 2, 3, 4]
     assert client.get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_a_store_or_artifact_root_that_cannot_serve_is_refused_before_any_experiment(tmp_path):
+    from experiment.errors import ConfigValueError, TrackingError
+    from experiment.tracking.tracker import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(ConfigValueError, match="tracking.artifact_root.*a folder this process"):
+        Tracker(uri, "/proc/no-such-folder", "first")
+    assert not (tmp_path / "mlflow.db").exists()  # no experiment made with that location
+
+    Tracker(uri, str(tmp_path / "artifacts"), "first")
+    with pytest.raises(ConfigValueError) as moved:
+        Tracker(uri, str(tmp_path / "elsewhere"), "first")
+    assert "MLflow fixes it when it creates an experiment" in str(moved.value)
+    assert (tmp_path / "artifacts").as_uri() in str(moved.value)
+    Tracker(uri, str(tmp_path / "elsewhere"), "second")  # a new experiment: any folder
+
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes((tmp_path / "mlflow.db").read_bytes()[:5000])
+    with pytest.raises(TrackingError, match=f"The MLflow store file {damaged} is damaged"):
+        Tracker(f"sqlite:///{damaged}", None, "first")
+    assert damaged.stat().st_size == 5000  # left as it is

@@ -21,12 +21,19 @@ from experiment.system import durable
 from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
+STUDY_UID_TAG = "optuna.study_uid"  # the parent run's study: its identity, not its name
 
 
 class ParentRun:
-    """The study's MLflow run; trials nest under it. Found again by tag on resume."""
+    """The study's MLflow run; trials nest under it. Found again on resume by the study's
+    name and identity (`study.identity`): a new study of an old name gets a parent of its
+    own, never the old study's."""
 
-    def __init__(self, tracking_cfg, study_name: str, storage: str | None):
+    def __init__(
+        self, tracking_cfg, study_name: str, storage: str | None, study_uid: str, legacy=False
+    ):
+        """`legacy`: the study predates study identities; its parent run (one without the
+        identity tag) is adopted."""
         from experiment.tracking.tracker import (
             Tracker,  # MLflow and torch: only for apps that track
         )
@@ -40,11 +47,14 @@ class ParentRun:
             [self.tracker.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = 'true' and "
             f"tags.`optuna.study_name` = '{study_name}'",
-            max_results=1,
         )
-        if found:
-            self.run_id = found[0].info.run_id
+        mine = [r for r in found if r.data.tags.get(STUDY_UID_TAG) == study_uid]
+        if not mine and legacy:
+            mine = [r for r in found if STUDY_UID_TAG not in r.data.tags][:1]
+        if mine:
+            self.run_id = mine[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, STUDY_UID_TAG, study_uid)
         else:
             run = self.client.create_run(
                 self.tracker.experiment_id,
@@ -52,6 +62,7 @@ class ParentRun:
                 tags={
                     PARENT_TAG: "true",
                     "optuna.study_name": study_name,
+                    STUDY_UID_TAG: study_uid,
                     "optuna.storage": redact(storage or "in-memory"),
                 },
             )

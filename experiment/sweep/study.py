@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ RETRY_OF_ATTR = "retry_of"  # set on the queued re-run of a trial killed mid-run
 FAIL_REASON_ATTR, KILLED = "fail_reason", "process killed"
 ERROR_ATTR = "error"  # what a failed trial's task raised or returned
 COORDINATORS_ATTR = "coordinators"  # how many sweep processes have joined the study
+IDENTITY_ATTR = "identity"  # a new study of an old name is another study
 
 WARM_START_ATTR = "warm_start_from"  # on trials copied from another study
 HEARTBEAT_LOST = "heartbeat lost"  # the fail reason of a trial whose process went silent
@@ -372,6 +374,18 @@ def counted_trials(study: optuna.Study) -> int:
     """Trials that use up the budget: finished ones and those running now (see is_counted)."""
     trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
     return sum(is_counted(t) for t in trials)
+
+
+def identity(study: optuna.Study) -> tuple[str, bool]:
+    """The study's own identity (a random id kept in its user attributes, given when it is
+    first opened; call under the study lock), and whether it was given one just now though
+    it already held trials (a study from before identities: its parent run has none)."""
+    uid = study.user_attrs.get(IDENTITY_ATTR)
+    if uid:
+        return str(uid), False
+    uid = uuid.uuid4().hex
+    study.set_user_attr(IDENTITY_ATTR, uid)
+    return uid, bool(study.get_trials(deepcopy=False))
 
 
 def load_or_create(name: str, storage, directions: list[str], pruner) -> optuna.Study:

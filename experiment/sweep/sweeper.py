@@ -153,7 +153,7 @@ class SweepEngine(Sweeper):
             summary, results_file = self._finish(loop, location, sweep_dir, bool(stop), errored)
             if stop is not None:
                 stop.add_note(stop_note(loop))
-        self._report(loop, location, summary, results_file, sweep_dir)
+        report(loop, location, summary, results_file, sweep_dir)
 
     def _open_study(self, location, directions, pruner, space, fixed, constrained) -> TrialLoop:
         """Join (or create) the study under its lock: its sampler, queued and warm-start
@@ -173,7 +173,7 @@ class SweepEngine(Sweeper):
                 study, location.storage_url, settings.warm_start, settings.enqueue_trials, space
             )
             studies.recover_stale_trials(study, settings.max_retries)
-            parent = self._parent_run(location)
+            parent = self._parent_run(location, *studies.identity(study))
             if parent is not None:
                 parent.close_orphans(study)
             done = studies.counted_trials(study)
@@ -226,34 +226,6 @@ class SweepEngine(Sweeper):
                 others_running = bool(study.get_trials(states=(studies.TrialState.RUNNING,)))
                 loop.parent.finish(study, summary, results_file, status, close=not others_running)
         return summary, results_file
-
-    def _report(self, loop: TrialLoop, location, summary, results_file, sweep_dir) -> None:
-        """The summary lines; SweepError where too many, or all, trials failed."""
-        study, results = loop.study, loop.results
-        log.info(
-            "Trials of study '%s', best first:\n%s", location.name, reporting.summary_table(study)
-        )
-        log.info(
-            "Sweep done (stopped by %s: %s): %s. %s Results: %s",
-            loop.stopped.by,
-            loop.stopped.reason,
-            summary["counts"],
-            reporting.best_line(summary),
-            results_file or "(not written)",
-        )
-        if loop.stopped.by == "environment":
-            raise SweepError(
-                f"The sweep stopped: {loop.stopped.reason} It does not count toward n_trials; "
-                "once that is fixed, the same command continues the study and retries it "
-                "from its checkpoint."
-            )
-        if loop.stopped.by == "max_failure_rate":  # as _finish recorded it
-            raise SweepError(loop.failure_rate.message(study, sweep_dir))
-        if loop.all_failed:
-            raise SweepError(
-                f"All {len(results)} trials of this sweep failed; the first: "
-                f"{results[0].error}. See the trial logs under {sweep_dir}."
-            )
 
     def _set_up_logging(self) -> None:
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -308,12 +280,39 @@ class SweepEngine(Sweeper):
         choices = OmegaConf.select(self.config, "hydra.runtime.choices", default={}) or {}
         return choices.get("hydra/launcher")
 
-    def _parent_run(self, location):
+    def _parent_run(self, location, study_uid: str, legacy: bool):
         # Any task function may be swept: one without a `tracking` node has no parent run.
         if not OmegaConf.select(self.config, "tracking.enabled", default=False):
             return None
         tracking = self.config.tracking
-        return reporting.ParentRun(tracking, location.name, location.storage_url)
+        return reporting.ParentRun(tracking, location.name, location.storage_url, study_uid, legacy)
+
+
+def report(loop: TrialLoop, location, summary, results_file, sweep_dir) -> None:
+    """The summary lines; SweepError where too many, or all, trials failed."""
+    study, results = loop.study, loop.results
+    log.info("Trials of study '%s', best first:\n%s", location.name, reporting.summary_table(study))
+    log.info(
+        "Sweep done (stopped by %s: %s): %s. %s Results: %s",
+        loop.stopped.by,
+        loop.stopped.reason,
+        summary["counts"],
+        reporting.best_line(summary),
+        results_file or "(not written)",
+    )
+    if loop.stopped.by == "environment":
+        raise SweepError(
+            f"The sweep stopped: {loop.stopped.reason} It does not count toward n_trials; "
+            "once that is fixed, the same command continues the study and retries it "
+            "from its checkpoint."
+        )
+    if loop.stopped.by == "max_failure_rate":  # as _finish recorded it
+        raise SweepError(loop.failure_rate.message(study, sweep_dir))
+    if loop.all_failed:
+        raise SweepError(
+            f"All {len(results)} trials of this sweep failed; the first: "
+            f"{results[0].error}. See the trial logs under {sweep_dir}."
+        )
 
 
 def stop_note(loop: TrialLoop) -> str:

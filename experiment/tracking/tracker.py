@@ -254,7 +254,7 @@ class Tracker:
     def _experiment_id(self, artifact_location: str | None) -> str:
         from mlflow.exceptions import MlflowException
 
-        key = (self.uri, self.experiment_name)
+        key = (self.uri, self.experiment_name, artifact_location)
         if key in _EXPERIMENT_IDS:  # trials of a sweep reuse it: a lookup costs ~0.3 s
             return _EXPERIMENT_IDS[key]
         client = self.mlflow.MlflowClient(self.uri)

@@ -112,21 +112,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             start_tracking(tracker, record, run, parts, trial, checkpoint_dir, ranks)
             if ranks.main:  # the run a resume continues, known before its first checkpoint
                 lock.record(tracker.run_id)
-            callbacks = [
-                Checkpointer(
-                    checkpoint_dir,
-                    parts.model,
-                    parts.optimizer,
-                    parts.scheduler,
-                    config=run.resolved,
-                    fingerprint=run.fingerprint,
-                    mlflow_run_id=tracker.run_id,
-                ),
-                progress,
-                epoch_logger(tracker, checkpoint_dir),
-                *trial.callbacks(settings.monitor),
-                EarlyStopping(run.regularization.early_stopping.patience),
-            ]
+            callbacks = epoch_callbacks(run, parts, checkpoint_dir, tracker, progress, trial)
             result, summary = train(run, parts, settings, callbacks, state, tracker, trial, ranks)
             test, test_figures = evaluate_best(parts, checkpoint_dir, settings, ranks, run.dataset)
             summary.update(final_metrics(result, test, parts, settings, run, trial.wanted_measures))
@@ -141,6 +127,27 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
                 resume.mark_complete(checkpoint_dir)
         report(result, test, summary, settings, task, checkpoint_dir, tracker)
         return objective(run, result, summary)
+
+
+def epoch_callbacks(run, parts, checkpoint_dir: Path, tracker, progress, trial) -> list:
+    """What runs after every epoch, in order: checkpoints first (a pruned or stopped run
+    has its last epoch saved), early stopping last."""
+    monitor = run.monitor.metric
+    return [
+        Checkpointer(
+            checkpoint_dir,
+            parts.model,
+            parts.optimizer,
+            parts.scheduler,
+            config=run.resolved,
+            fingerprint=run.fingerprint,
+            mlflow_run_id=tracker.run_id,
+        ),
+        progress,
+        epoch_logger(tracker, checkpoint_dir),
+        *trial.callbacks(monitor),
+        EarlyStopping(run.regularization.early_stopping.patience),
+    ]
 
 
 def start_tracking(tracker, record: dict, run, parts, trial, checkpoint_dir: Path, ranks):
