@@ -9,13 +9,18 @@ sweeper is the subject run the real CLI.
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
+from experiment.config.run_config import RunConfig
+from experiment.errors import ConfigValueError
 from experiment.train import main, run_reporting_errors
 from tests.conftest import all_runs, compose_config, output, run_cli, sqlite_uri, store_overrides
 
@@ -190,12 +195,168 @@ IN_PROCESS = {
         2,
         ["optimized_metric", "test/acc", "model/params"],
     ),
+    # Combinations of keys that each pass their own rule (experiment.config.rules), and
+    # settings that only the data tells wrong (training/data_rules.py): before any epoch.
+    "plateau monitor unknown": case(
+        [*FAST_DATA, "scheduler=plateau", "scheduler.monitor=val/nope"],
+        2,
+        ["scheduler.monitor", "val/nope", "val/loss, val/acc"],
+    ),
+    "plateau monitor not a validation metric": case(
+        ["scheduler=plateau", "scheduler.monitor=test/acc"], 2, ["scheduler.monitor", "val/loss"]
+    ),
+    "plateau mode": case(
+        ["scheduler=plateau", "scheduler.schedule.mode=up"], 2, ["scheduler.schedule.mode", "min"]
+    ),
+    "plateau stepped per batch": case(
+        ["scheduler=plateau", "scheduler.interval=step"], 2, ["scheduler.interval", "epoch"]
+    ),
+    "one-cycle shorter than the run": case(
+        ["scheduler=onecycle", "scheduler.schedule.epochs=1", "trainer.epochs=3"],
+        2,
+        ["scheduler.schedule.epochs", "at least trainer.epochs"],
+    ),
+    "one-cycle fewer steps than batches": case(
+        [*FAST_DATA, "scheduler=onecycle", "scheduler.schedule.steps_per_epoch=1"],
+        2,
+        ["scheduler.schedule.steps_per_epoch", "the batches of an epoch"],
+    ),
+    "one-cycle stepped per epoch": case(
+        ["scheduler=onecycle", "scheduler.interval=epoch"], 2, ["scheduler.interval", "step"]
+    ),
+    "nesterov without momentum": case(
+        ["optimizer=sgd", "optimizer.momentum=0"], 2, ["optimizer.momentum", "nesterov"]
+    ),
+    "loss that does not reduce": case(
+        ["task.loss={{_target_:torch.nn.CrossEntropyLoss,reduction:none}}"],
+        2,
+        ["task.loss.reduction", "'none'", "mean or sum"],
+    ),
+    "regression loss that does not reduce": case(
+        [
+            "task=regression",
+            "dataset=synthetic_regression",
+            "task.loss={{_target_:torch.nn.MSELoss,reduction:none}}",
+        ],
+        2,
+        ["task.loss.reduction", "mean or sum"],
+    ),
+    "model without parameters": case(
+        [*FAST_DATA, "model=mlp", "model._target_=tests.apps.bad_data.NoParameters"],
+        2,
+        ["no trainable parameters", "tests.apps.bad_data.NoParameters"],
+    ),
+    "batch norm with one-sample batches": case(
+        [*FAST_DATA, "dataset.batch_size=1"], 2, ["dataset.batch_size", "batch norm"]
+    ),
+    "crop padding larger than the images": case(
+        [*FAST_DATA, "regularization.augmentation=true", "dataset.crop_padding=100000"],
+        2,
+        ["dataset.crop_padding", "100000", "at most the images' size"],
+    ),
+    "interpolation of a missing key": case(
+        ["trainer.epochs=${{missing.key}}"], 2, ["'trainer.epochs'", "missing.key", "interpolation"]
+    ),
+    "interpolation of an unset variable": case(
+        ["tracking.experiment_name=${{oc.env:EXPERIMENT_UNSET_VARIABLE}}"],
+        2,
+        ["'tracking.experiment_name'", "EXPERIMENT_UNSET_VARIABLE", "${{oc.env:NAME,default}}"],
+    ),
+    "no optimized metric": case(
+        ["optimized_metric=[]", "optimized_direction=[]"], 2, ["optimized_metric", "non-empty"]
+    ),
+    "empty experiment name": case(
+        ["tracking.experiment_name="], 2, ["tracking.experiment_name", "a non-empty name"]
+    ),
+    "artifact root that cannot be created": case(
+        ["tracking.artifact_root={tmp}/files/hostname/artifacts"],
+        2,
+        ["tracking.artifact_root", "Not a directory"],
+    ),
+    # A user's data, wrong: named once it is loaded, before any epoch.
+    "NaN and infinity in the inputs": case(
+        ["dataset.source._target_=tests.apps.bad_data.non_finite_inputs", "model=mlp"],
+        2,
+        ["2 of the", "NaN or infinite inputs", "sample 3"],
+    ),
+    "NaN in the targets": case(
+        [
+            "dataset.source._target_=tests.apps.bad_data.non_finite_targets",
+            "model=mlp",
+            "task=regression",
+        ],
+        2,
+        ["NaN or infinite targets", "sample 5"],
+    ),
+    "one class in the training data": case(
+        ["dataset.source._target_=tests.apps.bad_data.one_class", "model=mlp"],
+        2,
+        ["the label 0", "two classes or more"],
+    ),
+    "image folder where nothing decodes": case(
+        [
+            "dataset=image_folder",
+            "dataset.source.path={tmp}/undecodable",
+            "dataset.cache_dir={tmp}/cache",
+        ],
+        2,
+        ["No image in {tmp}/undecodable/train can be decoded"],
+    ),
+    "image folder where nothing decodes, without a cache": case(
+        ["dataset=image_folder", "dataset.source.path={tmp}/undecodable", "dataset.cache_dir=null"],
+        2,
+        ["Cannot read image {tmp}/undecodable/train/"],
+    ),
+    "image folder too small to split": case(
+        ["dataset=image_folder", "dataset.source.path={tmp}/few"],
+        2,
+        ["The train split holds no samples once the data is split", "dataset.val_fraction"],
+    ),
     "tracking server unreachable": case(
         ["tracking.uri=http://127.0.0.1:9"],
         2,
         ["Cannot use the MLflow tracking store http://127.0.0.1:9", "tracking=none"],
     ),
 }
+
+# Each group's keys outside what their fields allow (experiment.config.allowed), by class:
+# (key, value, what the message says is allowed, the group options that have the key).
+OUT_OF_RANGE = [
+    ("trainer.seed", "-1", "2**32 - 1", []),
+    ("trainer.dist_timeout", "0", "seconds > 0", []),
+    ("dataset.eval_batch_size", "0", ">= 1", []),
+    ("dataset.crop_padding", "-1", ">= 0", []),
+    ("dataset.std", "[0]", "> 0", []),
+    ("dataset.resized_crop_scale", "[0.9,0.1]", "min <= max", []),
+    ("dataset.num_workers", "-1", ">= 0", []),
+    ("dataset.test_fraction", "0", "between 0 and 1", []),
+    ("dataset.source.num_classes", "1", ">= 2", ["dataset=synthetic"]),
+    ("dataset.source.noise", "-1", ">= 0", ["dataset=synthetic"]),
+    ("dataset.source.num_train", "1", ">= 2", ["dataset=synthetic"]),
+    ("model.kernel_size", "0", ">= 1", []),
+    ("model.init_std", "0", "> 0", []),
+    ("model.hidden_sizes", "[]", "non-empty list", ["model=mlp"]),
+    ("model.channels", "[0]", "integers >= 1", []),
+    ("optimizer.betas", "[1.0,0.9]", "betas", []),
+    ("optimizer.eps", "0", "> 0", []),
+    ("optimizer.momentum", "1.0", "[0, 1)", ["optimizer=sgd"]),
+    ("optimizer.alpha", "1", "[0, 1)", ["optimizer=rmsprop"]),
+    ("optimizer.backbone_lr_scale", "0", "> 0", []),
+    ("scheduler.schedule.step_size", "0", ">= 1", ["scheduler=step"]),
+    ("scheduler.schedule.T_max", "0", ">= 1", []),
+    ("scheduler.schedule.eta_min", "-1", ">= 0", []),
+    ("scheduler.schedule.factor", "1.5", "(0, 1]", ["scheduler=plateau"]),
+    ("scheduler.schedule.patience", "-1", ">= 0", ["scheduler=plateau"]),
+    (
+        "scheduler.schedule.pct_start",
+        "1",
+        "strictly between 0 and 1",
+        ["scheduler=onecycle"],
+    ),
+    ("regularization.early_stopping.patience", "0", ">= 1", []),
+    ("regularization.early_stopping.min_delta", "-1", ">= 0", []),
+    ("tracking.system_metrics_interval", "0", "> 0", []),
+]
 
 # Hydra's own command line rejects these before any job starts: `main()` in this process,
 # with the arguments a user types.
@@ -210,6 +371,9 @@ HYDRA = {
     "wrong bool": case(["trainer.deterministic=maybe"], 1, ["trainer.deterministic", "maybe"]),
     "wrong float": case(["regularization.dropout=high"], 1, ["regularization.dropout", "'high'"]),
     "precision enum": case(["trainer.precision=fp8"], 1, ["trainer.precision", "fp8", "bf16"]),
+    "sweep seed not a number": case(
+        [*SWEEP, "hydra.sweeper.seed=abc"], 1, ["hydra.sweeper.seed", "abc"]
+    ),
     "loop control in the schedule": case(
         ["scheduler=step", "scheduler.schedule.interval=step"], 1, ["interval", "not in"]
     ),
@@ -327,6 +491,15 @@ SWEEP_SETTINGS = {
         [*SWEEP, "hydra.sweeper.max_failure_rate=2"], 2, ["max_failure_rate=2", "[0, 1]"]
     ),
     "sweep repeats": case([*SWEEP, "hydra.sweeper.repeats=0"], 2, ["repeats=0", ">= 1"]),
+    "sweep seed negative": case(
+        [*SWEEP, "hydra.sweeper.seed=-1"], 2, ["hydra.sweeper.seed=-1", "[0, 2**32 - 1]"]
+    ),
+    "sweep seed too large": case(
+        [*SWEEP, "hydra.sweeper.seed=4294967296"], 2, ["hydra.sweeper.seed=4294967296"]
+    ),
+    "sweep without a direction": case(
+        [*SWEEP, "hydra.sweeper.direction=[]"], 2, ["hydra.sweeper.direction=[]", "maximize"]
+    ),
     "sweep retries": case([*SWEEP, "hydra.sweeper.max_retries=-1"], 2, ["max_retries=-1", ">= 0"]),
     "sweep seed key": case(
         [*SWEEP, "hydra.sweeper.repeats=2", "hydra.sweeper.seed_key=trainer.sed"],
@@ -356,6 +529,13 @@ def _write_bad_inputs(tmp) -> None:
     whole = (files / "weights.pt").read_bytes()
     (files / "truncated.pt").write_bytes(whole[: len(whole) // 2])
     torch.save({"model": _Payload()}, files / "code.pt")
+    for name in ("cat", "dog"):  # files named as images that are not
+        (tmp / "undecodable" / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp / "undecodable" / "train" / name / f"{i}.png").write_text("not an image\n")
+    for name in ("cat", "dog"):  # one image each: nothing left to train on once split
+        (tmp / "few" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp / "few" / "train" / name / "0.png")
     (tmp / "conf" / "model").mkdir(parents=True)
     (tmp / "conf" / "model" / "broken.yaml").write_text("_target_: mynets.Net\nwidth: [32\n")
 
@@ -459,3 +639,17 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_before_hydra_create
     _check_message(captured.err, (key, str(folder), "is a file, not a folder"), tmp_path)
     assert len([line for line in captured.err.splitlines() if "Error" in line]) == 1
     assert not all_runs(sqlite_uri(tmp_path))  # nothing started
+
+
+@pytest.mark.parametrize("options", sorted({tuple(options) for *_, options in OUT_OF_RANGE}))
+def test_every_groups_keys_outside_what_their_fields_allow_are_named(options):
+    """Refused by RunConfig.enter, the first step of every run, before any data loads."""
+    composed = compose_config([*options, "tracking=none"])
+    for key, value, allowed, wanted in OUT_OF_RANGE:
+        if tuple(wanted) != options:
+            continue
+        cfg = copy.deepcopy(composed)
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+        with pytest.raises(ConfigValueError) as refused:
+            RunConfig.enter(cfg)
+        assert refused.value.key == key and allowed in str(refused.value), str(refused.value)

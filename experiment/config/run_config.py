@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -19,8 +20,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf._utils import get_omega_conf_dumper
+from omegaconf.errors import InterpolationResolutionError
 
 from experiment.config.allowed import check_fields
+from experiment.config.rules import check_rules
 from experiment.config.schema import Config
 from experiment.config.unknown_keys import refuse_unknown_keys
 from experiment.errors import ConfigError, ConfigValueError
@@ -61,15 +64,14 @@ class RunConfig:
         itself (a config entered once is not entered again)."""
         if isinstance(cfg, RunConfig):
             return cfg
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
+        try:
+            config = _typed(cfg)
+        except InterpolationResolutionError as err:  # ${missing.key}, ${oc.env:UNSET}
+            key, why = unresolvable(cfg) or (err.full_key, str(err).splitlines()[0])
             raise ConfigError(
-                f"Missing value for '{missing[0]}': it has no default. "
-                f"Set it on the command line: {missing[0]}=<value>"
-            )
-        if isinstance(cfg, DictConfig):  # a `+key` the schema lacks: to_object would drop it
-            refuse_unknown_keys(cfg)
-        config = OmegaConf.to_object(cfg)
+                f"Cannot resolve the value of '{key}': {why}. Fix the interpolation (for "
+                "${oc.env:NAME}, set the variable or give a default: ${oc.env:NAME,default})."
+            ) from None
         for name in (
             "trainer",
             "regularization",
@@ -78,8 +80,10 @@ class RunConfig:
             "optimizer",
             "scheduler",
             "task",
+            "tracking",
         ):
             check_fields(getattr(config, name), name)
+        check_rules(config)
         objectives = _objectives(config.optimized_metric, config.optimized_direction)
         # Here, not at the module's top: the sweeper's trial job imports this module for
         # its YAML writer, and a sweep of a task of one's own does not need torch.
@@ -115,6 +119,39 @@ class RunConfig:
 
     def yaml(self) -> str:
         return to_yaml(self.resolved)
+
+
+_REFERENCE = re.compile(r"^\$\{[\w.]+\}$")  # ${trainer.epochs}: the value of another key
+
+
+def unresolvable(cfg: DictConfig) -> tuple[str, str] | None:
+    """(key, why) of the interpolation that cannot be resolved, named where it is written
+    (`trainer.epochs=${missing.key}`), not where a key referring to it is read."""
+    failing = []
+    for key, raw in flatten(OmegaConf.to_container(cfg, resolve=False)).items():
+        if not (isinstance(raw, str) and "${" in raw):
+            continue
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except InterpolationResolutionError as err:
+            failing.append((key, raw, str(err).splitlines()[0]))
+    keys = {f[0] for f in failing}
+    # One that only refers to another failing key (T_max: ${trainer.epochs}) is not it.
+    own = [f for f in failing if not (_REFERENCE.match(f[1]) and f[1][2:-1] in keys)] or failing
+    return (own[0][0], own[0][2]) if own else None
+
+
+def _typed(cfg: DictConfig | Config) -> Config:
+    """The schema's objects of a composed config: every value set, no key it lacks."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"Missing value for '{missing[0]}': it has no default. "
+            f"Set it on the command line: {missing[0]}=<value>"
+        )
+    if isinstance(cfg, DictConfig):  # a `+key` the schema lacks: to_object would drop it
+        refuse_unknown_keys(cfg)
+    return OmegaConf.to_object(cfg)
 
 
 def _yaml_dumper():
@@ -198,7 +235,11 @@ def _as_list(value) -> list:
 def _objectives(metric, direction) -> tuple[Objective, ...]:
     """(metric, direction) for each objective of `optimized_metric`, checked."""
     metrics, directions = _as_list(metric), _as_list(direction)
-    if len(metrics) != len(directions) or not metrics:
+    if not metrics:
+        raise ConfigValueError(
+            "optimized_metric", metrics, "a metric name, or a non-empty list of them"
+        )
+    if len(metrics) != len(directions):
         raise ConfigValueError(
             "optimized_direction", directions, f"one direction per optimized metric ({metrics})"
         )

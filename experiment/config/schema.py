@@ -509,7 +509,7 @@ class TrackingConf:
     # MLflow's system metrics (CPU, memory, disk, network; the GPU in use where
     # nvidia-ml-py finds one), sampled every system_metrics_interval seconds.
     system_metrics: bool = False
-    system_metrics_interval: float = 10.0
+    system_metrics_interval: float = allowed(10.0, SECONDS)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {

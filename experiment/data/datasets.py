@@ -294,6 +294,7 @@ def image_folder(
             arrays = image_cache.load_or_build(
                 files, image_size, channels, Path(cache_dir).expanduser().resolve()
             )
+            _check_decoded(arrays, split_dirs, classes)
             return _cached_splits(arrays, classes, test_fraction, seed)
         log.info(
             "Image folder %s: its cache would take %.1f GB, more than "
@@ -303,6 +304,23 @@ def image_folder(
             cache_max_gb,
         )
     return _folder_splits(split_dirs, classes, image_size, channels, test_fraction, seed)
+
+
+def _check_decoded(arrays: dict, split_dirs: dict, classes: list[str]) -> None:
+    """What is left once the images that cannot be decoded are left out: images in every
+    split, two classes or more in the training split."""
+    for split, (images, _) in arrays.items():
+        if len(images) == 0:
+            raise DataError(
+                f"No image in {split_dirs[split]} can be decoded (the warning above names "
+                "them): replace the files with images PIL can read."
+            )
+    kept = sorted({classes[i] for i in np.unique(arrays["train"][1])})
+    if len(kept) < 2:
+        raise DataError(
+            f"Of the images in {split_dirs['train']}, only those of class {kept} can be "
+            "decoded: classification needs two classes or more. Replace the broken files."
+        )
 
 
 def _cached_splits(arrays: dict, classes: list[str], test_fraction: float, seed: int):

@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from experiment.data.batches import PAIRS, Layout, cat_inputs, map_inputs
 from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
 from experiment.data.sharding import RankBatchSampler, batch_count, batch_slices, rank_share
-from experiment.errors import ConfigValueError
+from experiment.errors import ConfigValueError, DataError
 from experiment.runtime.distributed import SINGLE, Ranks
 
 Batch = tuple[object, torch.Tensor]  # (inputs of any form of batches.py, targets)
@@ -230,6 +230,19 @@ def model_inputs(inputs: torch.Tensor) -> torch.Tensor:
     return inputs
 
 
+def _worker_errors_as_raised(loader):
+    """The DataLoader's batches; a DataError a worker process raised comes out as that
+    process raised it (one line), not with the worker's traceback folded into it."""
+    try:
+        yield from loader
+    except DataError as err:
+        text = str(err)
+        if "Original Traceback" not in text:
+            raise
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
+
+
 class HostLoader:
     """A DataLoader's batches, split into inputs and targets by `layout`, copied to the
     device and transformed there; `targets` puts a batch's targets in the form the task
@@ -258,7 +271,7 @@ class HostLoader:
                 generator.manual_seed(value)
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in self.loader:
+        for batch in _worker_errors_as_raised(self.loader):
             inputs, targets = self.layout.split(batch)
             inputs = map_inputs(self._on_device, inputs)
             # Several targets (a tuple, a dict) are for a task of one's own.
@@ -270,7 +283,7 @@ class HostLoader:
 
     def raw_inputs(self):
         """The first batch's inputs as the DataLoader gives them (before the device)."""
-        inputs, _ = self.layout.split(next(iter(self.loader)))
+        inputs, _ = self.layout.split(next(_worker_errors_as_raised(self.loader)))
         return map_inputs(lambda x: model_inputs(torch.as_tensor(x)), inputs)
 
     def _on_device(self, x) -> torch.Tensor:

@@ -108,7 +108,23 @@ def _pair_tensors(pair, split: str, target: str, task) -> tuple[object, torch.Te
             f"{target}: the {split} split has {'/'.join(map(str, sorted(counts)))} inputs "
             f"and {len(targets)} targets; they must be as many, and more than none."
         )
+    for values in [*leaves(inputs), targets]:
+        _check_finite(values, "targets" if values is targets else "inputs", split, target)
     return map_inputs(model_inputs, inputs), task.prepare_targets(targets)
+
+
+def _check_finite(values: torch.Tensor, what: str, split: str, target: str) -> None:
+    """NaN or infinity in the data: named here, not later as a loss that diverged."""
+    if not values.is_floating_point():
+        return
+    bad = ~torch.isfinite(values).reshape(len(values), -1).all(1)
+    count = int(bad.sum())
+    if count:
+        raise DataError(
+            f"{target}: {count} of the {len(values)} samples of the {split} split have NaN "
+            f"or infinite {what} (the first: sample {int(bad.nonzero()[0, 0])}). Drop or "
+            "impute them before training: no model learns from them."
+        )
 
 
 def _tensor_splits(tensors: dict, cfg, task, names: list[str] | None) -> ImageTensors:
@@ -242,6 +258,11 @@ def label_encoding(raw: dict, task, target: str) -> LabelEncoding | None:
         values = np.unique(train)
     except TypeError:  # labels of mixed types: the task's check names them
         return None
+    if len(values) < 2:
+        raise DataError(
+            f"{target}: every sample of the train split has the label {values[0].item()!r}: "
+            "classification needs two classes or more in the data it trains on."
+        )
     for split, labels in raw.items():
         unknown = np.setdiff1d(np.unique(labels), values) if labels is not None else []
         if len(unknown):

@@ -35,7 +35,7 @@ def study_directions(direction, config) -> list[str]:
     config; else minimize (as the official plugin). SweepError where they disagree."""
     app = {key: app_value(config, key) for key in ("optimized_direction", "optimized_metric")}
     given = direction if direction is not None else app.get("optimized_direction")
-    given = given or "minimize"
+    given = "minimize" if given is None else given  # an empty list is refused, not replaced
     directions = as_list(given)
     if not directions or any(d not in DIRECTIONS for d in directions):
         raise SweepError(

@@ -120,9 +120,13 @@ class SweepSettings:
             "heartbeat_interval": (self.heartbeat_interval, 1, "null or an integer >= 1"),
             "grace_period": (self.grace_period, 1, "null or an integer >= 1 (seconds)"),
         }
+        if self.seed is not None:  # what NumPy seeds take, as trainer.seed
+            wanted["seed"] = (self.seed, 0, "null or an integer in [0, 2**32 - 1]")
         for key, (value, lowest, what) in wanted.items():
             if value is None and key in ("heartbeat_interval", "grace_period"):
                 continue
+            if key == "seed" and isinstance(value, int) and value >= 2**32:
+                raise SweepError(f"hydra.sweeper.seed={value}: needs {what}")
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise SweepError(f"hydra.sweeper.{key}={value}: needs {what}")
 

@@ -21,6 +21,7 @@ from experiment.data.sources import as_splits, layout_of
 from experiment.errors import ConfigValueError, ExperimentError
 from experiment.models import pretrained
 from experiment.runtime.distributed import SINGLE, Ranks
+from experiment.training import data_rules
 
 
 @dataclass
@@ -44,6 +45,7 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
     collate_fn = build_collate_fn(run.dataset)  # checked before the data loads
     where = f"dataset.source ({target_of(run.dataset.source)})"
     source = as_splits(load_source(run.dataset), run.dataset, task, where)
+    data_rules.check_augmentation(run.dataset, source.input_shape)
     model = build_model(
         run.model, source.input_shape, source.num_outputs, run.regularization.dropout
     ).to(device)
@@ -70,7 +72,10 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
         ranks=ranks,
         host=HostBatches(task.prepare_targets, layout_of(run.dataset, where), collate_fn),
     )
+    data_rules.check_splits(data)
     check_model_and_data(model, data, task)  # and materializes lazy layers
+    data_rules.check_model(model, target_of(run.model), run.dataset.batch_size, ranks.world_size)
+    data_rules.check_schedule(run.scheduler, len(data.train))
     optimizer = build_optimizer(run.optimizer, model)
     scheduler = build_scheduler(run.scheduler, optimizer, steps_per_epoch=len(data.train))
     forward = model

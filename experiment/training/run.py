@@ -212,17 +212,21 @@ def trainable_logger(tracker):
 
 
 def check_objectives_exist(run: RunConfig, task, num_outputs: int) -> None:
-    """Every validation metric among the objectives is one the task computes (known once
-    the data is: top5_acc needs more than 5 classes); refused before training."""
+    """Every validation metric among the objectives (and a plateau schedule's monitor) is
+    one the task computes (known once the data is: top5_acc needs more than 5 classes);
+    refused before training."""
     # torchmetrics (~1.3 s) is imported by a run that gets this far, not by a command
     # that stops on its settings or only coordinates a sweep.
     from experiment.training.metrics import metric_names
 
     names = [f"val/{name}" for name in metric_names(task, num_outputs)]
-    for metric in (o.metric for o in run.objectives):
+    watched = [("optimized_metric", o.metric) for o in run.objectives]
+    if getattr(run.scheduler, "monitor", None) is not None:  # a plateau schedule's metric
+        watched.append(("scheduler.monitor", run.scheduler.monitor))
+    for key, metric in watched:
         if metric.startswith("val/") and metric not in names:
             raise ConfigValueError(
-                "optimized_metric",
+                key,
                 metric,
                 f"a metric of task={task.name}: {', '.join(names)} (or a run measure; "
                 "task.metrics adds metrics of your own)",
