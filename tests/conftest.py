@@ -279,18 +279,24 @@ def all_runs(uri: str):
 
 
 @pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL server on 127.0.0.1 (see tests/services.py)."""
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (see tests/services.py): its `url`, and
+    `stop()` / `start()`."""
     from tests.services import postgres_server
 
     # Not under pytest's tmp_path: its folders are private to this user, and the server
     # runs as the postgres user.
     root = Path(tempfile.mkdtemp(prefix="experiment-pg-"))
     try:
-        with postgres_server(root) as url:
-            yield url
+        with postgres_server(root) as server:
+            yield server
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres):
+    return postgres.url
 
 
 @pytest.fixture

@@ -47,10 +47,29 @@ def _missing(what: str):
     pytest.skip(message)
 
 
+class PostgresServer:
+    """A running PostgreSQL server: its SQLAlchemy `url` (password included); `stop()` and
+    `start()` make an outage of it."""
+
+    def __init__(self, url: str, pg_ctl: list[str], options: str, log: Path):
+        self.url, self._pg_ctl, self._options, self._log = url, pg_ctl, options, log
+
+    def stop(self) -> None:
+        subprocess.run([*self._pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run(
+            [*self._pg_ctl, "-o", self._options, "-l", str(self._log), "-w", "start"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
 @contextlib.contextmanager
-def postgres_server(root: Path) -> Iterator[str]:
+def postgres_server(root: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL server with user `experiment` (password auth over TCP) and database
-    `optuna`; yields its SQLAlchemy URL, password included."""
+    `optuna`."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
         _missing("PostgreSQL")
@@ -81,19 +100,18 @@ def postgres_server(root: Path) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
+    password_file.unlink()  # initdb has it; no file keeps it
     options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets}"
     # The server's output goes to a log file: a pipe would stay open as long as it runs.
     server_log = root / "server.log"
     server_log.touch()
     if as_user:
         os.chown(server_log, uid, -1)
-    subprocess.run(
-        [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options]
-        + ["-l", str(server_log), "-w", "start"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    url = f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:{port}/optuna"
+    server = PostgresServer(
+        url, [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)], options, server_log
     )
+    server.start()
     try:
         subprocess.run(
             [*as_user, str(bin_dir / "createdb"), "-h", str(sockets), "-p", str(port)]
@@ -101,7 +119,7 @@ def postgres_server(root: Path) -> Iterator[str]:
             check=True,
             capture_output=True,
         )
-        yield f"postgresql://{POSTGRES_USER}:{POSTGRES_PASSWORD}@127.0.0.1:{port}/optuna"
+        yield server
     finally:
         subprocess.run(
             [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],

@@ -3,6 +3,8 @@ PostgreSQL database and track to one real MLflow server over HTTP."""
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 import numpy as np
 import optuna
@@ -20,8 +22,11 @@ TRACKING_PASSWORD = "trk-s3cret-Pa55"
 
 @pytest.mark.timeout(300)  # minutes of work on 2 cores: processes, services, several runs
 def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
-    tmp_path, postgres_url, mlflow_server
+    tmp_path, postgres, mlflow_server
 ):
+    """...and ride out an 8-second outage of the database: stopped and started again while
+    they train (one of them with two workers)."""
+    postgres_url = postgres.url
     tracking_uri = mlflow_server.url.replace("http://", f"http://user:{TRACKING_PASSWORD}@")
     tracking = [
         f"tracking.uri={tracking_uri}",
@@ -50,18 +55,27 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
     logs, processes = [], []
     try:
         for index, (storage, env) in enumerate(ways):  # three commands, as on three machines
-            args = sweep_args(storage, tracking, n_trials=12, study="shared")
+            workers = ["hydra.sweeper.n_jobs=2"] if index == 0 else []
+            args = sweep_args(storage, tracking, *workers, n_trials=12, study="shared")
             logs.append(tmp_path / f"sweep{index}.log")
             workdir = tmp_path / f"machine{index}"
             workdir.mkdir()
             with logs[-1].open("w") as log:
                 processes.append(start_cli(args, workdir, stdout=log, env=env))
+        wait_for_trials(postgres_url, "shared", 3)
+        postgres.stop()  # an outage while trials train, report and finish
+        time.sleep(8)
+        postgres.start()
         codes = [p.wait(timeout=400) for p in processes]
     finally:
         for proc in processes:
             stop_group(proc)
     outputs = [log.read_text() for log in logs]
     assert codes == [0, 0, 0], "\n\n".join(outputs)
+
+    # The outage was waited out, said once per process that met it, with its end.
+    waited = [text for text in outputs if "does not answer" in text]
+    assert waited and all("The study storage is back after" in text for text in waited)
 
     # Optuna: exactly 12 trials, all finished, distinct numbers and parameter sets.
     study = optuna.load_study(study_name="shared", storage=postgres_url)
@@ -125,6 +139,19 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
         recorded = [*run.data.params.values(), *run.data.tags.values()]
         assert not [v for v in recorded if POSTGRES_PASSWORD in v or TRACKING_PASSWORD in v]
     assert "***" in parents[0].data.tags["optuna.storage"]
+
+
+def wait_for_trials(storage: str, study_name: str, finished: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            if len([t for t in study.trials if t.state.is_finished()]) >= finished:
+                return
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{finished} trials did not finish within {timeout}s")
 
 
 def test_tracking_server_failing_mid_run_keeps_the_checkpoints(tmp_path, mlflow_server):

@@ -231,3 +231,40 @@ def test_a_new_study_of_an_old_name_gets_a_parent_run_of_its_own(tmp_path):
     old.add_trial(optuna.trial.create_trial(value=1.0))
     assert parent_of(old) == parent
     assert client.get_run(parent).data.tags[STUDY_UID_TAG] == old.user_attrs["identity"]
+
+
+def test_a_storage_outage_is_waited_out_and_told_once_with_its_end(caplog):
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from experiment.sweep.patience import Patience, StorageOutage
+
+    calls = []
+
+    def flaky(answer):  # what a database restart looks like to a caller: refused, then fine
+        calls.append(answer)
+        if len(calls) <= 3:
+            cause = OperationalError("SELECT 1", {}, Exception("connection refused"))
+            raise optuna.exceptions.StorageInternalError("lost") from cause
+        return answer
+
+    caplog.set_level(logging.WARNING)
+    patience = Patience("postgresql://user:pw-123@db/optuna", seconds=30)
+    assert patience.call(flaky, 42) == 42 and len(calls) == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "postgresql://user:***@db/optuna does not answer" in lines[0]
+    assert "storage_patience" in lines[0] and "pw-123" not in lines[0]
+    assert lines[1].startswith("The study storage is back after ")
+
+    with pytest.raises(ValueError):  # a bug is no outage: raised at once
+        patience.call(lambda: (_ for _ in ()).throw(ValueError("bad")))
+
+    def down():
+        raise OperationalError("SELECT 1", {}, Exception("database is locked"))
+
+    with pytest.raises(StorageOutage) as stopped:
+        Patience("sqlite:///optuna.db", seconds=1).call(down)
+    assert "has not answered for 1 s" in str(stopped.value)
+    assert "the same command" in str(stopped.value) and "continues the study" in str(stopped.value)

@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from experiment.errors import SweepError
+from experiment.sweep.patience import transient
 
 log = logging.getLogger(__name__)
 # The steps under the lock take seconds; minutes of waiting mean a stuck holder.
@@ -34,8 +35,11 @@ def _lock_key(study_name: str) -> int:
 class StudyLock:
     """`with lock:` holds the study's lock; re-entrant within one process."""
 
-    def __init__(self, storage_url: str | None, study_name: str, engine=None):
+    def __init__(self, storage_url: str | None, study_name: str, engine=None, patience=None):
+        """`patience`: the storage's `Patience`, which waits out an outage of the database
+        that holds the lock."""
         self.storage_url, self.study_name, self.engine = storage_url, study_name, engine
+        self.patience = patience
         self._depth = 0
         self._release = None
 
@@ -61,16 +65,34 @@ class StudyLock:
             from sqlalchemy import text
 
             key = _lock_key(self.study_name)
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-                connection.commit()
+            locking = self.patience.call if self.patience else (lambda f, *a: f(*a))
+            connection = locking(self._advisory_lock, key)
+            try:
+                yield
+            finally:
                 try:
-                    yield
-                finally:
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                     connection.commit()
+                except Exception as err:  # a lost session took its lock with it
+                    if not transient(err):
+                        raise
+                finally:
+                    connection.close()
         else:  # in memory: one process; other databases: no portable lock
             yield
+
+    def _advisory_lock(self, key: int):
+        """A connection holding the study's PostgreSQL advisory lock."""
+        from sqlalchemy import text
+
+        connection = self.engine.connect()
+        try:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def __enter__(self) -> StudyLock:
         if self._depth == 0:

@@ -54,6 +54,7 @@ class SweepSettings:
     seed_key: str = "trainer.seed"
     warm_up_function: str | None = None
     preload_function: str | None = None
+    storage_patience: float = 120.0
 
     @classmethod
     def of(cls, **values) -> SweepSettings:
@@ -65,7 +66,9 @@ class SweepSettings:
         return settings
 
     def location(self, name: str) -> studies.StudyLocation:
-        return studies.StudyLocation(self.storage, name, self.heartbeat_interval, self.grace_period)
+        return studies.StudyLocation(
+            self.storage, name, self.heartbeat_interval, self.grace_period, self.storage_patience
+        )
 
     def make_pruner(self, n_objectives: int):
         """The configured pruner; unset with repeats, one that compares a trial's seeds
@@ -105,6 +108,12 @@ class SweepSettings:
         self._check_counts()
         function_path(self.warm_up_function, "warm_up_function")
         function_path(self.preload_function, "preload_function")
+        patience = self.storage_patience
+        if isinstance(patience, bool) or not isinstance(patience, int | float) or patience <= 0:
+            raise SweepError(
+                f"hydra.sweeper.storage_patience={patience}: needs a number of seconds > 0 "
+                "(how long a storage outage is waited out)"
+            )
         rate = self.max_failure_rate
         if not isinstance(rate, float | int) or not (0.0 <= rate <= 1.0):
             raise SweepError(

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from experiment.errors import SweepError
 from experiment.sweep import optuna_internals as internals
+from experiment.sweep.patience import DEFAULT_PATIENCE_S, Patience, PatientStorage
 from experiment.sweep.protocol import (
     CHECKPOINT_DIR_ATTR,
     CONTINUES_ATTR,
@@ -181,9 +182,12 @@ class StudyLocation:
     name: str
     heartbeat_interval: int | None = None
     grace_period: int | None = None
+    patience: float = DEFAULT_PATIENCE_S  # seconds of a storage outage waited out
 
     def open_storage(self) -> optuna.storages.BaseStorage | None:
-        return make_storage(self.storage_url, self.heartbeat_interval, self.grace_period)
+        return make_storage(
+            self.storage_url, self.heartbeat_interval, self.grace_period, self.patience
+        )
 
     def load(self, pruner) -> optuna.Study:
         """The study, opened from another process (a worker, a rank, a job); its sampler
@@ -200,14 +204,20 @@ class StudyLocation:
 
 
 def make_storage(
-    url: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None
+    url: str | None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    patience: float = DEFAULT_PATIENCE_S,
 ) -> optuna.storages.BaseStorage | None:
     """None keeps the study in memory; a sqlite path gets its folder created. With a
-    heartbeat interval, the processes running trials record heartbeats in the storage."""
+    heartbeat interval, the processes running trials record heartbeats in the storage.
+    Every call waits out an outage of up to `patience` seconds (patience.py)."""
     if not url:
         return None
-    # A generous SQLite lock timeout: parallel workers write reports at once.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # A generous SQLite lock timeout: parallel workers write reports at once. A server's
+    # pooled connections are tested before use: after a restart they are all dead.
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
 
     def create_tables(temporary_url: str) -> None:
@@ -223,7 +233,7 @@ def make_storage(
         )
     try:
         create_atomically(url, create_tables)
-        return _open_rdb_storage(url, engine_kwargs, heartbeat)
+        return _open_rdb_storage(url, engine_kwargs, heartbeat, patience)
     except ImportError as err:
         driver = getattr(err.__cause__, "name", None) or "the database driver"
         raise SweepError(
@@ -238,14 +248,18 @@ def make_storage(
         ) from None
 
 
-def _open_rdb_storage(url: str, engine_kwargs: dict, heartbeat: dict, attempts: int = 4):
+def _open_rdb_storage(
+    url: str, engine_kwargs: dict, heartbeat: dict, patience: float, attempts: int = 4
+):
     """Sweep processes started together on a new database all create Optuna's tables at
     once; all but one fail on PostgreSQL's catalog. A retry finds the tables there."""
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                return PatientStorage(
+                    url, patience=Patience(url, patience), engine_kwargs=engine_kwargs, **heartbeat
+                )
         except ImportError:
             raise
         except Exception as err:

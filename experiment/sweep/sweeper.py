@@ -27,7 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiment.config.secret_sealing import seal_config
-from experiment.errors import ExperimentError, SweepError
+from experiment.errors import EnvironmentFailure, ExperimentError, SweepError
 from experiment.sweep import constraints as constraining
 from experiment.sweep import objectives, reporting, search_space
 from experiment.sweep import study as studies
@@ -82,6 +82,7 @@ class SweepEngine(Sweeper):
         seed_key: str = "trainer.seed",
         warm_up_function: str | None = None,
         preload_function: str | None = None,
+        storage_patience: float = 120.0,
     ):
         self.settings = SweepSettings.of(**{k: v for k, v in locals().items() if k != "self"})
 
@@ -162,7 +163,12 @@ class SweepEngine(Sweeper):
         storage = location.open_storage()
         # Every sweep process joining the study takes this lock for the steps that must not
         # interleave with another's: joining, recovery, the parent run, counting + asking.
-        lock = StudyLock(location.storage_url, location.name, getattr(storage, "engine", None))
+        lock = StudyLock(
+            location.storage_url,
+            location.name,
+            getattr(storage, "engine", None),
+            getattr(storage, "patience", None),
+        )
         with lock:
             study = studies.load_or_create(location.name, storage, directions, pruner)
             joined = studies.join(study) if storage else 0
@@ -207,11 +213,18 @@ class SweepEngine(Sweeper):
     def _finish(self, loop: TrialLoop, location, sweep_dir: Path, interrupted, errored):
         """The results file and the parent run's end, however the loop ended."""
         study = loop.study
-        too_many_failed = loop.failure_rate.exceeded(study)  # read once: it reads the study
-        if too_many_failed:
-            failed, finished = failure_counts(study)
-            loop.stopped = Stop("max_failure_rate", f"{failed} of {finished} trials failed")
-        summary = reporting.summarize(study, loop.stopped)
+        try:
+            too_many_failed = loop.failure_rate.exceeded(study)  # read once: it reads the study
+            if too_many_failed:
+                failed, finished = failure_counts(study)
+                loop.stopped = Stop("max_failure_rate", f"{failed} of {finished} trials failed")
+            summary = reporting.summarize(study, loop.stopped)
+        except EnvironmentFailure:  # the study's storage is gone: the parent's end is not
+            if loop.parent is not None:
+                loop.parent.client.set_terminated(
+                    loop.parent.run_id, "KILLED" if interrupted else "FAILED"
+                )
+            raise
         results_file = sweep_dir / "optimization_results.yaml"
         try:
             reporting.write_results(results_file, location.name, summary)

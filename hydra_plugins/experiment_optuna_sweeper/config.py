@@ -167,6 +167,9 @@ class ExperimentOptunaSweeperConf:
     # period (a minute with heartbeats off) is killed, and its trial retried.
     heartbeat_interval: int | None = 30
     grace_period: int | None = None
+    # Seconds a storage outage (a database restart, a failover, a locked SQLite file) is
+    # waited out by every storage call of the sweep's processes before the sweep stops.
+    storage_patience: float = 120.0
     # A lost trial (its process killed or silent, its job cancelled, preempted or timed
     # out) is failed and its configuration queued again, continuing from its checkpoint in
     # its MLflow run; it does not count against n_trials. At most this many times each.
