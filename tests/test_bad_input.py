@@ -10,6 +10,7 @@ sweeper is the subject run the real CLI.
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from dataclasses import dataclass
 
@@ -395,66 +396,10 @@ CLI = {
     "resume from a text file, from the command line": case(
         ["trainer.resume={tmp}/files/hostname"], 2, ["{tmp}/files/hostname", "not a PyTorch"]
     ),
-    "sweep range reversed": case(
-        [*SWEEP, "optimizer.lr=interval(0.1,0.01)"], 2, ["optimizer.lr", "low < high"]
-    ),
-    "sweep log range from zero": case(
-        [*SWEEP, "optimizer.lr=tag(log,interval(0,0.1))"],
-        2,
-        ["optimizer.lr", "log scale needs low > 0"],
-    ),
-    "sweep unknown sampler": case(
-        [*SWEEP, "hydra.sweeper.sampler=annealing"],
-        2,
-        ["hydra.sweeper.sampler 'annealing'", "tpe, random"],
-    ),
-    "sweep unknown pruner": case(
-        [*SWEEP, "hydra.sweeper.pruner=early"], 2, ["hydra.sweeper.pruner 'early'", "median"]
-    ),
-    "sweep direction": case(
-        [*SWEEP, "hydra.sweeper.direction=up"], 2, ["direction=up", "maximize"]
-    ),
-    "sweep without trials": case([*SWEEP, "hydra.sweeper.n_trials=0"], 2, ["n_trials=0"]),
-    "sweep workers without a shared storage": case(
-        [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.n_jobs=2"],
-        2,
-        ["needs a database storage"],
-    ),
-    "sweep jobs without a storage they reach": case(
-        [*SWEEP, "hydra.sweeper.storage=null", "hydra/launcher=submitit_local"],
-        2,
-        ["hydra/launcher=submitit_local", "reports to the study through its database"],
-    ),
-    "sweep pruning several objectives": case(
-        [
-            *SWEEP,
-            "optimized_metric=[val/acc,model/params]",
-            "optimized_direction=[maximize,minimize]",
-            "hydra.sweeper.pruner=median",
-        ],
-        2,
-        ["hydra.sweeper.pruner=median", "cannot prune a study with 2 objectives"],
-    ),
-    "sweep warm start without a storage": case(
-        [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.warm_start=other"],
-        2,
-        ["hydra.sweeper.warm_start reads another study from a database storage"],
-    ),
-    # MLflow alone retries a database for over a minute and a half before it says so.
     "tracking database unreachable": case(
         ["tracking.uri=postgresql://user:pg-pass-123@127.0.0.1:9/mlflow"],
         2,
         ["TrackingError", "postgresql://user:***@127.0.0.1:9/mlflow", "Connection refused"],
-    ),
-    "sweep storage unreachable": case(
-        [*SWEEP, "hydra.sweeper.storage=postgresql://user:pg-pass-123@127.0.0.1:9/optuna"],
-        2,
-        ["Cannot open the Optuna storage postgresql://user:***@127.0.0.1:9", "Connection refused"],
-    ),
-    "sweep storage scheme": case(
-        [*SWEEP, "hydra.sweeper.storage=nosuchdb://127.0.0.1/optuna"],
-        2,
-        ["hydra.sweeper.storage", "nosuchdb"],
     ),
 }
 
@@ -505,6 +450,62 @@ SWEEP_SETTINGS = {
         [*SWEEP, "hydra.sweeper.repeats=2", "hydra.sweeper.seed_key=trainer.sed"],
         2,
         ["trainer.sed is None", "hydra.sweeper.seed_key"],
+    ),
+    "sweep range reversed": case(
+        [*SWEEP, "optimizer.lr=interval(0.1,0.01)"], 2, ["optimizer.lr", "low < high"]
+    ),
+    "sweep log range from zero": case(
+        [*SWEEP, "optimizer.lr=tag(log,interval(0,0.1))"],
+        2,
+        ["optimizer.lr", "log scale needs low > 0"],
+    ),
+    "sweep unknown sampler": case(
+        [*SWEEP, "hydra.sweeper.sampler=annealing"],
+        2,
+        ["hydra.sweeper.sampler 'annealing'", "tpe, random"],
+    ),
+    "sweep unknown pruner": case(
+        [*SWEEP, "hydra.sweeper.pruner=early"], 2, ["hydra.sweeper.pruner 'early'", "median"]
+    ),
+    "sweep direction": case(
+        [*SWEEP, "hydra.sweeper.direction=up"], 2, ["direction=up", "maximize"]
+    ),
+    "sweep without trials": case([*SWEEP, "hydra.sweeper.n_trials=0"], 2, ["n_trials=0"]),
+    "sweep workers without a shared storage": case(
+        [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.n_jobs=2"],
+        2,
+        ["needs a database storage"],
+    ),
+    "sweep jobs without a storage they reach": case(
+        [*SWEEP, "hydra.sweeper.storage=null", "hydra/launcher=submitit_local"],
+        2,
+        ["hydra/launcher=submitit_local", "reports to the study through its database"],
+    ),
+    "sweep pruning several objectives": case(
+        [
+            *SWEEP,
+            "optimized_metric=[val/acc,model/params]",
+            "optimized_direction=[maximize,minimize]",
+            "hydra.sweeper.pruner=median",
+        ],
+        2,
+        ["hydra.sweeper.pruner=median", "cannot prune a study with 2 objectives"],
+    ),
+    "sweep warm start without a storage": case(
+        [*SWEEP, "hydra.sweeper.storage=null", "hydra.sweeper.warm_start=other"],
+        2,
+        ["hydra.sweeper.warm_start reads another study from a database storage"],
+    ),
+    # MLflow alone retries a database for over a minute and a half before it says so.
+    "sweep storage unreachable": case(
+        [*SWEEP, "hydra.sweeper.storage=postgresql://user:pg-pass-123@127.0.0.1:9/optuna"],
+        2,
+        ["Cannot open the Optuna storage postgresql://user:***@127.0.0.1:9", "Connection refused"],
+    ),
+    "sweep storage scheme": case(
+        [*SWEEP, "hydra.sweeper.storage=nosuchdb://127.0.0.1/optuna"],
+        2,
+        ["hydra.sweeper.storage", "nosuchdb"],
     ),
 }
 
@@ -597,13 +598,15 @@ def test_bad_sweep_settings_stop_before_any_trial_with_one_line_on_stderr(
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    argv = [*_with_defaults(tmp_path, bad.args), storage]
+    argv = _with_defaults(tmp_path, bad.args)
+    if not any(a.startswith("hydra.sweeper.storage=") for a in argv):
+        argv.append(storage)
     monkeypatch.setattr(sys, "argv", ["experiment.train", *argv])
     with pytest.raises(SystemExit) as stopped:
         main()
     assert stopped.value.code == bad.exit_code
     captured = capsys.readouterr()
-    (line,) = [line for line in captured.err.splitlines() if line.startswith("SweepError")]
+    (line,) = [line for line in captured.err.splitlines() if re.match(r"^\w+Error: ", line)]
     _check_message(line, bad.says, tmp_path)
     assert not list(tmp_path.rglob("optimization_results.yaml"))  # no trial ran
     assert not all_runs(sqlite_uri(tmp_path))

@@ -305,7 +305,7 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
         "hydra.sweeper.devices_per_trial=2",
         "trainer.epochs=3",
         "hydra.sweeper.pruner=none",
-        n_trials=2,
+        n_trials=1,
         study="ranks",
     )
     client = MlflowClient(sqlite_uri(tmp_path))
@@ -333,7 +333,7 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
         [log.read_text()[-3000:] for log in groups],
     )
     counted = [t for t in study.trials if t.state != TrialState.FAIL]
-    assert [t.state for t in counted] == [TrialState.COMPLETE] * 2, why
+    assert [t.state for t in counted] == [TrialState.COMPLETE], why  # the stopped one's retry
     runs = {r.data.tags.get("optuna.trial"): r for r in all_runs(sqlite_uri(tmp_path))}
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
     for trial in counted:
