@@ -28,6 +28,7 @@ from experiment.training.tasks import Classification, Regression
 from tests.conftest import (
     FAST,
     all_runs,
+    files_holding,
     output,
     run_cli,
     running_trial_run,
@@ -305,6 +306,8 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
         "hydra.sweeper.devices_per_trial=2",
         "trainer.epochs=3",
         "hydra.sweeper.pruner=none",
+        # A secret each rank resolves (the trial fails if not) and no file of it holds.
+        "+hydra.job.env_set.WAREHOUSE=postgresql://reader:r4nk-S3cret@db.example/w",
         n_trials=1,
         study="ranks",
     )
@@ -336,6 +339,7 @@ def test_a_sweep_runs_each_trial_on_two_ranks_with_the_trials_parameters(tmp_pat
     assert [t.state for t in counted] == [TrialState.COMPLETE], why  # the stopped one's retry
     runs = {r.data.tags.get("optuna.trial"): r for r in all_runs(sqlite_uri(tmp_path))}
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert not files_holding(tmp_path, "r4nk-S3cret")  # the groups' payloads included
     for trial in counted:
         run = runs[str(trial.number)]
         assert run.data.tags["distributed.world_size"] == "2"

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import (
     all_runs,
+    files_holding,
     output,
     run_cli,
     running_trial_run,
@@ -34,6 +35,7 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+SECRET = "j0b-S3cret"
 SUBMITTED = re.compile(r"Trial (\d+) submitted as local job (\d+)")
 ENDED = re.compile(r"trial (\d+) (COMPLETE|PRUNED|FAIL)")
 
@@ -76,6 +78,8 @@ def test_trials_run_as_jobs_pruned_inside_and_a_killed_job_is_retried(tmp_path):
         tmp_path,
         "trainer.epochs=4",
         "hydra.sweeper.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 2.0}",
+        # A secret each job resolves (its job fails if not) and no file of it holds.
+        f"+hydra.job.env_set.WAREHOUSE=postgresql://reader:{SECRET}@db.example/w",
         n_trials=4,
     )
     proc = start_cli(args, tmp_path)
@@ -120,6 +124,8 @@ def test_trials_run_as_jobs_pruned_inside_and_a_killed_job_is_retried(tmp_path):
     for run in runs:  # each trial run names its job and the job's logs
         assert run.data.tags["submitit.job_id"].isdigit()
         assert Path(run.data.tags["submitit.stdout"]).is_file()
+    # The jobs' pickles, logs and .hydra/ files, the stores: no secret in any of them.
+    assert list(tmp_path.rglob("*.pkl")) and not files_holding(tmp_path, SECRET)
 
 
 def test_a_rerun_re_attaches_to_the_jobs_of_a_killed_coordinator(tmp_path):
