@@ -2,9 +2,10 @@
 what is handed to another process to run one.
 
 A trial is one Hydra job (Hydra's `run_job`: its own output folder, logging and `.hydra/`
-record) executed with a TrialContext set, so the run reports to its trial. The sweep's trial loop talks to every executor through
-`Executor`: in this process (`InProcessExecutor`), long-lived worker processes
-(workers.py), torchrun groups (groups.py) or submitit jobs (jobs.py).
+record) executed with a TrialContext set, so the run reports to its trial. The sweep's
+trial loop talks to every executor through `Executor`: in this process
+(`InProcessExecutor`), long-lived worker processes (workers.py), torchrun groups
+(groups.py) or submitit jobs (jobs.py).
 """
 
 from __future__ import annotations
