@@ -91,3 +91,11 @@ def test_a_value_is_checked_against_a_distribution():
     assert internals.contains(FloatDistribution(0.0, 1.0), 0.5)
     assert not internals.contains(FloatDistribution(0.0, 1.0), 1.5)
     assert not internals.contains(IntDistribution(1, 4), "two")
+
+
+def test_the_storages_private_database_calls_are_there_and_wait_out_an_outage():
+    from experiment.sweep.patience import PatientStorage
+
+    for name in internals.PRIVATE_STORAGE_CALLS:
+        assert callable(getattr(optuna.storages.RDBStorage, name))
+        assert getattr(PatientStorage, name) is not getattr(optuna.storages.RDBStorage, name)

@@ -19,6 +19,7 @@ import time
 import optuna
 
 from experiment.errors import EnvironmentFailure
+from experiment.sweep import optuna_internals as internals
 from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,6 @@ for _name in (
     "get_trial_user_attrs",
     "get_trial_system_attrs",
     "record_heartbeat",
-    "_get_stale_trial_ids",
+    *internals.PRIVATE_STORAGE_CALLS,
 ):
     setattr(PatientStorage, _name, _patient(getattr(optuna.storages.RDBStorage, _name)))
