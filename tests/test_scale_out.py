@@ -141,16 +141,22 @@ def test_three_sweep_processes_share_one_postgres_study_and_one_mlflow_server(
     assert "***" in parents[0].data.tags["optuna.storage"]
 
 
-def wait_for_trials(storage: str, study_name: str, finished: int, timeout: float = 180) -> None:
+def wait_for_trials(url: str, study_name: str, finished: int, timeout: float = 180) -> None:
+    """Until `finished` trials of the study have finished; through one engine (a storage
+    a poll would hold a connection each, and PostgreSQL takes a hundred)."""
+    storage = optuna.storages.RDBStorage(url)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-            if len([t for t in study.trials if t.state.is_finished()]) >= finished:
-                return
-        except KeyError:  # not created yet
-            pass
-        time.sleep(0.5)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                study = optuna.load_study(study_name=study_name, storage=storage)
+                if len([t for t in study.trials if t.state.is_finished()]) >= finished:
+                    return
+            except KeyError:  # not created yet
+                pass
+            time.sleep(0.5)
+    finally:
+        storage.engine.dispose()
     raise AssertionError(f"{finished} trials did not finish within {timeout}s")
 
 

@@ -55,6 +55,7 @@ def test_a_sealed_config_resolves_to_its_secrets_and_is_written_without_them(mon
 
     for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(name)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # what sealing sets stays here
     cfg = OmegaConf.create(
         {
             "tracking": {"uri": "http://bob:pw-one@mlflow:5000", "token": "pw-two"},
