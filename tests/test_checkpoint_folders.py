@@ -108,3 +108,11 @@ def test_a_folder_whose_writer_is_alive_is_refused_naming_it(tmp_path):
     assert resume.find("auto", FINGERPRINT, tmp_path, None).mlflow_run_id == "run-1"
     with RunLock(tmp_path, FINGERPRINT).hold():
         assert (tmp_path / LOCK).exists()
+
+
+def test_a_folder_whose_run_never_started_is_not_continued(tmp_path):
+    # A run refused after it took its folder (bad data, say): nothing to continue there.
+    with RunLock(tmp_path, FINGERPRINT).hold():
+        pass
+    assert read_owner(tmp_path).mlflow_run_id is None
+    assert resume.find("auto", FINGERPRINT, tmp_path, None) is None

@@ -92,6 +92,8 @@ def resume_from(folder: Path, wanted: str | None) -> ResumePoint | None:
         for problem in problems:  # damaged checkpoints of a run this folder cannot name
             log.warning("Skipping it: %s", problem)
         return None
+    if owner.mlflow_run_id is None and not problems:  # it stopped before its run started
+        return None
     _refuse_live_writer(folder)
     why = "; ".join(problems) if problems else f"no checkpoint in {folder}"
     where = f"its MLflow run {owner.mlflow_run_id}" if owner.mlflow_run_id else "a new MLflow run"
