@@ -270,3 +270,31 @@ def test_a_storage_outage_is_waited_out_and_told_once_with_its_end(caplog):
     assert "has not answered for" in str(stopped.value)
     assert "hydra.sweeper.storage_patience=0.5" in str(stopped.value)
     assert "the same command" in str(stopped.value) and "continues the study" in str(stopped.value)
+
+
+def test_the_sweeps_mlflow_calls_wait_out_an_outage_of_the_tracking_store(caplog):
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import OperationalError
+
+    from experiment.sweep.patience import TRACKING, Patience, PatientClient
+
+    class Store:  # an MLflow store that is locked for two calls
+        calls = 0
+        run_id = "abc"
+
+        def set_terminated(self, run_id, status):
+            self.calls += 1
+            if self.calls <= 2:
+                cause = OperationalError("UPDATE runs", {}, Exception("database is locked"))
+                raise MlflowException("(sqlite3.OperationalError) database is locked") from cause
+            return (run_id, status)
+
+    caplog.set_level(logging.WARNING)
+    client = PatientClient(Store(), Patience("sqlite:///mlruns/mlflow.db", 30, TRACKING))
+    assert client.set_terminated("abc", "FINISHED") == ("abc", "FINISHED")
+    assert client.run_id == "abc"  # attributes pass through
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("The MLflow tracking store sqlite:///mlruns/mlflow.db does not")
+    assert lines[1].startswith("The MLflow tracking store is back after")

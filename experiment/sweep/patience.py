@@ -1,4 +1,5 @@
-"""Study storage outages waited out.
+"""Storage outages waited out: the study's database, and the MLflow store of the sweep's
+own bookkeeping.
 
 A shared study lives in a database; a sweep on several machines must not die on the first
 blip of it (a restart, a failover, a SQLite "database is locked" storm). Every storage
@@ -24,6 +25,7 @@ from experiment.system.secrets import redact
 
 log = logging.getLogger(__name__)
 DEFAULT_PATIENCE_S = 120.0
+STUDY, TRACKING = "study storage", "MLflow tracking store"
 
 
 class StorageOutage(EnvironmentFailure):
@@ -31,32 +33,42 @@ class StorageOutage(EnvironmentFailure):
 
 
 def transient(err: BaseException) -> bool:
-    """Whether `err` (or what caused it: Optuna wraps SQLAlchemy's errors) is a lost or
-    refused connection, or a busy SQLite file: worth a retry, not a bug."""
+    """Whether `err` (or what caused it: Optuna and MLflow wrap SQLAlchemy's errors) is a
+    lost or refused connection, or a busy SQLite file: worth a retry, not a bug."""
     from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
+    kinds = (OperationalError, InterfaceError, DisconnectionError, *_http_connection_errors())
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OperationalError | InterfaceError | DisconnectionError):
+        if isinstance(err, kinds):
             return True
         err = err.__cause__ or err.__context__
     return False
 
 
+def _http_connection_errors() -> tuple[type, ...]:
+    """An MLflow server that does not answer (after MLflow's own retries)."""
+    try:
+        from requests.exceptions import ConnectionError, Timeout
+    except ImportError:  # a sweep of an app without MLflow
+        return ()
+    return ConnectionError, Timeout
+
+
 class Patience:
     """Retries of one storage's calls, and the lines that tell of an outage."""
 
-    def __init__(self, url: str | None, seconds: float = DEFAULT_PATIENCE_S):
-        self.where, self.seconds = redact(url or "in memory"), float(seconds)
+    def __init__(self, url: str | None, seconds: float = DEFAULT_PATIENCE_S, what=STUDY):
+        self.where, self.seconds, self.what = redact(url or "in memory"), float(seconds), what
         self._lock = threading.Lock()  # the heartbeat thread calls too
         self._down_since: float | None = None
 
     def __getstate__(self) -> dict:  # a storage handed to another process: no lock
-        return {"where": self.where, "seconds": self.seconds}
+        return {"where": self.where, "seconds": self.seconds, "what": self.what}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(None, state["seconds"])
+        self.__init__(None, state["seconds"], state["what"])
         self.where = state["where"]
 
     def call(self, function, *args, **kwargs):
@@ -73,7 +85,7 @@ class Patience:
                 waited = now - first_failure
                 if waited >= self.seconds:
                     raise StorageOutage(
-                        f"The study storage {self.where} has not answered for {waited:.0f} s "
+                        f"The {self.what} {self.where} has not answered for {waited:.0f} s "
                         f"(hydra.sweeper.storage_patience={self.seconds:g}): the sweep "
                         "stops. Run the same command once it is back: it continues the study."
                     ) from None
@@ -91,8 +103,9 @@ class Patience:
             self._down_since = now
         reason = redact(str(err).strip().splitlines()[0]) if str(err).strip() else ""
         log.warning(
-            "The study storage %s does not answer (%s: %s); waiting up to %g s for it "
+            "The %s %s does not answer (%s: %s); waiting up to %g s for it "
             "(hydra.sweeper.storage_patience).",
+            self.what,
             self.where,
             type(err).__name__,
             reason,
@@ -103,7 +116,21 @@ class Patience:
         with self._lock:
             since, self._down_since = self._down_since, None
         if since is not None:
-            log.warning("The study storage is back after %.1f s.", time.monotonic() - since)
+            log.warning("The %s is back after %.1f s.", self.what, time.monotonic() - since)
+
+
+class PatientClient:
+    """An MlflowClient whose every call waits out an outage of its store (the sweep's own
+    bookkeeping: the parent run, its summary and plots, the trial runs it closes)."""
+
+    def __init__(self, client, patience: Patience):
+        self._client, self._patience = client, patience
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return functools.partial(self._patience.call, attribute)
 
 
 class PatientStorage(optuna.storages.RDBStorage):

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from experiment.sweep import optuna_internals as internals
 from experiment.sweep.constraints import is_feasible
+from experiment.sweep.patience import DEFAULT_PATIENCE_S, TRACKING, Patience, PatientClient
 from experiment.sweep.protocol import PARENT_TAG
 from experiment.sweep.repeats import STD_ATTR, VALUES_ATTR
 from experiment.system import durable
@@ -30,10 +31,17 @@ class ParentRun:
     own, never the old study's."""
 
     def __init__(
-        self, tracking_cfg, study_name: str, storage: str | None, study_uid: str, legacy=False
+        self,
+        tracking_cfg,
+        study_name: str,
+        storage: str | None,
+        study_uid: str,
+        legacy: bool = False,
+        patience: float = DEFAULT_PATIENCE_S,
     ):
         """`legacy`: the study predates study identities; its parent run (one without the
-        identity tag) is adopted."""
+        identity tag) is adopted. Every call to the store waits out an outage of up to
+        `patience` seconds."""
         from experiment.tracking.tracker import (
             Tracker,  # MLflow and torch: only for apps that track
         )
@@ -41,7 +49,10 @@ class ParentRun:
         self.tracker = Tracker(
             tracking_cfg.uri, tracking_cfg.artifact_root, tracking_cfg.experiment_name
         )
-        self.client = self.tracker.mlflow.MlflowClient(self.tracker.uri)
+        self.client = PatientClient(
+            self.tracker.mlflow.MlflowClient(self.tracker.uri),
+            Patience(self.tracker.uri, patience, TRACKING),
+        )
         self.plots_wanted = bool(getattr(tracking_cfg, "log_plots", True))
         found = self.client.search_runs(
             [self.tracker.experiment_id],

@@ -298,7 +298,9 @@ class SweepEngine(Sweeper):
         if not OmegaConf.select(self.config, "tracking.enabled", default=False):
             return None
         tracking = self.config.tracking
-        return reporting.ParentRun(tracking, location.name, location.storage_url, study_uid, legacy)
+        return reporting.ParentRun(
+            tracking, location.name, location.storage_url, study_uid, legacy, location.patience
+        )
 
 
 def report(loop: TrialLoop, location, summary, results_file, sweep_dir) -> None:
