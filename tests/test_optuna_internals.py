@@ -99,3 +99,27 @@ def test_the_storages_private_database_calls_are_there_and_wait_out_an_outage():
     for name in internals.PRIVATE_STORAGE_CALLS:
         assert callable(getattr(optuna.storages.RDBStorage, name))
         assert getattr(PatientStorage, name) is not getattr(optuna.storages.RDBStorage, name)
+
+
+def test_every_database_call_of_a_study_goes_through_the_storages_patience(tmp_path):
+    """Ask (with a parameter), report, tell and reading the trials back, through Optuna's
+    cache in front of the storage: each reaches the database by a call that waits out an
+    outage, private ones included."""
+    from experiment.sweep.patience import Patience, PatientStorage
+
+    class Counting(Patience):
+        def call(self, function, *args, **kwargs):
+            seen.add(function.__name__)
+            return super().call(function, *args, **kwargs)
+
+    seen: set[str] = set()
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = PatientStorage(url, patience=Counting(url))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.report(0.5, 0)
+    study.tell(trial, 1.0)
+    assert len(study.trials) == 1 and study.best_value == 1.0
+    assert {"_create_new_trial", "_set_trial_param", "_get_trials"} <= seen
+    assert {"set_trial_intermediate_value", "set_trial_state_values"} <= seen

@@ -15,8 +15,9 @@ Why each is used, where no public API does the same:
 - stale-trial ids: to record *why* a trial failed (heartbeat lost) and queue its retry
   under the sweep's own lock, where `fail_stale_trials` would only fail it;
 - domination between trials and a distribution's range check: Optuna keeps both private;
-- the database calls of RDBStorage beyond BaseStorage's public ones (the stale-trial query
-  of heartbeats), which patience.py makes wait out a storage outage like the rest.
+- the database calls of RDBStorage beyond BaseStorage's public ones (those of Optuna's
+  cache in front of it, the stale-trial query of heartbeats), which patience.py makes wait
+  out a storage outage like the rest.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ import contextlib
 import optuna
 from optuna.trial import TrialState
 
-# RDBStorage's database calls that are not BaseStorage's public API: the heartbeats'
-# stale-trial query (Optuna's fail_stale_trials and `stale_trial_ids` below call it).
-PRIVATE_STORAGE_CALLS = ("_get_stale_trial_ids",)
+# RDBStorage's database calls that are not BaseStorage's public API: those Optuna's own
+# cache in front of an RDBStorage makes (optuna/storages/_cached_storage.py: every ask,
+# tell and trial list of a study goes through them), and the heartbeats' stale-trial query
+# (Optuna's fail_stale_trials and `stale_trial_ids` below).
+PRIVATE_STORAGE_CALLS = (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_get_stale_trial_ids",
+)
 
 # The system attr Optuna's samplers read a trial's constraint values from (what
 # `Trial.set_constraint` / `constraints_func` store).
