@@ -45,7 +45,7 @@ IN_PROCESS = {
     **{
         f"added {key}": case([f"{plus}{key}={value}", *extra], 2, [key, "Its keys", known])
         for plus, key, value, known, extra in [
-            ("+", "trainer.accumulate_grad_batches", "4", "epochs", []),
+            ("+", "trainer.accumulate_grad", "4", "accumulate_grad_batches", []),
             ("++", "trainer.bogus", "1", "precision", []),
             ("+", "optimizer.bogus", "3", "lr", []),
             ("+", "task.bogus", "1", "label_smoothing", []),
@@ -325,6 +325,7 @@ IN_PROCESS = {
 OUT_OF_RANGE = [
     ("trainer.seed", "-1", "2**32 - 1", []),
     ("trainer.dist_timeout", "0", "seconds > 0", []),
+    ("trainer.accumulate_grad_batches", "0", ">= 1", []),
     ("dataset.eval_batch_size", "0", ">= 1", []),
     ("dataset.crop_padding", "-1", ">= 0", []),
     ("dataset.std", "[0]", "> 0", []),

@@ -1,11 +1,9 @@
 """Rules that tie keys together, in one table beside the fields' own (`allowed.py`).
 
 A field's rule sees its own value; these see the whole config: combinations that pass
-every field's rule and would still crash mid-training (a plateau schedule stepped per
-batch, Nesterov without momentum, a loss that does not reduce to one number). Checked by
+every field's rule and would still crash or mislead mid-training. Checked by
 `RunConfig.enter` once every field passed, before any data is loaded; the message names
-the key to change. Rules that need the data (the metrics a task computes, the batches of
-an epoch) are checked once it is loaded, before the first epoch (`training/builders.py`).
+the key to change. Rules that need the data are `training/data_rules.py`'s.
 """
 
 from __future__ import annotations
@@ -60,6 +58,10 @@ RULES = (
     CrossRule("task.loss.reduction", lambda c: _get(_get(c.task, "loss"), "reduction") is not None,
               lambda c: _get(_get(c.task, "loss"), "reduction") in ("mean", "sum"),
               "mean or sum: training needs one loss value per batch"),
+    CrossRule("trainer.accumulate_grad_batches",
+              lambda c: c.trainer.accumulate_grad_batches > 1
+              and _get(_get(c.task, "loss"), "reduction") == "sum",
+              lambda c: False, "1 with a loss of reduction=sum (the groups weigh each sample)"),
     CrossRule("tracking.experiment_name", lambda c: bool(_get(c.tracking, "enabled", False)),
               lambda c: bool(str(_get(c.tracking, "experiment_name", "")).strip()),
               "a non-empty name"),

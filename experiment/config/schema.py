@@ -130,6 +130,9 @@ class RegularizationConf:
 @dataclass
 class TrainerConf:
     epochs: int = allowed(30, AT_LEAST_ONE)
+    # Batches whose gradients are summed into one optimizer step (a batch N times larger
+    # where it does not fit in memory); schedules count optimizer steps.
+    accumulate_grad_batches: int = allowed(1, AT_LEAST_ONE)
     device: Device = Device.auto
     precision: Precision = Precision.auto
     seed: int = allowed(0, SEED)

@@ -22,6 +22,7 @@ from experiment.errors import ConfigValueError, ExperimentError
 from experiment.models import pretrained
 from experiment.runtime.distributed import SINGLE, Ranks
 from experiment.training import data_rules
+from experiment.training.engine import optimizer_steps
 
 
 @dataclass
@@ -75,9 +76,10 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
     data_rules.check_splits(data)
     check_model_and_data(model, data, task)  # and materializes lazy layers
     data_rules.check_model(model, target_of(run.model), run.dataset.batch_size, ranks.world_size)
-    data_rules.check_schedule(run.scheduler, len(data.train))
+    steps = optimizer_steps(len(data.train), run.trainer.accumulate_grad_batches)
+    data_rules.check_schedule(run.scheduler, steps)
     optimizer = build_optimizer(run.optimizer, model)
-    scheduler = build_scheduler(run.scheduler, optimizer, steps_per_epoch=len(data.train))
+    scheduler = build_scheduler(run.scheduler, optimizer, steps_per_epoch=steps)
     forward = model
     if ranks.distributed:  # gradients are averaged over the ranks inside backward()
         ids = [device.index] if device.type == "cuda" else None

@@ -11,6 +11,7 @@ callback.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -41,6 +42,7 @@ class FitSettings:
     # the model's outputs.
     num_outputs: int | None = None
     grad_clip: float | None = None  # max global gradient norm
+    accumulate: int = 1  # batches whose gradients make one optimizer step
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
     scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
     seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
@@ -59,6 +61,7 @@ class FitSettings:
             task=task,
             num_outputs=num_outputs,
             grad_clip=regularization.grad_clip,
+            accumulate=run.trainer.accumulate_grad_batches,
             scheduler_interval=str(run.scheduler.interval),
             # Only a plateau schedule watches a metric (PlateauSchedulerConf.monitor).
             scheduler_monitor=getattr(run.scheduler, "monitor", None),
@@ -120,20 +123,52 @@ def train_one_epoch(
     model.train()
     task = settings.task
     metrics = EpochMetrics(task, settings.num_outputs, settings.device)
-    for inputs, targets in loader:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(settings.device, settings.amp_dtype):
-            outputs = call_model(model, inputs)
-            loss = task.loss(outputs, targets)
-        loss.backward()
-        if settings.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        if step_scheduler is not None:  # per-batch schedules (one-cycle)
-            step_scheduler.step()
+    batches, group = len(loader), settings.accumulate
+    for index, (inputs, targets) in enumerate(loader):
+        if index % group == 0:
+            optimizer.zero_grad(set_to_none=True)
+            samples = 0  # in this group of batches
+        last_of_group = (index + 1) % group == 0 or index + 1 == batches
+        # Under DDP, gradients are averaged across ranks once per optimizer step.
+        with contextlib.nullcontext() if last_of_group else _no_sync(model):
+            with autocast(settings.device, settings.amp_dtype):
+                outputs = call_model(model, inputs)
+                loss = task.loss(outputs, targets)
+            if group == 1:
+                loss.backward()
+            else:  # each sample weighs the same, however the group's batches are sized
+                count = sample_count(targets)
+                samples += count
+                (loss * count).backward()
+        if last_of_group:
+            if group > 1:
+                _divide_gradients(model, samples)
+            if settings.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            if step_scheduler is not None:  # per-step schedules (one-cycle)
+                step_scheduler.step()
         metrics.update(float_outputs(outputs), targets, loss)
     values, _ = metrics.compute()
     return values
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps of an epoch of `batches` batches, `accumulate` batches a step."""
+    return math.ceil(batches / accumulate)
+
+
+def _no_sync(model: nn.Module):
+    """DistributedDataParallel's `no_sync` (no gradient all-reduce on this backward)."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _divide_gradients(model: nn.Module, samples: int) -> None:
+    """Summed per-sample-weighted gradients into the mean over the group's samples."""
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            parameter.grad.div_(samples)
 
 
 def evaluate(model: nn.Module, loader, *, device, amp_dtype=None, task=None, num_outputs=None):
