@@ -12,7 +12,16 @@ from experiment.config.run_config import RunConfig, as_node
 from experiment.training.builders import build_model, build_optimizer, build_scheduler
 from tests.conftest import CONF, ROOT, compose_config, run_config
 
-GROUPS = ["dataset", "model", "optimizer", "scheduler", "regularization", "tracking", "task"]
+GROUPS = [
+    "dataset",
+    "model",
+    "optimizer",
+    "scheduler",
+    "regularization",
+    "tracking",
+    "task",
+    "experiment",
+]
 
 
 def options(group: str) -> list[str]:
@@ -37,6 +46,7 @@ def test_groups_have_the_documented_options():
     assert options("regularization") == ["default", "none", "strong"]
     assert options("tracking") == ["mlflow", "none"]
     assert options("task") == ["classification", "regression"]
+    assert options("experiment") == ["digits_mlp", "fashion_mnist_adam", "mnist_tutorial"]
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from collections import Counter
 from experiment.errors import ExperimentError
 from experiment.sweep.protocol import PARENT_TAG
 from experiment.system.secrets import redact
+from experiment.tracking.tags import PRESET_TAG
 
 DEFAULT_STORE = "sqlite:///mlruns/mlflow.db"
 # A run's best value of its first optimized metric; for a sweep's trial of several
@@ -98,13 +99,16 @@ def table(runs, short: bool = True) -> tuple[list[str], list[list[str]]]:
     differing = differing_params(ordered)
     tests = sorted({k for r in runs for k in r.data.metrics if k.startswith("test/")})
     shown = [m for m in (*tests, *MAIN_METRICS) if any(m in r.data.metrics for r in runs)]
-    header = ["run", "state", f"{metric} (best)", *differing, *shown]
+    presets = any(PRESET_TAG in r.data.tags for r in runs)  # experiment= presets
+    header = ["run", *(["preset"] if presets else []), "state", f"{metric} (best)"]
+    header += [*differing, *shown]
     rows = []
     for run in ordered:
         state = run.data.tags.get("optuna.state") or run.info.status
         rows.append(
             [
                 run.info.run_name or run.info.run_id,
+                *([run.data.tags.get(PRESET_TAG, "")] if presets else []),
                 state,
                 _number(objective_value(run), short),
                 *(_param(run.data.params.get(k, ""), short) for k in differing),

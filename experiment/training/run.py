@@ -36,6 +36,7 @@ from experiment.tracking.run_record import (
     run_record,
     store_failure_keeps,
 )
+from experiment.tracking.tags import PRESET_TAG
 from experiment.tracking.tracker import NullTracker, build_tracker
 from experiment.training import resume
 from experiment.training.builders import Parts, build_parts, build_task, load_source
@@ -107,7 +108,7 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
             metric=task.curve_metric,
         )
         with final_status(tracker, trial.outcome), contextlib.closing(progress):
-            tags = ranks.tags(fingerprints)
+            tags = {**ranks.tags(fingerprints), **_preset_tags()}
             record = run_record(run, device, trial, point, tags, _overrides(), continued_run_id)
             start_tracking(tracker, record, run, parts, trial, checkpoint_dir, ranks)
             if ranks.main:  # the run a resume continues, known before its first checkpoint
@@ -366,3 +367,12 @@ def warm_up_sweep_worker(cfg) -> None:
 def _overrides() -> str:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return overrides_yaml(overrides)
+
+
+
+def _preset_tags() -> dict[str, str]:
+    """The `experiment=` preset the run was composed with, as a tag (compare shows it)."""
+    if not HydraConfig.initialized():
+        return {}
+    preset = HydraConfig.get().runtime.choices.get("experiment")
+    return {PRESET_TAG: str(preset)} if preset else {}
