@@ -196,3 +196,39 @@ def test_accumulated_batches_step_as_one_batch_of_their_samples(sizes, accumulat
         torch.testing.assert_close(accumulated, single, rtol=0, atol=1e-12)
     # The schedule stepped once per optimizer step (LambdaLR calls its lambda at creation).
     assert len(steps) - 1 == optimizer_steps(len(sizes), accumulate) == len(whole)
+
+
+def test_a_run_with_an_average_of_its_weights_resumes_exactly_and_validates_the_average(tmp_path):
+    """trainer.ema: validation and checkpoints use the moving average; a checkpoint keeps
+    both sets, so a run resumed from one ends as the uninterrupted run, average included."""
+    from experiment.training.checkpoint import evaluated_weights
+    from experiment.training.engine import evaluate
+
+    ema = ["trainer.ema.decay=0.8", "trainer.ema.start_epoch=2"]
+
+    def with_average(parts, settings):
+        settings.averaged, settings.average_from = parts.averaged, 1
+        return parts, settings
+
+    whole, settings = with_average(*parts_and_settings(*ema))
+    expected = train(whole, settings)
+    assert whole.averaged.n_averaged > 0
+    val = evaluate(whole.averaged, whole.data.val, device=CPU)
+    assert expected.history[-1]["val/loss"] == pytest.approx(val["loss"], rel=1e-6)
+
+    first, settings = with_average(*parts_and_settings(*ema))
+    save = Checkpointer(tmp_path, first.model, first.optimizer, first.scheduler, first.averaged)
+    train(first, settings, [save, stop_after(2)])  # killed after epoch 3, mid-average
+    fresh, settings = with_average(*parts_and_settings(*ema))
+    point = resume.find(str(tmp_path / LAST), "", tmp_path, None)
+    state = point.checkpoint.restore(fresh.model, fresh.optimizer, fresh.scheduler, fresh.averaged)
+    result = train(fresh, settings, [], state)
+    assert learning(result.history) == pytest.approx(learning(expected.history), rel=1e-6)
+    for key, tensor in whole.averaged.state_dict().items():
+        torch.testing.assert_close(fresh.averaged.state_dict()[key], tensor)
+    # What the run evaluates on the test split and logs: the averaged weights.
+    weights = evaluated_weights(load_checkpoint(tmp_path / LAST))
+    assert set(weights) == set(first.model.state_dict())
+    averaged = {k.removeprefix("module."): v for k, v in first.averaged.state_dict().items()}
+    for key, tensor in weights.items():
+        torch.testing.assert_close(tensor, averaged[key])

@@ -17,7 +17,7 @@ from experiment.data.loaders import BatchTransform
 from experiment.errors import CheckpointError
 from experiment.train import run
 from experiment.training.builders import build_model
-from experiment.training.checkpoint import BEST, LAST, load_checkpoint
+from experiment.training.checkpoint import BEST, LAST, evaluated_weights, load_checkpoint
 from tests.conftest import FAST, all_runs, compose_config, sqlite_uri, store_overrides
 
 # Each test trains and tracks a real run: seconds each, so the fast tier leaves them out.
@@ -45,8 +45,17 @@ def _run(tmp_path, overrides):
     "overrides",
     [
         pytest.param(["trainer.epochs=3"], id="digits-cnn"),
-        pytest.param(
-            [*FAST, "model=mlp", "optimizer=sgd", "scheduler=onecycle"], id="synthetic-mlp"
+        pytest.param(  # with a moving average of the weights (what is tested and logged)
+            # and two batches a step (one-cycle counts steps)
+            [
+                *FAST,
+                "model=mlp",
+                "optimizer=sgd",
+                "scheduler=onecycle",
+                "trainer.ema.decay=0.9",
+                "trainer.accumulate_grad_batches=2",
+            ],
+            id="synthetic-mlp-ema",
         ),
     ],
 )
@@ -99,7 +108,9 @@ def test_run_logs_params_metrics_and_a_loadable_model(tmp_path, overrides):
     loaded = mlflow.pytorch.load_model(logged.model_uri)
     example = np.asarray(mlflow.models.Model.load(logged.model_uri).load_input_example())
     net = build_model(cfg.model, example.shape[1:], cfg.dataset.source.get("num_classes", 10))
-    net.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / BEST)["model"])
+    best = load_checkpoint(tmp_path / "checkpoints" / BEST)
+    assert ("averaged" in best) == (cfg.trainer.ema.decay is not None)
+    net.load_state_dict(evaluated_weights(best))  # the average, where the run kept one
     net.eval()
     # The logged model takes the raw uint8 images and answers probabilities: the run's
     # evaluation normalization and a softmax are inside it.

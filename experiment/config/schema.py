@@ -128,11 +128,21 @@ class RegularizationConf:
 
 
 @dataclass
+class EMAConf:
+    """An exponential moving average of the weights (`trainer.ema.decay`, null: off): it is
+    what validation, the best checkpoint, the test split and the logged model use."""
+
+    decay: float | None = allowed(None, UNIT_OPEN)  # e.g. 0.999; per optimizer step
+    start_epoch: int = allowed(1, AT_LEAST_ONE)  # the first epoch whose steps it averages
+
+
+@dataclass
 class TrainerConf:
     epochs: int = allowed(30, AT_LEAST_ONE)
     # Batches whose gradients are summed into one optimizer step (a batch N times larger
     # where it does not fit in memory); schedules count optimizer steps.
     accumulate_grad_batches: int = allowed(1, AT_LEAST_ONE)
+    ema: EMAConf = field(default_factory=EMAConf)
     device: Device = Device.auto
     precision: Precision = Precision.auto
     seed: int = allowed(0, SEED)

@@ -34,6 +34,7 @@ class Parts:
     forward: nn.Module  # what runs forward: the model, or its DDP and/or compiled wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object | None
+    averaged: nn.Module | None = None  # the weights' moving average (trainer.ema), or None
 
 
 def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, task=None) -> Parts:
@@ -86,7 +87,16 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     # Batch size marked dynamic: the last, smaller batch and eval batches reuse the graph.
     forward = torch.compile(forward, dynamic=True) if run.trainer.compile else forward
-    return Parts(data, model, forward, optimizer, scheduler)
+    return Parts(data, model, forward, optimizer, scheduler, build_averaged(run.trainer.ema, model))
+
+
+def build_averaged(ema, model: nn.Module) -> nn.Module | None:
+    """An exponential moving average of `model`'s weights and buffers, or None (off)."""
+    if ema.decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema.decay), use_buffers=True)
 
 
 def target_of(node) -> str:

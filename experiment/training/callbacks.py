@@ -18,13 +18,15 @@ class Checkpointer:
     """Keeps `last.pt` (every epoch) and `best.pt` (the best epoch so far) in `directory`,
     each a `Checkpoint` of the run; `identity`: its config, fingerprint and MLflow run id."""
 
-    def __init__(self, directory: Path, model: nn.Module, optimizer, scheduler, **identity):
-        self.directory, self.model = Path(directory), model
+    def __init__(
+        self, directory: Path, model: nn.Module, optimizer, scheduler, averaged=None, **identity
+    ):
+        self.directory, self.model, self.averaged = Path(directory), model, averaged
         self.optimizer, self.scheduler, self.identity = optimizer, scheduler, identity
 
     def __call__(self, state: FitState) -> None:
         checkpoint = Checkpoint.capture(
-            state, self.model, self.optimizer, self.scheduler, **self.identity
+            state, self.model, self.optimizer, self.scheduler, self.averaged, **self.identity
         )
         if state.improved:  # best first: a resume finds best.pt whole
             checkpoint.save(self.directory / BEST, self.directory / LAST)

@@ -40,11 +40,16 @@ class Checkpoint:
     config: dict = field(default_factory=dict, repr=False)
     fingerprint: str | None = None
     mlflow_run_id: str | None = None
+    averaged: dict | None = field(default=None, repr=False)  # trainer.ema's AveragedModel
 
     @classmethod
-    def capture(cls, state: FitState, model, optimizer, scheduler, **identity) -> Checkpoint:
-        """`identity`: config, fingerprint, mlflow_run_id."""
+    def capture(
+        cls, state: FitState, model, optimizer, scheduler, averaged=None, **identity
+    ) -> Checkpoint:
+        """`identity`: config, fingerprint, mlflow_run_id; `averaged`: the weights'
+        moving average (both sets are kept, so a resume is exact)."""
         return cls(
+            averaged=averaged.state_dict() if averaged is not None else None,
             model=model.state_dict(),
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,
@@ -76,6 +81,7 @@ class Checkpoint:
             config=state.get("config") or {},
             fingerprint=extra.get("fingerprint"),
             mlflow_run_id=extra.get("mlflow_run_id"),
+            averaged=state.get("averaged"),
         )
 
     def save(self, *paths: Path) -> None:
@@ -93,16 +99,20 @@ class Checkpoint:
             history=loop.history,
             config=self.config,
             extra={"fingerprint": self.fingerprint, "mlflow_run_id": self.mlflow_run_id},
+            **({"averaged": self.averaged} if self.averaged is not None else {}),
         )
         for path in paths:
             write_checkpoint(path, data)
 
-    def restore(self, model, optimizer, scheduler) -> FitState:
-        """Load the weights and optimizer/scheduler state; the loop state to go on from."""
+    def restore(self, model, optimizer, scheduler, averaged=None) -> FitState:
+        """Load the weights and optimizer/scheduler state (and the weights' moving average
+        into `averaged`); the loop state to go on from."""
         model.load_state_dict(self.model)
         optimizer.load_state_dict(self.optimizer)
         if scheduler is not None and self.scheduler is not None:
             scheduler.load_state_dict(self.scheduler)
+        if averaged is not None and self.averaged is not None:
+            averaged.load_state_dict(self.averaged)
         loop = self.loop
         return FitState(
             epoch=loop.epoch,
@@ -149,6 +159,15 @@ def _write_error(path: Path, err: OSError) -> WriteError:
         "folder with room), then run the same command with trainer.resume=auto to "
         "continue from the last one, in the same MLflow run."
     )
+
+
+def evaluated_weights(state: dict) -> dict:
+    """The weights a checkpoint's run evaluated: its moving average where it kept one that
+    has averaged a step (trainer.ema), else the model's."""
+    averaged = state.get("averaged")
+    if averaged is None or int(averaged.get("n_averaged", 0)) == 0:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -43,13 +43,18 @@ class FitSettings:
     num_outputs: int | None = None
     grad_clip: float | None = None  # max global gradient norm
     accumulate: int = 1  # batches whose gradients make one optimizer step
+    # The weights' moving average (an AveragedModel, trainer.ema), updated after each
+    # optimizer step from epoch `average_from` on, and validated in the model's place.
+    averaged: nn.Module | None = None
+    average_from: int = 0
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
     scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
     seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
 
     @classmethod
-    def of_run(cls, run, device, task, amp_dtype, num_outputs: int) -> FitSettings:
-        """How `fit` trains `run` (an entered RunConfig) on `device`."""
+    def of_run(cls, run, device, task, amp_dtype, num_outputs: int, averaged=None) -> FitSettings:
+        """How `fit` trains `run` (an entered RunConfig) on `device`; `averaged`: the
+        weights' moving average where trainer.ema is on."""
         regularization, monitor = run.regularization, run.monitor
         return cls(
             epochs=run.trainer.epochs,
@@ -62,6 +67,8 @@ class FitSettings:
             num_outputs=num_outputs,
             grad_clip=regularization.grad_clip,
             accumulate=run.trainer.accumulate_grad_batches,
+            averaged=averaged,
+            average_from=run.trainer.ema.start_epoch - 1,
             scheduler_interval=str(run.scheduler.interval),
             # Only a plateau schedule watches a metric (PlateauSchedulerConf.monitor).
             scheduler_monitor=getattr(run.scheduler, "monitor", None),
@@ -116,8 +123,9 @@ EpochCallback = Callable[[FitState], None]
 
 
 def train_one_epoch(
-    model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None
+    model: nn.Module, loader, optimizer, settings: FitSettings, step_scheduler=None, average=None
 ) -> dict[str, float]:
+    """One epoch; `average`: an AveragedModel updated after each optimizer step."""
     from experiment.training.metrics import EpochMetrics  # torchmetrics: ~1.3 s to import
 
     model.train()
@@ -146,6 +154,8 @@ def train_one_epoch(
             if settings.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             if step_scheduler is not None:  # per-step schedules (one-cycle)
                 step_scheduler.step()
         metrics.update(float_outputs(outputs), targets, loss)
@@ -269,7 +279,8 @@ def fit(
             seed_epoch(data, settings.seed, epoch)
         lr = optimizer.param_groups[-1]["lr"]  # the head's rate when the backbone has its own
         start = time.perf_counter()
-        train = train_one_epoch(model, data.train, optimizer, settings, step_scheduler)
+        average = settings.averaged if epoch >= settings.average_from else None
+        train = train_one_epoch(model, data.train, optimizer, settings, step_scheduler, average)
         train_time = time.perf_counter() - start
         if not math.isfinite(train["loss"]):
             raise NonFiniteLossError(
@@ -277,7 +288,7 @@ def fit(
                 f"Lower optimizer.lr (now {lr:g}) or set regularization.grad_clip."
             )
         val = evaluate(
-            model,
+            average if average is not None else model,  # the averaged weights, once on
             data.val,
             device=settings.device,
             amp_dtype=settings.amp_dtype,

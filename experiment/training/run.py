@@ -41,7 +41,13 @@ from experiment.tracking.tracker import NullTracker, build_tracker
 from experiment.training import resume
 from experiment.training.builders import Parts, build_parts, build_task, load_source
 from experiment.training.callbacks import Checkpointer, EarlyStopping
-from experiment.training.checkpoint import BEST, LAST, check_folder, load_checkpoint
+from experiment.training.checkpoint import (
+    BEST,
+    LAST,
+    check_folder,
+    evaluated_weights,
+    load_checkpoint,
+)
 from experiment.training.engine import (
     FitSettings,
     FitState,
@@ -97,9 +103,13 @@ def train_and_test(run: RunConfig, ranks: Ranks, device: torch.device) -> float 
         check_objectives_exist(run, task, parts.data.num_outputs)
         state = None
         if point is not None and point.checkpoint is not None:
-            state = point.checkpoint.restore(parts.model, parts.optimizer, parts.scheduler)
+            state = point.checkpoint.restore(
+                parts.model, parts.optimizer, parts.scheduler, parts.averaged
+            )
         amp_dtype = autocast_dtype(run.trainer.precision, device)
-        settings = FitSettings.of_run(run, device, task, amp_dtype, parts.data.num_outputs)
+        settings = FitSettings.of_run(
+            run, device, task, amp_dtype, parts.data.num_outputs, parts.averaged
+        )
         progress = EpochProgress(
             run.trainer.epochs,
             settings.monitor,
@@ -140,6 +150,7 @@ def epoch_callbacks(run, parts, checkpoint_dir: Path, tracker, progress, trial) 
             parts.model,
             parts.optimizer,
             parts.scheduler,
+            parts.averaged,
             config=run.resolved,
             fingerprint=run.fingerprint,
             mlflow_run_id=tracker.run_id,
@@ -250,11 +261,12 @@ def evaluate_best(
     parts: Parts, checkpoint_dir: Path, settings: FitSettings, ranks, dataset
 ) -> tuple[dict, dict]:
     """The test split, evaluated once, with the weights that were best on validation (the
-    last epoch's where validation was trained on), read by rank 0, which wrote them, and
-    copied to the other ranks."""
+    last epoch's where validation was trained on; their moving average with trainer.ema),
+    read by rank 0, which wrote them, and copied to the other ranks. The model keeps them:
+    they are what is logged."""
     if ranks.main:
         weights = LAST if dataset.train_on_val else BEST
-        parts.model.load_state_dict(load_checkpoint(checkpoint_dir / weights)["model"])
+        parts.model.load_state_dict(evaluated_weights(load_checkpoint(checkpoint_dir / weights)))
     distributed.copy_weights_from_main(parts.model)
     return evaluate_with_figures(
         parts.model,
@@ -367,7 +379,6 @@ def warm_up_sweep_worker(cfg) -> None:
 def _overrides() -> str:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return overrides_yaml(overrides)
-
 
 
 def _preset_tags() -> dict[str, str]:
