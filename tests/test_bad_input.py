@@ -136,6 +136,11 @@ IN_PROCESS = {
         3,
         ["NonFiniteLossError", "diverged", "Lower optimizer.lr"],
     ),
+    "nan loss named by anomaly detection": case(
+        [*FAST_DATA, "optimizer.lr=1e30", "debug=anomaly"],
+        3,
+        ["NonFiniteLossError", "trainer.detect_anomaly", "returned nan values", "Backward"],
+    ),
     "timm weights not on this machine": case(
         ["model=timm", "model.name=resnet18", "model.pretrained=true"],
         2,
@@ -326,6 +331,9 @@ OUT_OF_RANGE = [
     ("trainer.seed", "-1", "2**32 - 1", []),
     ("trainer.dist_timeout", "0", "seconds > 0", []),
     ("trainer.accumulate_grad_batches", "0", ">= 1", []),
+    ("trainer.limit_batches", "0", ">= 1", []),
+    ("trainer.ema.decay", "1.0", "strictly between 0 and 1", []),
+    ("trainer.ema.start_epoch", "0", ">= 1", []),
     ("dataset.eval_batch_size", "0", ">= 1", []),
     ("dataset.crop_padding", "-1", ">= 0", []),
     ("dataset.std", "[0]", "> 0", []),

@@ -232,3 +232,20 @@ def test_a_run_with_an_average_of_its_weights_resumes_exactly_and_validates_the_
     averaged = {k.removeprefix("module."): v for k, v in first.averaged.state_dict().items()}
     for key, tensor in weights.items():
         torch.testing.assert_close(tensor, averaged[key])
+
+
+def test_limit_batches_trains_and_validates_the_first_batches_only():
+    from experiment.training.engine import evaluate, train_one_epoch
+    from experiment.training.tasks import Classification
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    loader = [(torch.randn(n, 5), torch.randint(0, 3, (n,))) for n in (8, 8, 8, 4)]
+    settings = FitSettings(epochs=1, device=CPU, task=Classification(), num_outputs=3)
+    settings.limit_batches = 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert train_one_epoch(model, loader, optimizer, settings)["samples"] == 16
+    task = Classification()
+    limited = evaluate(model, loader, device=CPU, task=task, num_outputs=3, limit=1)
+    first = evaluate(model, loader[:1], device=CPU, task=task, num_outputs=3)
+    assert limited == first

@@ -143,6 +143,10 @@ class TrainerConf:
     # where it does not fit in memory); schedules count optimizer steps.
     accumulate_grad_batches: int = allowed(1, AT_LEAST_ONE)
     ema: EMAConf = field(default_factory=EMAConf)
+    # Batches of each split per epoch (null: all): the whole path in seconds (debug=fast).
+    limit_batches: int | None = allowed(None, AT_LEAST_ONE)
+    # torch.autograd's anomaly mode: a NaN is named by the operation that made it (slow).
+    detect_anomaly: bool = False
     device: Device = Device.auto
     precision: Precision = Precision.auto
     seed: int = allowed(0, SEED)

@@ -22,7 +22,7 @@ from experiment.errors import ConfigValueError, ExperimentError
 from experiment.models import pretrained
 from experiment.runtime.distributed import SINGLE, Ranks
 from experiment.training import data_rules
-from experiment.training.engine import optimizer_steps
+from experiment.training.engine import limited, optimizer_steps
 
 
 @dataclass
@@ -77,7 +77,8 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
     data_rules.check_splits(data)
     check_model_and_data(model, data, task)  # and materializes lazy layers
     data_rules.check_model(model, target_of(run.model), run.dataset.batch_size, ranks.world_size)
-    steps = optimizer_steps(len(data.train), run.trainer.accumulate_grad_batches)
+    batches = limited(len(data.train), run.trainer.limit_batches)
+    steps = optimizer_steps(batches, run.trainer.accumulate_grad_batches)
     data_rules.check_schedule(run.scheduler, steps)
     optimizer = build_optimizer(run.optimizer, model)
     scheduler = build_scheduler(run.scheduler, optimizer, steps_per_epoch=steps)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,8 @@ class FitSettings:
     # optimizer step from epoch `average_from` on, and validated in the model's place.
     averaged: nn.Module | None = None
     average_from: int = 0
+    limit_batches: int | None = None  # batches of each split per epoch (None: all)
+    detect_anomaly: bool = False  # autograd's anomaly mode: the op that made a NaN named
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
     scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
     seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
@@ -69,6 +72,8 @@ class FitSettings:
             accumulate=run.trainer.accumulate_grad_batches,
             averaged=averaged,
             average_from=run.trainer.ema.start_epoch - 1,
+            limit_batches=run.trainer.limit_batches,
+            detect_anomaly=run.trainer.detect_anomaly,
             scheduler_interval=str(run.scheduler.interval),
             # Only a plateau schedule watches a metric (PlateauSchedulerConf.monitor).
             scheduler_monitor=getattr(run.scheduler, "monitor", None),
@@ -131,14 +136,16 @@ def train_one_epoch(
     model.train()
     task = settings.task
     metrics = EpochMetrics(task, settings.num_outputs, settings.device)
-    batches, group = len(loader), settings.accumulate
-    for index, (inputs, targets) in enumerate(loader):
+    batches, group = limited(len(loader), settings.limit_batches), settings.accumulate
+    anomalies = _anomalies_named if settings.detect_anomaly else contextlib.nullcontext
+    for index, (inputs, targets) in enumerate(itertools.islice(loader, batches)):
         if index % group == 0:
             optimizer.zero_grad(set_to_none=True)
             samples = 0  # in this group of batches
         last_of_group = (index + 1) % group == 0 or index + 1 == batches
         # Under DDP, gradients are averaged across ranks once per optimizer step.
-        with contextlib.nullcontext() if last_of_group else _no_sync(model):
+        syncing = contextlib.nullcontext() if last_of_group else _no_sync(model)
+        with syncing, anomalies():
             with autocast(settings.device, settings.amp_dtype):
                 outputs = call_model(model, inputs)
                 loss = task.loss(outputs, targets)
@@ -163,6 +170,28 @@ def train_one_epoch(
     return values
 
 
+def limited(batches: int, limit: int | None) -> int:
+    """The batches an epoch takes of a split of `batches` (trainer.limit_batches)."""
+    return batches if limit is None else min(batches, limit)
+
+
+@contextlib.contextmanager
+def _anomalies_named():
+    """autograd's anomaly mode, whose error names the backward operation that returned
+    NaN: raised as NonFiniteLossError with that name."""
+    try:
+        with torch.autograd.detect_anomaly(check_nan=True):
+            yield
+    except RuntimeError as err:
+        if "nan values" not in str(err):
+            raise
+        raise NonFiniteLossError(
+            f"Anomaly detection (trainer.detect_anomaly): {str(err).splitlines()[0]} "
+            "Look at the inputs and weights of that operation; lower optimizer.lr or set "
+            "regularization.grad_clip if the weights diverged."
+        ) from None
+
+
 def optimizer_steps(batches: int, accumulate: int) -> int:
     """Optimizer steps of an epoch of `batches` batches, `accumulate` batches a step."""
     return math.ceil(batches / accumulate)
@@ -181,17 +210,34 @@ def _divide_gradients(model: nn.Module, samples: int) -> None:
             parameter.grad.div_(samples)
 
 
-def evaluate(model: nn.Module, loader, *, device, amp_dtype=None, task=None, num_outputs=None):
-    """The task's metrics over `loader` (default task: classification)."""
+def evaluate(
+    model: nn.Module, loader, *, device, amp_dtype=None, task=None, num_outputs=None, limit=None
+):
+    """The task's metrics over `loader` (default task: classification); `limit`: its
+    first batches only (trainer.limit_batches)."""
     values, _ = evaluate_with_figures(
-        model, loader, device=device, amp_dtype=amp_dtype, task=task, num_outputs=num_outputs
+        model,
+        loader,
+        device=device,
+        amp_dtype=amp_dtype,
+        task=task,
+        num_outputs=num_outputs,
+        limit=limit,
     )
     return values
 
 
 @torch.no_grad()
 def evaluate_with_figures(
-    model: nn.Module, loader, *, device, amp_dtype=None, task=None, num_outputs=None, figures=False
+    model: nn.Module,
+    loader,
+    *,
+    device,
+    amp_dtype=None,
+    task=None,
+    num_outputs=None,
+    figures=False,
+    limit=None,
 ) -> tuple[dict, dict]:
     """The task's metrics over `loader` (without the sample count) and, with `figures`,
     its figure metrics' values (a classification's confusion matrix, say)."""
@@ -200,7 +246,7 @@ def evaluate_with_figures(
     model.eval()
     task = task or Classification()
     metrics = EpochMetrics(task, num_outputs, device, figures=figures)
-    for inputs, targets in loader:
+    for inputs, targets in loader if limit is None else itertools.islice(loader, limit):
         with autocast(device, amp_dtype):
             outputs = call_model(model, inputs)
         outputs = float_outputs(outputs)
@@ -294,6 +340,7 @@ def fit(
             amp_dtype=settings.amp_dtype,
             task=settings.task,
             num_outputs=settings.num_outputs,
+            limit=settings.limit_batches,
         )
         metrics = {
             **{f"train/{k}": v for k, v in train.items() if k != "samples"},
@@ -302,11 +349,8 @@ def fit(
             "epoch_time_s": time.perf_counter() - start,
             "samples_per_s": train["samples"] / train_time,
         }
-        if scheduler is not None and step_scheduler is None:
-            if plateau:
-                scheduler.step(metrics[settings.scheduler_monitor])
-            else:
-                scheduler.step()
+        if scheduler is not None and step_scheduler is None:  # a plateau's steps on a metric
+            scheduler.step(metrics[settings.scheduler_monitor]) if plateau else scheduler.step()
         state.record(epoch, metrics, settings)
         for callback in callbacks:
             callback(state)

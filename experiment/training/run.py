@@ -276,6 +276,7 @@ def evaluate_best(
         task=settings.task,
         num_outputs=settings.num_outputs,
         figures=True,
+        limit=settings.limit_batches,
     )
 
 
