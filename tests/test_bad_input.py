@@ -247,6 +247,14 @@ IN_PROCESS = {
         2,
         ["task.loss.reduction", "mean or sum"],
     ),
+    "accumulation with a summed loss": case(
+        [
+            "trainer.accumulate_grad_batches=2",
+            "task.loss={{_target_:torch.nn.CrossEntropyLoss,reduction:sum}}",
+        ],
+        2,
+        ["trainer.accumulate_grad_batches", "reduction=sum"],
+    ),
     "model without parameters": case(
         [*FAST_DATA, "model=mlp", "model._target_=tests.apps.bad_data.NoParameters"],
         2,
