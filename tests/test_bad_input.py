@@ -255,6 +255,22 @@ IN_PROCESS = {
         2,
         ["trainer.accumulate_grad_batches", "reduction=sum"],
     ),
+    "a fold without folds": case(
+        ["dataset.fold=1"], 2, ["dataset.fold", "set together with dataset.folds"]
+    ),
+    "a fold past the folds": case(
+        ["dataset.folds=3", "dataset.fold=3"], 2, ["'dataset.fold': 3", "[0, dataset.folds - 1]"]
+    ),
+    "folds with validation trained on": case(
+        ["dataset.folds=3", "dataset.fold=0", "dataset.train_on_val=true"],
+        2,
+        ["dataset.train_on_val", "false with dataset.folds"],
+    ),
+    "overfitting some batches, limiting others": case(
+        ["trainer.overfit_batches=2", "trainer.limit_batches=4"],
+        2,
+        ["trainer.limit_batches", "null with trainer.overfit_batches"],
+    ),
     "model without parameters": case(
         [*FAST_DATA, "model=mlp", "model._target_=tests.apps.bad_data.NoParameters"],
         2,
@@ -342,6 +358,11 @@ OUT_OF_RANGE = [
     ("trainer.limit_batches", "0", ">= 1", []),
     ("trainer.ema.decay", "1.0", "strictly between 0 and 1", []),
     ("trainer.ema.start_epoch", "0", ">= 1", []),
+    ("trainer.overfit_batches", "0", ">= 1", []),
+    ("trainer.overfit_loss", "0", "> 0", []),
+    ("trainer.profile_steps", "0", ">= 1", []),
+    ("dataset.folds", "1", ">= 2", []),
+    ("dataset.fold", "-1", ">= 0", []),
     ("dataset.eval_batch_size", "0", ">= 1", []),
     ("dataset.crop_padding", "-1", ">= 0", []),
     ("dataset.std", "[0]", "> 0", []),
@@ -461,6 +482,12 @@ SWEEP_SETTINGS = {
     ),
     "sweep without a direction": case(
         [*SWEEP, "hydra.sweeper.direction=[]"], 2, ["hydra.sweeper.direction=[]", "maximize"]
+    ),
+    "sweep folds": case([*SWEEP, "hydra.sweeper.folds=0"], 2, ["folds=0", ">= 1"]),
+    "sweep fold key": case(
+        [*SWEEP, "hydra.sweeper.folds=3", "hydra.sweeper.fold_key=data.fold"],
+        2,
+        ["data is not in this config", "hydra.sweeper.fold_key"],
     ),
     "sweep retries": case([*SWEEP, "hydra.sweeper.max_retries=-1"], 2, ["max_retries=-1", ">= 0"]),
     "sweep seed key": case(

@@ -149,8 +149,9 @@ def test_config_is_read_by_attribute_not_by_defensive_get():
 
 
 def test_value_checks_live_on_the_schema_fields():
-    rules = PACKAGE / "rules.py"
-    assert not rules.exists() or len(rules.read_text().splitlines()) <= 80
+    """Cross-key rules stay one short table; a value's own range is its field's rule."""
+    rules = PACKAGE / "config" / "rules.py"
+    assert len(rules.read_text().splitlines()) <= 100
 
 
 @pytest.mark.parametrize(

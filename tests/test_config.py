@@ -48,7 +48,7 @@ def test_groups_have_the_documented_options():
     assert options("tracking") == ["mlflow", "none"]
     assert options("task") == ["classification", "regression"]
     assert options("experiment") == ["digits_mlp", "fashion_mnist_adam", "mnist_tutorial"]
-    assert options("debug") == ["anomaly", "fast"]
+    assert options("debug") == ["anomaly", "fast", "overfit", "profile"]
 
 
 @pytest.mark.parametrize(

@@ -35,18 +35,3 @@ def test_a_run_of_a_preset_is_tagged_with_it_and_the_comparison_shows_it(tmp_pat
     assert run.data.params["model._target_"] == "experiment.models.nets.MLP"
     header, rows = table([run])
     assert header[1] == "preset" and rows[0][1] == "digits_mlp"
-
-
-@pytest.mark.slow  # a run, in this process
-def test_debug_fast_runs_the_whole_path_on_one_batch_and_keeps_no_mlflow_run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["experiment.train", "debug=fast"])
-    main()
-    (log,) = tmp_path.glob("outputs/*/*/*.log")
-    text = log.read_text()
-    assert "epoch 1/1 " in text and "Tracking is off" in text
-    assert "trained" in text and "test/acc" in text  # tested, on its one batch
-    assert not (tmp_path / "mlruns").exists()  # no MLflow run
-    (checkpoint,) = tmp_path.glob("outputs/*/*/checkpoints/best.pt")
-    assert checkpoint.is_file()

@@ -62,6 +62,16 @@ RULES = (
               lambda c: c.trainer.accumulate_grad_batches > 1
               and _get(_get(c.task, "loss"), "reduction") == "sum",
               lambda c: False, "1 with a loss of reduction=sum (the groups weigh each sample)"),
+    CrossRule("trainer.limit_batches", lambda c: c.trainer.overfit_batches is not None,
+              lambda c: c.trainer.limit_batches is None,
+              "null with trainer.overfit_batches (which sets the batches an epoch takes)"),
+    CrossRule("dataset.fold", lambda c: c.dataset.folds is not None or c.dataset.fold is not None,
+              lambda c: c.dataset.folds is not None and c.dataset.fold is not None
+              and c.dataset.fold < c.dataset.folds,
+              "an integer in [0, dataset.folds - 1], set together with dataset.folds"),
+    CrossRule("dataset.train_on_val", lambda c: c.dataset.folds is not None,
+              lambda c: not c.dataset.train_on_val,
+              "false with dataset.folds (a fold's validation part is held out)"),
     CrossRule("tracking.experiment_name", lambda c: bool(_get(c.tracking, "enabled", False)),
               lambda c: bool(str(_get(c.tracking, "experiment_name", "")).strip()),
               "a non-empty name"),

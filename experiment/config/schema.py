@@ -147,6 +147,15 @@ class TrainerConf:
     limit_batches: int | None = allowed(None, AT_LEAST_ONE)
     # torch.autograd's anomaly mode: a NaN is named by the operation that made it (slow).
     detect_anomaly: bool = False
+    # Train, validate and test on the first N training batches, the same each epoch, until
+    # the training loss is at most overfit_loss (debug=overfit): a model, loss and data
+    # that work can learn a few batches by heart; one that cannot has a bug.
+    overfit_batches: int | None = allowed(None, AT_LEAST_ONE)
+    overfit_loss: float = allowed(0.01, POSITIVE_FINITE)
+    # torch.profiler over this many training steps after one warm-up step (debug=profile):
+    # a Chrome/Perfetto trace and a table of the operators' times, in the run's folder
+    # and its MLflow artifacts (profile/).
+    profile_steps: int | None = allowed(None, AT_LEAST_ONE)
     device: Device = Device.auto
     precision: Precision = Precision.auto
     seed: int = allowed(0, SEED)
@@ -264,6 +273,12 @@ class DatasetConf:
     split_seed: int = allowed(
         0, SEED
     )  # the same splits for every trainer.seed: runs compare on one set
+    # K-fold cross-validation: train and val pooled and cut into `folds` parts (stratified
+    # by class where there are classes, seeded by split_seed); part `fold` (0 to folds-1)
+    # validates, the rest trains; the test split stays as it is. A sweep sets both
+    # (hydra.sweeper.folds); null: the val_fraction split.
+    folds: int | None = allowed(None, AT_LEAST_TWO)
+    fold: int | None = allowed(None, NON_NEGATIVE_INT)
     mean: list[float] | None = allowed(None, FINITE_LIST)  # null: no per-channel normalization
     std: list[float] | None = allowed(None, POSITIVE_LIST)
     augment: bool = II("regularization.augmentation")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from experiment.data import image_cache
 from experiment.errors import DataError
@@ -75,6 +75,39 @@ def seeded_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torc
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_held = max(1, round(n * fraction))
     return order[n_held:], order[:n_held]
+
+
+def fold_split(n: int, folds: int, fold: int, seed: int, labels=None):
+    """Indices (kept, held_out) of K-fold cross-validation: n samples dealt into `folds`
+    parts in a seeded order, part `fold` held out. With `labels` (a class per sample) the
+    order is each class's samples in turn, so every part gets each class's share to within
+    one sample (stratified); sizes differ by one at most. Each sample is held out in
+    exactly one fold."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
+    if labels is not None:  # a stable sort keeps the seeded order within each class
+        order = order[torch.sort(torch.as_tensor(labels)[order], stable=True).indices]
+    part = torch.arange(n) % folds
+    return order[part != fold], order[part == fold]
+
+
+def class_labels(targets):
+    """`targets` as one integer class per sample, or None (regression, several columns):
+    what a stratified fold split goes by."""
+    if isinstance(targets, ConcatDataset):  # train and val folders pooled
+        parts = [class_labels(part) for part in targets.datasets]
+        return None if any(p is None for p in parts) else torch.cat(parts)
+    if isinstance(targets, Subset):  # a folder's training part, its test held out
+        labels = class_labels(targets.dataset)
+        return None if labels is None else labels[torch.as_tensor(targets.indices)]
+    if not isinstance(targets, torch.Tensor):
+        targets = getattr(targets, "targets", None)  # an ImageFolder's, say
+        if targets is None:
+            return None
+        targets = torch.as_tensor(targets)
+    if targets.ndim != 1 or targets.is_floating_point():
+        return None
+    return targets
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,16 +10,23 @@ configured: other inputs (tabular features, sequences) pass through as they are.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from experiment.data.batches import PAIRS, Layout, cat_inputs, map_inputs
-from experiment.data.datasets import FolderSplits, ImageTensors, seeded_split
+from experiment.data.datasets import (
+    FolderSplits,
+    ImageTensors,
+    class_labels,
+    fold_split,
+    seeded_split,
+)
 from experiment.data.sharding import RankBatchSampler, batch_count, batch_slices, rank_share
 from experiment.errors import ConfigValueError, DataError
 from experiment.runtime.distributed import SINGLE, Ranks
@@ -315,6 +322,33 @@ class DataBundle:
         self.train.seed(seed)
 
 
+class FixedBatches:
+    """The same batches every epoch, in the same order (trainer.overfit_batches)."""
+
+    def __init__(self, batches: list[Batch]):
+        self.batches = batches
+        # Whole, as a DeviceLoader's: what the run's data lineage describes and hashes.
+        self.inputs = cat_inputs([inputs for inputs, _ in batches])
+        self.targets = torch.cat([targets for _, targets in batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def seed(self, value: int) -> None:
+        pass  # nothing is drawn: the batches are fixed
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches)
+
+
+def overfitting(data: DataBundle, batches: int, seed: int) -> DataBundle:
+    """`data` with the first `batches` training batches (of the epoch `seed` draws) as its
+    training, validation and test splits: what a model must learn by heart."""
+    data.seed_epoch(seed)
+    fixed = FixedBatches(list(itertools.islice(data.train, batches)))
+    return replace(data, train=fixed, val=fixed, test=fixed)
+
+
 def build_loaders(
     dataset,
     source: ImageTensors | FolderSplits,
@@ -372,14 +406,15 @@ def check_channels(dataset, input_shape: tuple[int, ...]) -> None:
 def _device_bundle(
     dataset, source: ImageTensors, device, transform, generator, ranks
 ) -> DataBundle:
-    if source.val_images is not None:  # a val/ folder of its own
-        train = (source.train_images, source.train_labels)
+    inputs, targets = source.train_images, source.train_labels
+    if source.val_images is not None and dataset.folds is None:  # a val/ folder of its own
+        train = (inputs, targets)
         val = (source.val_images, source.val_labels)
     else:
-        keep, held = seeded_split(
-            len(source.train_labels), dataset.val_fraction, dataset.split_seed
-        )
-        inputs, targets = source.train_images, source.train_labels
+        if source.val_images is not None:  # cross-validation folds cut train and val alike
+            inputs = cat_inputs([inputs, source.val_images])
+            targets = torch.cat([targets, source.val_labels])
+        keep, held = held_out(dataset, len(targets), class_labels(targets))
         train = (map_inputs(lambda x: x[keep], inputs), targets[keep])
         val = (map_inputs(lambda x: x[held], inputs), targets[held])
     if dataset.train_on_val:
@@ -417,12 +452,22 @@ def _device_bundle(
     )
 
 
+def held_out(dataset, n: int, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val) of the n training samples: the run's cross-validation fold
+    (dataset.folds, stratified by `labels` where known), else its val_fraction split."""
+    if dataset.folds is not None:
+        return fold_split(n, dataset.folds, dataset.fold, dataset.split_seed, labels)
+    return seeded_split(n, dataset.val_fraction, dataset.split_seed)
+
+
 def _host_bundle(
     dataset, source: FolderSplits, device, transform, seed: int, ranks, batches: HostBatches
 ) -> DataBundle:
     train, val = source.train, source.val
+    if val is not None and dataset.folds is not None:  # folds cut train and val alike
+        train, val = ConcatDataset([train, val]), None
     if val is None:
-        keep, held = seeded_split(len(train), dataset.val_fraction, dataset.split_seed)
+        keep, held = held_out(dataset, len(train), class_labels(train))
         train, val = Subset(train, keep.tolist()), Subset(train, held.tolist())
     if dataset.train_on_val:
         train = ConcatDataset([train, val])

@@ -109,6 +109,15 @@ def promote(args: argparse.Namespace) -> str:
     study = swept_trial.open_study(sweep.study_name, sweep.storage)
     trial = swept_trial.choose_trial(study, args.trial)
     swept = swept_trial.describe_trial(client, sweep, trial)
+    if swept.folds and not args.train_on_val:  # every sample validated once: none held out
+        log.info(
+            "Trial %s was cross-validated over %s folds: retrained on train + val for %s "
+            "epochs (its folds' mean best epoch).",
+            swept.number,
+            swept.folds,
+            swept.best_epochs,
+        )
+        args.train_on_val = True
     experiment_name = client.get_experiment(sweep.experiment_id).name
     name = registry.check_name(args.name or experiment_name)
     base = recompose(swept, [], args.config_dir)
@@ -148,6 +157,8 @@ def recompose(swept: SweptTrial, extra: list[str], config_dir: str | None):
     if extra:
         return cfg
     logged = yaml.safe_load(swept.config_yaml)
+    if swept.folds:  # a fold's run: the configuration is the same, retrained on all folds
+        logged["dataset"].update(folds=None, fold=None)
     now = RunConfig.enter(cfg).resolved
     if fingerprint(now) != fingerprint(logged):
         before, after = flatten(logged), flatten(now)

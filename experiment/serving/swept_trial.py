@@ -43,7 +43,8 @@ class SweptTrial:
     run_id: str  # the MLflow run holding the trial's config (a seed's, with repeats)
     best_epochs: int  # epochs up to the trial's best one (the mean over its seeds)
     overrides: list[str]  # what composed the trial's configuration
-    config_yaml: str  # the resolved configuration the trial trained
+    config_yaml: str  # the resolved configuration the trial trained (its first run's)
+    folds: int | None = None  # the trial's cross-validation folds (dataset.folds), or None
 
 
 def find_sweep(client, *, study: str | None, storage: str | None, parent_run: str | None) -> Sweep:
@@ -188,6 +189,7 @@ def describe_trial(client, sweep: Sweep, trial) -> SweptTrial:
     import yaml
 
     epochs = [int(r.data.metrics["best/epoch"]) + 1 for r in trained]
+    dataset = (yaml.safe_load(config_yaml) or {}).get("dataset") or {}
     return SweptTrial(
         sweep=sweep,
         number=trial.number,
@@ -196,19 +198,24 @@ def describe_trial(client, sweep: Sweep, trial) -> SweptTrial:
         best_epochs=round(statistics.mean(epochs)),
         overrides=[str(o) for o in (yaml.safe_load(overrides_text) or [])],
         config_yaml=config_yaml,
+        folds=dataset.get("folds"),
     )
 
 
+def _unit_order(run) -> tuple[int, int]:
+    return int(run.data.tags.get("optuna.repeat", 0)), int(run.data.tags.get("optuna.fold", 0))
+
+
 def _trained_runs(client, sweep: Sweep, runs) -> list:
-    """The runs that trained the trial, first seed first: the trial's own run, or with
-    repeats the seed runs nested under the trial's run."""
+    """The runs that trained the trial, first seed's first fold first: the trial's own
+    run, or with repeats or folds the runs nested under the trial's run."""
     done = [r for r in runs if "best/epoch" in r.data.metrics]
     if done:
-        return sorted(done, key=lambda r: int(r.data.tags.get("optuna.repeat", 0)))
+        return sorted(done, key=_unit_order)
     seeds = client.search_runs(
         [sweep.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'",
         max_results=1000,
     )
     done = [r for r in seeds if "best/epoch" in r.data.metrics]
-    return sorted(done, key=lambda r: int(r.data.tags.get("optuna.repeat", 0)))
+    return sorted(done, key=_unit_order)

@@ -68,17 +68,20 @@ class TrialContext(Standalone):
     wanted_measures: tuple[str, ...] = ()
     # The retry of a lost trial continues it: its MLflow run, from its last checkpoint.
     continues: LostAttempt | None = None
-    # hydra.sweeper.repeats: the trial's seeds, each a run of its own (nested under the
-    # trial's run), reported to the trial by the sweeper after each seed, not per epoch.
-    repeats: int = 1
-    seed_key: str = "trainer.seed"
+    # hydra.sweeper.repeats and folds: the trial's seeds and folds (repeats.Units), each
+    # a run of its own (nested under the trial's run), reported to the trial by the
+    # sweeper after each, not per epoch.
+    units: Any = None
     repeat: int | None = None  # the seed's index while one runs
+    fold: int | None = None  # the fold's index while one runs
     _measures: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def tags(self) -> dict[str, str]:
         retry = {"optuna.retry_of": str(self.continues.trial)} if self.continues else {}
         seed = {"optuna.repeat": str(self.repeat)} if self.repeat is not None else {}
+        if self.fold is not None:
+            seed["optuna.fold"] = str(self.fold)
         return {
             "optuna.study_name": self.study_name,
             "optuna.trial": str(self.trial.number),
@@ -89,13 +92,14 @@ class TrialContext(Standalone):
 
     @property
     def reports_epochs(self) -> bool:
-        """Whether a run reports its epochs to the trial: not one seed of several (the
-        trial's reports are then its seeds' values)."""
-        return self.repeats == 1
+        """Whether a run reports its epochs to the trial: not one unit of several (a seed,
+        a fold: the trial's reports are then its units' values)."""
+        return self.units is None or not self.units.several
 
     def run_name(self, base: str) -> str:
         name = f"{base}-trial{self.trial.number}"  # no two trials share a name
-        return name if self.repeat is None else f"{name}-seed{self.repeat}"
+        name = name if self.repeat is None else f"{name}-seed{self.repeat}"
+        return name if self.fold is None else f"{name}-fold{self.fold}"
 
     def callbacks(self, metric: str) -> list:
         """An epoch callback that reports `metric` and stops the run if the pruner says so."""

@@ -33,7 +33,7 @@ from experiment.errors import EnvironmentFailure, ExperimentError
 from experiment.sweep import context as sweep_context
 from experiment.sweep import optuna_internals as internals
 from experiment.sweep import study as studies
-from experiment.sweep.repeats import run_repeats
+from experiment.sweep.repeats import run_units
 from experiment.sweep.study import StudyLocation
 from experiment.system.console import split_streams
 from experiment.system.secrets import redact
@@ -110,19 +110,18 @@ def objective_values(value, n_objectives: int) -> float | list[float]:
 def execute(
     hydra_context, task_function, job_config: DictConfig, context, heartbeat: bool = True
 ) -> tuple[str, float | list[float] | None, str | None]:
-    """Run one trial job (with `context.repeats` > 1, one job per seed: repeats.py),
-    sending heartbeats to a storage that wants them (unless `heartbeat` is False: the
-    other ranks of a trial's group); (state, value, error)."""
+    """Run one trial job (with several `context.units`, one job per seed and fold:
+    repeats.py), sending heartbeats to a storage that wants them (unless `heartbeat` is
+    False: the other ranks of a trial's group); (state, value, error)."""
     study = context.trial.study
     heartbeat = internals.heartbeat(study, context.trial) if heartbeat else contextlib.nullcontext()
     with sweep_context.active(context), heartbeat:
-        if context.repeats > 1:
-            return run_repeats(
+        if context.units is not None and context.units.several:
+            return run_units(
                 lambda config: _run_job(hydra_context, task_function, config, context),
                 job_config,
                 context,
-                context.repeats,
-                context.seed_key,
+                context.units,
             )
         return _run_job(hydra_context, task_function, job_config, context)
 

@@ -14,6 +14,8 @@ PARENT_TAG = "sweep.parent"  # "true" on the MLflow run of a whole study
 RUN_ID_ATTR = "mlflow_run_id"  # a trial's user attr: its MLflow run
 CHECKPOINT_DIR_ATTR = "checkpoint_dir"  # a trial's user attr: where its run checkpoints
 CONTINUES_ATTR = "continues"  # a retry's user attr: the LostAttempt it continues
+SEED_VALUES_ATTR = "seed_values"  # a trial's user attr: each seed's value (repeats)
+FOLD_VALUES_ATTR = "fold_values"  # ... each fold's (folds; with repeats, seed by seed)
 
 
 @dataclass(frozen=True)

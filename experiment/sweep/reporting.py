@@ -17,7 +17,7 @@ from experiment.sweep import optuna_internals as internals
 from experiment.sweep.constraints import is_feasible
 from experiment.sweep.patience import DEFAULT_PATIENCE_S, TRACKING, Patience, PatientClient
 from experiment.sweep.protocol import PARENT_TAG
-from experiment.sweep.repeats import STD_ATTR, VALUES_ATTR
+from experiment.sweep.repeats import FOLD_VALUES_ATTR, STD_ATTR, VALUES_ATTR
 from experiment.system import durable
 from experiment.system.secrets import redact
 
@@ -115,19 +115,23 @@ class ParentRun:
     def tag_trial_run(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
 
-    def start_trial_run(self, trial, repeats: int) -> str:
-        """The run of a trial whose seeds are runs of their own, nested under it: its
-        params and tags now, its mean and std at its end (`end_trial_run`)."""
+    def start_trial_run(self, trial, units) -> str:
+        """The run of a trial whose seeds and folds (repeats.Units) are runs of their own,
+        nested under it: its params and tags now, its mean and std at its end
+        (`end_trial_run`)."""
         from mlflow.entities import Param
 
         tags = {
             "mlflow.parentRunId": self.run_id,
             "optuna.study_name": trial.study.study_name,
             "optuna.trial": str(trial.number),
-            "optuna.repeats": str(repeats),
+            "optuna.repeats": str(units.repeats),
+            "optuna.folds": str(units.folds),
         }
         run = self.client.create_run(
-            self.tracker.experiment_id, run_name=f"trial{trial.number}-{repeats}seeds", tags=tags
+            self.tracker.experiment_id,
+            run_name=f"trial{trial.number}-{units.label()}",
+            tags=tags,
         )
         params = [Param(k, str(v)) for k, v in trial.params.items()]
         self.client.log_batch(run.info.run_id, params=params)
@@ -156,20 +160,26 @@ class ParentRun:
     def close_orphans(self, study: optuna.Study) -> None:
         """Trial runs left RUNNING by a killed process: KILLED, not RUNNING forever.
 
-        Any child run still RUNNING whose trial no longer is: that also covers a process
-        killed after starting its run but before recording the run's id in the study, and
-        one killed between recovering a trial and closing its run."""
+        Any run of this sweep still RUNNING whose trial no longer is (a trial's run, or a
+        seed's or fold's run nested under it): that also covers a process killed after
+        starting its run but before recording the run's id in the study, and one killed
+        between recovering a trial and closing its run."""
         running_trials = {
             str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         }
-        runs = self.client.search_runs(
-            [self.tracker.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}' "
-            "and attributes.status = 'RUNNING'",
-            max_results=5000,
+        experiments = [self.tracker.experiment_id]
+        trial_runs = self.client.search_runs(
+            experiments, f"tags.`mlflow.parentRunId` = '{self.run_id}'", max_results=5000
         )
-        for run in runs:
-            if run.data.tags.get("optuna.trial") not in running_trials:
+        of_this_sweep = {self.run_id} | {r.info.run_id for r in trial_runs}
+        running = self.client.search_runs(
+            experiments, "attributes.status = 'RUNNING'", max_results=5000
+        )
+        for run in running:
+            tags = run.data.tags
+            if tags.get("mlflow.parentRunId") not in of_this_sweep:
+                continue
+            if tags.get("optuna.trial") not in running_trials:
                 self.client.set_terminated(run.info.run_id, "KILLED")
 
     def finish(
@@ -321,7 +331,7 @@ def summarize(study: optuna.Study, stopped=None) -> dict:
                 "trial": t.number,
                 "mean": t.values if len(t.values) > 1 else t.value,
                 "std": t.user_attrs[STD_ATTR],
-                "values": t.user_attrs.get(VALUES_ATTR),
+                "values": t.user_attrs.get(VALUES_ATTR, t.user_attrs.get(FOLD_VALUES_ATTR)),
             }
             for t in seeded
         ]
@@ -451,7 +461,6 @@ def best_line(summary: dict) -> str:
         return f"Pareto front: {len(summary['solutions'])} trials."
     if summary["best_value"] is None:
         return "Best: none yet."
-    spread = (
-        f" (std {summary['best_value_std']:.4f} over seeds)" if "best_value_std" in summary else ""
-    )
+    std = summary.get("best_value_std")
+    spread = f" (std {std:.4f} over its runs)" if std is not None else ""
     return f"Best value {summary['best_value']:.4f}{spread} with {summary['best_params']}."

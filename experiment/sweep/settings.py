@@ -52,6 +52,8 @@ class SweepSettings:
     max_retries: int = 3
     repeats: int = 1
     seed_key: str = "trainer.seed"
+    folds: int = 1
+    fold_key: str = "dataset.fold"
     warm_up_function: str | None = None
     preload_function: str | None = None
     storage_patience: float = 120.0
@@ -70,10 +72,17 @@ class SweepSettings:
             self.storage, name, self.heartbeat_interval, self.grace_period, self.storage_patience
         )
 
+    @property
+    def units(self):
+        """The runs each trial makes: repeats x folds (repeats.Units)."""
+        from experiment.sweep.repeats import Units
+
+        return Units(self.repeats, self.folds, self.seed_key, self.fold_key)
+
     def make_pruner(self, n_objectives: int):
-        """The configured pruner; unset with repeats, one that compares a trial's seeds
-        so far with the other trials' same seeds (repeats.py)."""
-        if self.repeats > 1 and self.pruner is None and n_objectives == 1:
+        """The configured pruner; unset with repeats or folds, one that compares a trial's
+        units so far with the other trials' same units (repeats.py)."""
+        if self.units.several and self.pruner is None and n_objectives == 1:
             from experiment.sweep.repeats import MeanOfSeedsPruner
 
             return MeanOfSeedsPruner()
@@ -126,6 +135,7 @@ class SweepSettings:
         wanted = {
             "max_retries": (self.max_retries, 0, "an integer >= 0"),
             "repeats": (self.repeats, 1, "an integer >= 1 (seeds per configuration)"),
+            "folds": (self.folds, 1, "an integer >= 1 (cross-validation folds; 1: none)"),
             "heartbeat_interval": (self.heartbeat_interval, 1, "null or an integer >= 1"),
             "grace_period": (self.grace_period, 1, "null or an integer >= 1 (seconds)"),
         }

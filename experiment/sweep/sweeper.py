@@ -37,7 +37,6 @@ from experiment.sweep.failures import FailureRate, failure_counts
 from experiment.sweep.groups import GroupExecutor
 from experiment.sweep.jobs import JobExecutor
 from experiment.sweep.locking import StudyLock
-from experiment.sweep.repeats import base_seed
 from experiment.sweep.settings import (
     LAUNCHERS,
     SweepSettings,
@@ -80,6 +79,8 @@ class SweepEngine(Sweeper):
         max_retries: int = 3,
         repeats: int = 1,
         seed_key: str = "trainer.seed",
+        folds: int = 1,
+        fold_key: str = "dataset.fold",
         warm_up_function: str | None = None,
         preload_function: str | None = None,
         storage_patience: float = 120.0,
@@ -110,8 +111,7 @@ class SweepEngine(Sweeper):
         self._set_up_logging()
         directions = objectives.study_directions(settings.direction, self.config)
         settings.check()
-        if settings.repeats > 1:
-            base_seed(self.config, settings.seed_key)
+        settings.units.check(self.config)
         stop = StopConditions.from_settings(
             settings.timeout, settings.target, settings.patience, n_objectives=len(directions)
         )
@@ -206,8 +206,7 @@ class SweepEngine(Sweeper):
             parallel=settings.n_jobs > 1,
             waits_for_lost_peers=bool(settings.heartbeat_interval and settings.storage),
             max_retries=settings.max_retries,
-            repeats=settings.repeats,
-            seed_key=settings.seed_key,
+            units=settings.units,
         )
 
     def _finish(self, loop: TrialLoop, location, sweep_dir: Path, interrupted, errored):

@@ -21,6 +21,7 @@ from experiment.sweep.context import COMPLETE, FAIL, MEASURES_ATTR, PRUNED, Tria
 from experiment.sweep.executors import Executor, TrialResult
 from experiment.sweep.failures import FailureRate
 from experiment.sweep.protocol import CONTINUES_ATTR, RUN_ID_ATTR, LostAttempt
+from experiment.sweep.repeats import Units
 from experiment.sweep.stopping import Stop, StopConditions
 from experiment.system.signals import uninterrupted
 
@@ -46,8 +47,7 @@ class TrialLoop:
     stop: StopConditions = field(default_factory=StopConditions)
     judge: constraining.Judge | None = None
     max_retries: int = studies.DEFAULT_MAX_RETRIES  # per configuration, after lost trials
-    repeats: int = 1  # seeds per configuration (repeats.py)
-    seed_key: str = "trainer.seed"
+    units: Units = field(default_factory=Units)  # seeds x folds per configuration
     # Called once, when the loop first waits for a result: work for the end of the sweep
     # done while the first trials run (the parent run's plotting imports).
     while_waiting: Callable | None = None
@@ -112,10 +112,10 @@ class TrialLoop:
             wanted_measures=self.wanted_measures,
             continues=LostAttempt.of_attr(trial.user_attrs.get(CONTINUES_ATTR)),
         )
-        if self.repeats > 1:  # its seeds start anew, each a run nested under the trial's
-            context.repeats, context.seed_key, context.continues = self.repeats, self.seed_key, None
+        if self.units.several:  # each seed and fold a run nested under the trial's
+            context.units, context.continues = self.units, None
             if self.parent is not None:
-                context.parent_run_id = self.parent.start_trial_run(trial, self.repeats)
+                context.parent_run_id = self.parent.start_trial_run(trial, self.units)
                 run_id = context.parent_run_id
                 internals.set_user_attr(self.study, trial, RUN_ID_ATTR, run_id)
         executor.submit(trial, job_config, context)
@@ -169,7 +169,7 @@ class TrialLoop:
             if self.judge and result.state == PRUNED:  # Optuna's samplers read them too
                 self.judge.set_on(study, trial)
             study.tell(result.number, state=studies.TrialState[result.state])
-        if self.repeats > 1 and self.parent is not None and RUN_ID_ATTR in trial.user_attrs:
+        if self.units.several and self.parent is not None and RUN_ID_ATTR in trial.user_attrs:
             self.parent.end_trial_run(trial.user_attrs[RUN_ID_ATTR], trial, result)
         return trial
 

@@ -182,6 +182,9 @@ class NullTracker:
     def log_final(self, summary, history, figure, package) -> None:
         pass
 
+    def log_artifacts(self, folder, artifact_path: str) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
@@ -393,6 +396,11 @@ class Tracker:
                 self.log_model(*package(), step=step)
         finally:  # a plot or a model that found no room: the summary is recorded anyway
             self.log_metrics(summary, step)
+
+    @uninterrupted
+    def log_artifacts(self, folder, artifact_path: str) -> None:
+        """The files of `folder`, under `artifact_path` in the run's artifacts."""
+        self.mlflow.log_artifacts(str(folder), artifact_path)
 
     def log_model(
         self, model: torch.nn.Module, example: torch.Tensor, metadata: dict, step: int = 0

@@ -16,7 +16,7 @@ from experiment.config import fine_tuning
 from experiment.config.project import import_dotted
 from experiment.config.run_config import RunConfig, as_node
 from experiment.data.batches import call_model, map_inputs
-from experiment.data.loaders import DataBundle, HostBatches, build_loaders
+from experiment.data.loaders import DataBundle, HostBatches, build_loaders, overfitting
 from experiment.data.sources import as_splits, layout_of
 from experiment.errors import ConfigValueError, ExperimentError
 from experiment.models import pretrained
@@ -75,6 +75,8 @@ def build_parts(run: RunConfig, device: torch.device, ranks: Ranks = SINGLE, tas
         host=HostBatches(task.prepare_targets, layout_of(run.dataset, where), collate_fn),
     )
     data_rules.check_splits(data)
+    if run.trainer.overfit_batches is not None:
+        data = overfitting(data, run.trainer.overfit_batches, run.trainer.seed)
     check_model_and_data(model, data, task)  # and materializes lazy layers
     data_rules.check_model(model, target_of(run.model), run.dataset.batch_size, ranks.world_size)
     batches = limited(len(data.train), run.trainer.limit_batches)

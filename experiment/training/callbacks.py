@@ -1,4 +1,5 @@
-"""Epoch callbacks that belong to every run: checkpoints and early stopping.
+"""Epoch callbacks that belong to every run: checkpoints and early stopping (and, with
+trainer.overfit_batches, the overfitting check).
 
 Each is called with the loop's `FitState` after an epoch. The run puts them in order:
 checkpoints first (a pruned or stopped run has its last epoch saved), early stopping last.
@@ -6,12 +7,15 @@ checkpoints first (a pruned or stopped run has its last epoch saved), early stop
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import nn
 
 from experiment.training.checkpoint import BEST, LAST, Checkpoint
 from experiment.training.engine import FitState
+
+log = logging.getLogger("experiment")
 
 
 class Checkpointer:
@@ -43,3 +47,34 @@ class EarlyStopping:
     def __call__(self, state: FitState) -> None:
         if self.patience is not None and state.epoch - state.best_epoch >= self.patience:
             state.stop_reason = f"no improvement for {self.patience} epochs"
+
+
+class OverfitCheck:
+    """trainer.overfit_batches: stops once the training loss is at most `target` (the
+    model learned the batches by heart) and says so; says what to look at where the last
+    epoch ends above it."""
+
+    def __init__(self, batches: int, target: float, epochs: int):
+        self.batches, self.target, self.epochs = batches, target, epochs
+
+    def __call__(self, state: FitState) -> None:
+        loss = state.metrics["train/loss"]
+        if loss <= self.target:
+            state.stop_reason = f"train/loss {loss:.4g} <= trainer.overfit_loss"
+            log.info(
+                "Overfit %s batches: train/loss %.4g after %s epochs: the model, loss and "
+                "data can learn.",
+                self.batches,
+                loss,
+                state.epochs_run,
+            )
+        elif state.epochs_run == self.epochs:
+            log.warning(
+                "Overfit %s batches: train/loss still %.4g after %s epochs (target %g): look "
+                "at the loss, the targets, the learning rate and the model's output layer, "
+                "or give it more trainer.epochs.",
+                self.batches,
+                loss,
+                self.epochs,
+                self.target,
+            )

@@ -50,6 +50,7 @@ class FitSettings:
     average_from: int = 0
     limit_batches: int | None = None  # batches of each split per epoch (None: all)
     detect_anomaly: bool = False  # autograd's anomaly mode: the op that made a NaN named
+    after_batch: Callable[[], None] | None = None  # called after each training batch
     scheduler_interval: str = "epoch"  # step the schedule after each epoch or each batch
     scheduler_monitor: str | None = None  # the epoch metric a plateau schedule watches
     seed: int | None = None  # with a seed, each epoch's randomness depends on (seed, epoch)
@@ -166,6 +167,8 @@ def train_one_epoch(
             if step_scheduler is not None:  # per-step schedules (one-cycle)
                 step_scheduler.step()
         metrics.update(float_outputs(outputs), targets, loss)
+        if settings.after_batch is not None:  # the profiler's step (trainer.profile_steps)
+            settings.after_batch()
     values, _ = metrics.compute()
     return values
 

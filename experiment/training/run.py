@@ -40,7 +40,7 @@ from experiment.tracking.tags import PRESET_TAG
 from experiment.tracking.tracker import NullTracker, build_tracker
 from experiment.training import resume
 from experiment.training.builders import Parts, build_parts, build_task, load_source
-from experiment.training.callbacks import Checkpointer, EarlyStopping
+from experiment.training.callbacks import Checkpointer, EarlyStopping, OverfitCheck
 from experiment.training.checkpoint import (
     BEST,
     LAST,
@@ -56,6 +56,7 @@ from experiment.training.engine import (
     latency_per_image_ms,
     warm_up,
 )
+from experiment.training.profiling import profiler_of_run
 from experiment.training.progress import EpochProgress
 from experiment.training.run_lock import RunLock
 
@@ -159,7 +160,14 @@ def epoch_callbacks(run, parts, checkpoint_dir: Path, tracker, progress, trial) 
         epoch_logger(tracker, checkpoint_dir),
         *trial.callbacks(monitor),
         EarlyStopping(run.regularization.early_stopping.patience),
+        *overfit_check(run.trainer),
     ]
+
+
+def overfit_check(trainer) -> list:
+    if trainer.overfit_batches is None:
+        return []
+    return [OverfitCheck(trainer.overfit_batches, trainer.overfit_loss, trainer.epochs)]
 
 
 def start_tracking(tracker, record: dict, run, parts, trial, checkpoint_dir: Path, ranks):
@@ -191,11 +199,20 @@ def train(run: RunConfig, parts: Parts, settings, callbacks, state, tracker, tri
         torch.cuda.reset_peak_memory_stats(settings.device)
     if run.trainer.compile:  # compile outside the timed epochs, and report it on its own
         tracker.log_metrics({"compile_time_s": compile_now(parts, settings)})
-    start = time.perf_counter()
-    result = fit(
-        parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
+    folder = _output_dir(run) / "profile"
+    profiler = profiler_of_run(
+        run.trainer.profile_steps if ranks.main else None, folder, settings.device
     )
-    return result, {"train_time_s": time.perf_counter() - start}
+    start = time.perf_counter()
+    with profiler or contextlib.nullcontext():
+        settings.after_batch = profiler.step if profiler else None
+        result = fit(
+            parts.forward, parts.data, parts.optimizer, parts.scheduler, settings, callbacks, state
+        )
+    seconds = time.perf_counter() - start  # the profiler's own time included
+    if profiler and profiler.written:
+        tracker.log_artifacts(folder, "profile")
+    return result, {"train_time_s": seconds}
 
 
 def report(result: FitState, test: dict, summary: dict, settings, task, checkpoint_dir, tracker):
@@ -388,3 +405,10 @@ def _preset_tags() -> dict[str, str]:
         return {}
     preset = HydraConfig.get().runtime.choices.get("experiment")
     return {PRESET_TAG: str(preset)} if preset else {}
+
+
+def _output_dir(run: RunConfig) -> Path:
+    """The run's Hydra output folder (outside Hydra: its checkpoint folder's parent)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(run.trainer.checkpoint_dir).parent

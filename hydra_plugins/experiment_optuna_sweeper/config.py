@@ -180,6 +180,13 @@ class ExperimentOptunaSweeperConf:
     # the seeds so far: a configuration clearly worse after two seeds gets no third.
     repeats: int = 1
     seed_key: str = "trainer.seed"
+    # K-fold cross-validation: each trial trains K times, fold_key = 0, ..., K-1 and its
+    # sibling `folds` = K (dataset.folds), each fold a run nested under the trial's run;
+    # its objective is the mean over folds (`value_std`, `fold_values`), pruned after each
+    # fold as with repeats; with repeats, K x R runs (each seed's folds in turn). The test
+    # split is never a fold. experiment-promote retrains the chosen trial on train + val.
+    folds: int = 1
+    fold_key: str = "dataset.fold"
     # Modules each of the n_jobs > 1 workers imports before its first trial (a missing one
     # is skipped).
     preload: list[str] = field(default_factory=list)
