@@ -8,6 +8,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from experiment.serving import evaluate
 from tests.conftest import (
     FAST,
     all_runs,
@@ -33,7 +34,7 @@ def _snapshot(client: MlflowClient, run_id: str):
 
 
 @pytest.mark.timeout(300)
-def test_an_evaluation_is_a_new_run_and_leaves_its_source_as_it_was(tmp_path):
+def test_an_evaluation_is_a_new_run_and_leaves_its_source_as_it_was(tmp_path, monkeypatch, capsys):
     trained = run_cli([*FAST, "trainer.epochs=2", *store_overrides(tmp_path)], tmp_path)
     assert trained.returncode == 0, output(trained)
     uri = sqlite_uri(tmp_path)
@@ -44,17 +45,18 @@ def test_an_evaluation_is_a_new_run_and_leaves_its_source_as_it_was(tmp_path):
     mlflow.register_model(f"runs:/{source.info.run_id}/model", "digits")
     checkpoint = source.data.params["trainer.checkpoint_dir"] + "/best.pt"
 
+    # The command itself once; the other sources through its main() in this process.
+    proc = run_cli([*EVAL, source.info.run_id, "--tracking-uri", uri], tmp_path, program=[])
+    assert proc.returncode == 0, output(proc)
+    assert f"Evaluated {source.info.run_id} on test" in proc.stdout
+    monkeypatch.chdir(tmp_path)
     for given, split in [
-        (source.info.run_id, "test"),
         ("models:/digits/1", "test"),
         (checkpoint, "test"),
         (source.info.run_id, "val"),
     ]:
-        proc = run_cli(
-            [*EVAL, given, "--split", split, "--tracking-uri", uri], tmp_path, program=[]
-        )
-        assert proc.returncode == 0, output(proc)
-        assert f"Evaluated {given} on {split}" in proc.stdout
+        assert evaluate.main([given, "--split", split, "--tracking-uri", uri]) == 0
+        assert f"Evaluated {given} on {split}" in capsys.readouterr().out
 
     evaluations = [r for r in all_runs(uri) if "eval.source" in r.data.tags]
     assert len(evaluations) == 4 and {r.info.status for r in evaluations} == {"FINISHED"}
@@ -70,14 +72,14 @@ def test_an_evaluation_is_a_new_run_and_leaves_its_source_as_it_was(tmp_path):
     assert _snapshot(client, source.info.run_id) == before
 
 
-def test_an_evaluation_of_what_is_not_there_is_one_line(tmp_path):
+def test_an_evaluation_of_what_is_not_there_is_one_line(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    for given, says in [
-        ("0123456789abcdef0123456789abcdef", "is no checkpoint file, models:/ URI or run"),
-        ("models:/nothing/1", "models:/nothing/1:"),
-    ]:
-        proc = run_cli(
-            [*EVAL, given, "--tracking-uri", uri], tmp_path, program=[], split_stderr=True
-        )
-        assert proc.returncode == 2, output(proc)
-        assert says in proc.stderr and "Traceback" not in proc.stderr, output(proc)
+    unknown = "0123456789abcdef0123456789abcdef"
+    proc = run_cli([*EVAL, unknown, "--tracking-uri", uri], tmp_path, program=[], split_stderr=True)
+    assert proc.returncode == 2, output(proc)
+    assert "is no checkpoint file, models:/ URI or run" in proc.stderr, output(proc)
+    assert "Traceback" not in proc.stderr, output(proc)
+    monkeypatch.chdir(tmp_path)  # the command's main(), in this process
+    assert evaluate.main(["models:/nothing/1", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "models:/nothing/1:" in err and "Traceback" not in err

@@ -35,6 +35,7 @@ from tests.conftest import (
     tracking_overrides,
 )
 from tests.services import model_server
+from tests.test_sweeper import check_every_trial_is_recorded_under_one_parent_run
 
 PROMOTE = ["-m", "experiment.serving.promote"]
 PREDICT = ["-m", "experiment.serving.predict"]
@@ -66,11 +67,14 @@ def _checkpoint_predictions(run_data, weights: str, images: np.ndarray) -> np.nd
 def test_a_promoted_champion_predicts_and_serves_what_its_checkpoint_predicts(
     tmp_path, capsys, monkeypatch
 ):
+    """A real sweep (what it recorded checked first: test_sweeper's helper), its best trial
+    promoted, predicted, served; a second promote on train + val; bad promotes."""
     monkeypatch.chdir(tmp_path)  # where the in-process promote writes its checkpoints
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = tracking_overrides(tmp_path)
     proc = run_cli(sweep_args(storage, tracking, study=STUDY), tmp_path)
     assert proc.returncode == 0, output(proc)
+    check_every_trial_is_recorded_under_one_parent_run(tmp_path, STUDY)
     uri = sqlite_uri(tmp_path)
     client = MlflowClient(uri)
     study = optuna.load_study(study_name=STUDY, storage=storage)
