@@ -489,6 +489,11 @@ SWEEP_SETTINGS = {
         2,
         ["data is not in this config", "hydra.sweeper.fold_key"],
     ),
+    "sweep folds trained on": case(
+        [*SWEEP, "hydra.sweeper.folds=3", "dataset.train_on_val=true"],
+        2,
+        ["hydra.sweeper.folds=3 with dataset.train_on_val=true", "set it to false"],
+    ),
     "sweep retries": case([*SWEEP, "hydra.sweeper.max_retries=-1"], 2, ["max_retries=-1", ">= 0"]),
     "sweep seed key": case(
         [*SWEEP, "hydra.sweeper.repeats=2", "hydra.sweeper.seed_key=trainer.sed"],

@@ -91,6 +91,11 @@ class Units:
                     f"{self.fold_key} cannot be set; set hydra.sweeper.fold_key to the key "
                     "that selects a run's fold"
                 )
+            if OmegaConf.select(config, f"{parent}.train_on_val", default=False) is True:
+                raise SweepError(
+                    f"hydra.sweeper.folds={self.folds} with {parent}.train_on_val=true: a "
+                    "fold's validation part must be held out; set it to false"
+                )
 
 
 def base_seed(config, seed_key: str) -> int:
