@@ -298,3 +298,29 @@ def test_the_sweeps_mlflow_calls_wait_out_an_outage_of_the_tracking_store(caplog
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("The MLflow tracking store sqlite:///mlruns/mlflow.db does not")
     assert lines[1].startswith("The MLflow tracking store is back after")
+
+
+def test_a_trial_no_process_claimed_is_abandoned_only_once_an_outage_would_be_waited_out(
+    tmp_path,
+):
+    """An asked trial without its worker may belong to a process whose ask an outage cut
+    (the lock's session ended with it): it is left RUNNING until storage_patience and a
+    margin are over. One whose worker of this host is gone is abandoned at once."""
+    from experiment.sweep import optuna_internals as internals
+    from experiment.sweep import study as studies
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"x": 0.5})
+    unclaimed = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert studies.recover_stale_trials(study, 3, unclaimed_after=60.0) == []
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    host = studies.this_worker().rsplit(":", 1)[0]
+    gone = f"{host}:{2**22 + 7}"  # above Linux's largest pid: no such process
+    internals.set_system_attr(study, dead, studies.WORKER_ATTR, gone)
+    (failed,) = studies.recover_stale_trials(study, 3, unclaimed_after=60.0)
+    assert failed.number == dead.number  # its process is gone: at once
+    (failed,) = studies.recover_stale_trials(study, 3, unclaimed_after=0.0)
+    assert failed.number == unclaimed.number  # unclaimed past the wait
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[unclaimed.number] == states[dead.number] == optuna.trial.TrialState.FAIL

@@ -73,6 +73,12 @@ class SweepSettings:
         )
 
     @property
+    def unclaimed_after(self) -> float:
+        """Seconds an asked trial may stay without its worker before it counts as
+        abandoned: an ask cut by an outage is waited out for storage_patience first."""
+        return float(self.storage_patience) + studies.UNCLAIMED_MARGIN_S
+
+    @property
     def units(self):
         """The runs each trial makes: repeats x folds (repeats.Units)."""
         from experiment.sweep.repeats import Units

@@ -17,6 +17,7 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 WORKER_ATTR = "worker"  # host:pid of the process running a trial
+# Beyond a sweep's storage_patience, how long a trial may stay unclaimed (no worker) before
+# it counts as abandoned: the rest of an ask after the storage is back.
+UNCLAIMED_MARGIN_S = 30.0
 RETRY_OF_ATTR = "retry_of"  # set on the queued re-run of a trial killed mid-run
 FAIL_REASON_ATTR, KILLED = "fail_reason", "process killed"
 ERROR_ATTR = "error"  # what a failed trial's task raised or returned
@@ -276,14 +280,25 @@ def this_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _process_is_dead(worker: str | None) -> bool:
-    """True for a trial started by a process of this host that no longer exists.
+def _abandoned(trial: optuna.trial.FrozenTrial, unclaimed_after: float) -> bool:
+    """Whether a RUNNING trial has no process left to finish it: its worker (a process of
+    this host) no longer exists, or it has no worker `unclaimed_after` seconds after it
+    started.
 
-    A trial gets its worker under the study lock right after it is asked for; seen under
-    that lock, a RUNNING trial with no worker belongs to a process killed in between.
-    """
-    if not worker:
-        return True
+    A trial gets its worker right after it is asked for, under the study lock; one with no
+    worker belongs to a process killed in between, or to one still asking for it: a
+    database outage in the middle of an ask ends the session that held the (PostgreSQL
+    advisory) lock, and the asking process waits the outage out (storage_patience) before
+    it claims the trial. So an unclaimed trial is abandoned only once that wait is over."""
+    worker = trial.system_attrs.get(WORKER_ATTR)
+    if worker:
+        return _process_is_dead(worker)
+    started = trial.datetime_start
+    return started is None or (datetime.now() - started).total_seconds() > unclaimed_after
+
+
+def _process_is_dead(worker: str) -> bool:
+    """True for a trial started by a process of this host that no longer exists."""
     if ":" not in worker:
         return False
     host, pid = worker.rsplit(":", 1)
@@ -308,11 +323,14 @@ def pid_exists(pid: int) -> bool:
 
 
 def recover_stale_trials(
-    study: optuna.Study, max_retries: int = DEFAULT_MAX_RETRIES
+    study: optuna.Study,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    unclaimed_after: float = DEFAULT_PATIENCE_S + UNCLAIMED_MARGIN_S,
 ) -> list[optuna.trial.FrozenTrial]:
     """Mark FAIL the RUNNING trials whose process died (on this host) or went silent (any
-    host, with heartbeats); queue each configuration once more (see fail_and_retry). Call
-    it under the lock."""
+    host, with heartbeats), and those no process claimed within `unclaimed_after` seconds
+    of their start (see `_abandoned`); queue each configuration once more (see
+    fail_and_retry). Call it under the lock."""
     # RUNNING trials whose process sent no heartbeat within the grace period: a machine
     # that died, or a process stopped, wherever it ran.
     silent = internals.stale_trial_ids(study)
@@ -322,7 +340,7 @@ def recover_stale_trials(
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if JOB_ATTR not in t.system_attrs
-        and (internals.trial_id(t) in silent or _process_is_dead(t.system_attrs.get(WORKER_ATTR)))
+        and (internals.trial_id(t) in silent or _abandoned(t, unclaimed_after))
     ]
     for trial in stale:
         reason = HEARTBEAT_LOST if internals.trial_id(trial) in silent else KILLED

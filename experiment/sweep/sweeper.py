@@ -178,7 +178,7 @@ class SweepEngine(Sweeper):
             studies.seed_study(
                 study, location.storage_url, settings.warm_start, settings.enqueue_trials, space
             )
-            studies.recover_stale_trials(study, settings.max_retries)
+            studies.recover_stale_trials(study, settings.max_retries, settings.unclaimed_after)
             parent = self._parent_run(location, *studies.identity(study))
             if parent is not None:
                 parent.close_orphans(study)
@@ -207,6 +207,7 @@ class SweepEngine(Sweeper):
             waits_for_lost_peers=bool(settings.heartbeat_interval and settings.storage),
             max_retries=settings.max_retries,
             units=settings.units,
+            unclaimed_after=settings.unclaimed_after,
         )
 
     def _finish(self, loop: TrialLoop, location, sweep_dir: Path, interrupted, errored):

@@ -47,6 +47,8 @@ class TrialLoop:
     stop: StopConditions = field(default_factory=StopConditions)
     judge: constraining.Judge | None = None
     max_retries: int = studies.DEFAULT_MAX_RETRIES  # per configuration, after lost trials
+    # Seconds an asked trial may stay without its worker (recover_stale_trials).
+    unclaimed_after: float = studies.DEFAULT_PATIENCE_S + studies.UNCLAIMED_MARGIN_S
     units: Units = field(default_factory=Units)  # seeds x folds per configuration
     # Called once, when the loop first waits for a result: work for the end of the sweep
     # done while the first trials run (the parent run's plotting imports).
@@ -127,7 +129,7 @@ class TrialLoop:
         process sharing it: the count and the ask happen under the study lock)."""
         with self.lock:
             # lost machines, seen at every ask
-            studies.recover_stale_trials(self.study, self.max_retries)
+            studies.recover_stale_trials(self.study, self.max_retries, self.unclaimed_after)
             if studies.counted_trials(self.study) >= self.n_trials:
                 return None
             with warnings.catch_warnings():  # heartbeats serve ask-and-tell sweeps as well
