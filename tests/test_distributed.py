@@ -84,7 +84,53 @@ def _rank_sees(rank: int, init_file: str, out_dir: str) -> None:
         seen.append(str(err).split(":")[0])
     seen.append(_task_metrics(rank, world=2))  # each rank evaluates its half
     Path(out_dir, f"rank{rank}.txt").write_text(repr((calls, seen)))
+    torch.save(_accumulated_under_ddp(rank), Path(out_dir, f"accumulated{rank}.pt"))
     dist.destroy_process_group()
+
+
+def _accumulation_case():
+    """A model without batch norm (float64) and 24 samples: two optimizer steps of 12."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(24, 5, dtype=torch.float64, generator=gen)
+    return model, x, torch.randint(0, 3, (24,), generator=gen)
+
+
+def _accumulated_steps(model, batches, accumulate: int) -> None:
+    from experiment.training.engine import FitSettings, train_one_epoch
+
+    settings = FitSettings(
+        epochs=1,
+        device=torch.device("cpu"),
+        task=Classification(),
+        num_outputs=3,
+        accumulate=accumulate,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    train_one_epoch(model, batches, optimizer, settings)
+
+
+def _accumulated_under_ddp(rank: int) -> dict:
+    """This rank's 4 batches of 3 (every other 3 samples), 2 accumulated a step under
+    DDP: the parameters it ends with and the gradient all-reduces DDP ran."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, x, y = _accumulation_case()
+    ddp = DistributedDataParallel(model)
+    reductions = []
+
+    def counted(state, bucket):
+        reductions.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(None, counted)
+    starts = [6 * b + 3 * rank for b in range(4)]
+    _accumulated_steps(ddp, [(x[s : s + 3], y[s : s + 3]) for s in starts], accumulate=2)
+    return {"parameters": [p.detach() for p in model.parameters()], "reductions": reductions}
 
 
 def _task_metrics(rank: int, world: int) -> dict:
@@ -115,10 +161,18 @@ def _task_metrics(rank: int, world: int) -> dict:
     }
 
 
-def test_rank_zero_decides_and_every_rank_follows(tmp_path):
+@pytest.fixture(scope="module")
+def two_gloo_ranks(tmp_path_factory) -> Path:
+    """The folder where two real gloo ranks (_rank_sees) wrote what they saw."""
+    folder = tmp_path_factory.mktemp("ranks")
     torch.multiprocessing.spawn(
-        _rank_sees, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+        _rank_sees, args=(str(folder / "init"), str(folder)), nprocs=2, join=True
     )
+    return folder
+
+
+def test_rank_zero_decides_and_every_rank_follows(two_gloo_ranks):
+    tmp_path = two_gloo_ranks
     decided = ["early stop", "pruned: pruned at step 2", 3.0]
     refused = "ranks [1] were given a different configuration from rank 0"
     rank0, rank1 = (ast.literal_eval((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1))
@@ -143,6 +197,22 @@ def test_rank_zero_decides_and_every_rank_follows(tmp_path):
     }
     for name, value in reference.items():
         assert rank0[1][4]["own metrics"][name] == pytest.approx(value, rel=1e-5), name
+
+
+def test_accumulating_ranks_reduce_gradients_once_a_step_and_step_as_one_process(
+    two_gloo_ranks,
+):
+    """trainer.accumulate_grad_batches under DDP: the accumulating backwards run in
+    no_sync (one all-reduce an optimizer step, not one a batch), and two ranks' equal
+    shares, 2 batches of 3 a step each, end with the parameters of one process stepping on
+    the same 12 samples at once (float64, to 1e-12)."""
+    model, x, y = _accumulation_case()
+    _accumulated_steps(model, [(x[:12], y[:12]), (x[12:], y[12:])], accumulate=1)
+    for rank in (0, 1):
+        seen = torch.load(two_gloo_ranks / f"accumulated{rank}.pt")
+        assert seen["reductions"] == [0, 0]  # one bucket, reduced at each of 2 steps
+        for ranked, single in zip(seen["parameters"], model.parameters(), strict=True):
+            torch.testing.assert_close(ranked, single.detach(), rtol=0, atol=1e-12)
 
 
 def _metric_history(client: MlflowClient, run_id: str, key: str) -> list[float]:
