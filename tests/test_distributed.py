@@ -89,14 +89,14 @@ def _rank_sees(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def _accumulation_case():
-    """A model without batch norm (float64) and 24 samples: two optimizer steps of 12."""
+    """A model without batch norm (float64) and 23 samples: optimizer steps of 12 and 11."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
     ).double()
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(24, 5, dtype=torch.float64, generator=gen)
-    return model, x, torch.randint(0, 3, (24,), generator=gen)
+    x = torch.randn(23, 5, dtype=torch.float64, generator=gen)
+    return model, x, torch.randint(0, 3, (23,), generator=gen)
 
 
 def _accumulated_steps(model, batches, accumulate: int) -> None:
@@ -114,8 +114,8 @@ def _accumulated_steps(model, batches, accumulate: int) -> None:
 
 
 def _accumulated_under_ddp(rank: int) -> dict:
-    """This rank's 4 batches of 3 (every other 3 samples), 2 accumulated a step under
-    DDP: the parameters it ends with and the gradient all-reduces DDP ran."""
+    """This rank's 4 batches (every other 3 samples; rank 1's last holds 2), 2 accumulated
+    a step under DDP: the parameters it ends with and the gradient all-reduces DDP ran."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
@@ -203,9 +203,10 @@ def test_accumulating_ranks_reduce_gradients_once_a_step_and_step_as_one_process
     two_gloo_ranks,
 ):
     """trainer.accumulate_grad_batches under DDP: the accumulating backwards run in
-    no_sync (one all-reduce an optimizer step, not one a batch), and two ranks' equal
-    shares, 2 batches of 3 a step each, end with the parameters of one process stepping on
-    the same 12 samples at once (float64, to 1e-12)."""
+    no_sync (one gradient all-reduce an optimizer step, not one a batch), and two ranks
+    end with the parameters of one process stepping on the same samples at once, 12 then
+    11: their shares of the last step differ (6 and 5), yet every sample weighs alike and
+    the ranks step together (float64, to 1e-12)."""
     model, x, y = _accumulation_case()
     _accumulated_steps(model, [(x[:12], y[:12]), (x[12:], y[12:])], accumulate=1)
     for rank in (0, 1):

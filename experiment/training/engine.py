@@ -207,10 +207,26 @@ def _no_sync(model: nn.Module):
 
 @torch.no_grad()
 def _divide_gradients(model: nn.Module, samples: int) -> None:
-    """Summed per-sample-weighted gradients into the mean over the group's samples."""
+    """Summed per-sample-weighted gradients into the mean over the group's samples (of
+    every rank: under DDP, the ranks' shares of a last batch can differ by a sample, and a
+    rank dividing by its own count would step apart from the others)."""
+    divisor = _per_rank_samples(model, samples)
     for parameter in model.parameters():
         if parameter.grad is not None:
-            parameter.grad.div_(samples)
+            parameter.grad.div_(divisor)
+
+
+def _per_rank_samples(model: nn.Module, samples: int) -> int | torch.Tensor:
+    """The group's samples over all ranks, divided by the ranks: what DDP's gradients,
+    already averaged over the ranks, divide by to become the mean over every sample."""
+    if not hasattr(model, "no_sync"):
+        return samples
+    import torch.distributed as dist
+
+    device = next(model.parameters()).device
+    total = torch.full((), float(samples), device=device)  # a fill, not a host copy
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def evaluate(
