@@ -16,6 +16,7 @@ CHECKPOINT_DIR_ATTR = "checkpoint_dir"  # a trial's user attr: where its run che
 CONTINUES_ATTR = "continues"  # a retry's user attr: the LostAttempt it continues
 SEED_VALUES_ATTR = "seed_values"  # a trial's user attr: each seed's value (repeats)
 FOLD_VALUES_ATTR = "fold_values"  # ... each fold's (folds; with repeats, seed by seed)
+UNIT_VALUES_ATTRS = (SEED_VALUES_ATTR, FOLD_VALUES_ATTR)  # a trial holds one of them
 
 
 @dataclass(frozen=True)

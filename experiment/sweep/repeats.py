@@ -38,7 +38,6 @@ from experiment.sweep.protocol import FOLD_VALUES_ATTR, SEED_VALUES_ATTR
 log = logging.getLogger("experiment")
 
 STD_ATTR = "value_std"  # the standard deviation over a trial's units
-VALUES_ATTR = SEED_VALUES_ATTR  # each seed's objective value(s), in seed order
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,11 @@ class Units:
 
     @property
     def values_attr(self) -> str:
-        return FOLD_VALUES_ATTR if self.folds > 1 else VALUES_ATTR
+        return FOLD_VALUES_ATTR if self.folds > 1 else SEED_VALUES_ATTR
+
+    def fold_sibling(self, name: str) -> str:
+        """The key `name` next to fold_key (`dataset.folds` beside `dataset.fold`)."""
+        return f"{self.fold_key.rpartition('.')[0]}.{name}".lstrip(".")
 
     def indices(self) -> list[tuple[int | None, int | None]]:
         """(seed index, fold index) of each unit, in order; None where not varied."""
@@ -91,9 +94,10 @@ class Units:
                     f"{self.fold_key} cannot be set; set hydra.sweeper.fold_key to the key "
                     "that selects a run's fold"
                 )
-            if OmegaConf.select(config, f"{parent}.train_on_val", default=False) is True:
+            train_on_val = self.fold_sibling("train_on_val")
+            if OmegaConf.select(config, train_on_val, default=False) is True:
                 raise SweepError(
-                    f"hydra.sweeper.folds={self.folds} with {parent}.train_on_val=true: a "
+                    f"hydra.sweeper.folds={self.folds} with {train_on_val}=true: a "
                     "fold's validation part must be held out; set it to false"
                 )
 
@@ -118,8 +122,7 @@ def unit_config(job_config, units: Units, seed: int | None, fold: int | None):
             OmegaConf.update(config, units.seed_key, base_seed(config, units.seed_key) + seed)
         if fold is not None:
             OmegaConf.update(config, units.fold_key, fold, force_add=True)
-            folds_key = f"{units.fold_key.rpartition('.')[0]}.folds".lstrip(".")
-            OmegaConf.update(config, folds_key, units.folds, force_add=True)
+            OmegaConf.update(config, units.fold_sibling("folds"), units.folds, force_add=True)
         config.hydra.sweep.subdir = f"{config.hydra.sweep.subdir}/{name}"
         config.hydra.job.id = f"{config.hydra.job.id}_{name}"
     return config

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from experiment.sweep import optuna_internals as internals
 from experiment.sweep.constraints import is_feasible
 from experiment.sweep.patience import DEFAULT_PATIENCE_S, TRACKING, Patience, PatientClient
-from experiment.sweep.protocol import PARENT_TAG
-from experiment.sweep.repeats import FOLD_VALUES_ATTR, STD_ATTR, VALUES_ATTR
+from experiment.sweep.protocol import PARENT_TAG, UNIT_VALUES_ATTRS
+from experiment.sweep.repeats import STD_ATTR
 from experiment.system import durable
 from experiment.system.secrets import redact
 
@@ -331,7 +331,9 @@ def summarize(study: optuna.Study, stopped=None) -> dict:
                 "trial": t.number,
                 "mean": t.values if len(t.values) > 1 else t.value,
                 "std": t.user_attrs[STD_ATTR],
-                "values": t.user_attrs.get(VALUES_ATTR, t.user_attrs.get(FOLD_VALUES_ATTR)),
+                "values": next(
+                    (t.user_attrs[k] for k in UNIT_VALUES_ATTRS if k in t.user_attrs), None
+                ),
             }
             for t in seeded
         ]

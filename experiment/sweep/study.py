@@ -32,9 +32,8 @@ from experiment.sweep.patience import DEFAULT_PATIENCE_S, Patience, PatientStora
 from experiment.sweep.protocol import (
     CHECKPOINT_DIR_ATTR,
     CONTINUES_ATTR,
-    FOLD_VALUES_ATTR,
     RUN_ID_ATTR,
-    SEED_VALUES_ATTR,
+    UNIT_VALUES_ATTRS,
     LostAttempt,
 )
 from experiment.system.secrets import redact
@@ -375,7 +374,7 @@ def fail_and_retry(
         ATTEMPT_ATTR: attempt + 1,
         CONTINUES_ATTR: continuation_of(trial).as_attr(),
         # The seeds and folds it finished (repeats.py): the retry trains the others.
-        **{k: v for k, v in trial.user_attrs.items() if k in (SEED_VALUES_ATTR, FOLD_VALUES_ATTR)},
+        **{k: v for k, v in trial.user_attrs.items() if k in UNIT_VALUES_ATTRS},
     }
     study.enqueue_trial(trial.params, user_attrs=retry)
     return True
