@@ -112,6 +112,14 @@ def run_config(overrides: list[str]) -> RunConfig:
     return RunConfig.enter(compose_config(overrides))
 
 
+def train_in_process(monkeypatch, *overrides: str) -> None:
+    """`python -m experiment.train OVERRIDES`, through its Hydra entry, in this process
+    (errors reported as the command reports them: one line and SystemExit)."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["experiment.train", *overrides])
+    experiment.train.main()
+
+
 def cli_env(extra: dict | None = None) -> dict:
     # One thread per process: the suite runs two tests at once on its cores (pytest -n).
     env = {

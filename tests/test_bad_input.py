@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -22,8 +21,16 @@ from PIL import Image
 
 from experiment.config.run_config import RunConfig
 from experiment.errors import ConfigValueError
-from experiment.train import main, run_reporting_errors
-from tests.conftest import all_runs, compose_config, output, run_cli, sqlite_uri, store_overrides
+from experiment.train import run_reporting_errors
+from tests.conftest import (
+    all_runs,
+    compose_config,
+    output,
+    run_cli,
+    sqlite_uri,
+    store_overrides,
+    train_in_process,
+)
 
 
 @dataclass(frozen=True)
@@ -628,10 +635,8 @@ def test_bad_command_line_is_rejected_by_hydra_with_exit_code_1(
 ):
     bad = HYDRA[name]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["experiment.train", *_with_defaults(tmp_path, bad.args)])
     with pytest.raises(SystemExit) as stopped:
-        main()
+        train_in_process(monkeypatch, *_with_defaults(tmp_path, bad.args))
     assert stopped.value.code == bad.exit_code
     captured = capsys.readouterr()
     _check_message(captured.out + captured.err, bad.says, tmp_path)
@@ -646,13 +651,11 @@ def test_bad_sweep_settings_stop_before_any_trial_with_one_line_on_stderr(
     bad = SWEEP_SETTINGS[name]
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     argv = _with_defaults(tmp_path, bad.args)
     if not any(a.startswith("hydra.sweeper.storage=") for a in argv):
         argv.append(storage)
-    monkeypatch.setattr(sys, "argv", ["experiment.train", *argv])
     with pytest.raises(SystemExit) as stopped:
-        main()
+        train_in_process(monkeypatch, *argv)
     assert stopped.value.code == bad.exit_code
     captured = capsys.readouterr()
     (line,) = [line for line in captured.err.splitlines() if re.match(r"^\w+Error: ", line)]
@@ -682,10 +685,8 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_before_hydra_create
     sweep = ["-m", "hparams_search=optuna"] if key == "hydra.sweep.dir" else []
     args = [*sweep, f"{key}={folder}", *_with_defaults(tmp_path, ())]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["experiment.train", *args])
     with pytest.raises(SystemExit) as stopped:
-        main()
+        train_in_process(monkeypatch, *args)
     assert stopped.value.code == 2
     captured = capsys.readouterr()
     _check_message(captured.err, (key, str(folder), "is a file, not a folder"), tmp_path)

@@ -8,23 +8,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from experiment.train import main
 from experiment.training.builders import build_parts
 from experiment.training.profiling import TABLE, TRACE, StepProfiler
-from tests.conftest import FAST, all_runs, run_config, sqlite_uri, store_overrides
-
-
-def _train(monkeypatch, *overrides: str) -> None:
-    """The command's Hydra entry, in this process."""
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["experiment.train", *overrides])
-    main()
+from tests.conftest import (
+    FAST,
+    all_runs,
+    run_config,
+    sqlite_uri,
+    store_overrides,
+    train_in_process,
+)
 
 
 def _log_text(folder) -> str:
@@ -35,7 +33,7 @@ def _log_text(folder) -> str:
 @pytest.mark.slow  # a run, in this process
 def test_debug_fast_runs_the_whole_path_on_one_batch_and_keeps_no_mlflow_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _train(monkeypatch, "debug=fast")
+    train_in_process(monkeypatch, "debug=fast")
     (log,) = tmp_path.glob("outputs/*/*/*.log")
     text = log.read_text()
     assert "epoch 1/1 " in text and "Tracking is off" in text
@@ -59,14 +57,14 @@ def test_overfit_batches_are_the_same_every_epoch_and_serve_validation_and_test(
 @pytest.mark.slow  # two runs, in this process
 def test_debug_overfit_learns_two_batches_by_heart_and_says_when_it_cannot(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _train(monkeypatch, "debug=overfit", "model=mlp", "hydra.run.dir=fits")
+    train_in_process(monkeypatch, "debug=overfit", "model=mlp", "hydra.run.dir=fits")
     text = _log_text(tmp_path / "fits")
     losses = [float(x) for x in re.findall(r"epoch \d+/300  train/loss (\S+)", text)]
     assert 1 < len(losses) < 300 and losses[-1] <= 0.01 < losses[-2]  # stopped at the target
     assert "Overfit 2 batches: train/loss" in text and "can learn" in text
     assert not (tmp_path / "mlruns").exists()  # no MLflow run
 
-    _train(
+    train_in_process(
         monkeypatch, "debug=overfit", "optimizer.lr=1e-6", "trainer.epochs=3", "hydra.run.dir=stuck"
     )
     text = _log_text(tmp_path / "stuck")
@@ -99,7 +97,7 @@ def test_the_profiler_writes_a_trace_and_a_table_of_the_recorded_steps(tmp_path,
 def test_debug_profile_logs_the_trace_and_the_table_to_the_mlflow_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     one_epoch = [o for o in FAST if not o.startswith("trainer.epochs=")]  # the mode's own
-    _train(
+    train_in_process(
         monkeypatch, *one_epoch, "debug=profile", *store_overrides(tmp_path), "hydra.run.dir=prof"
     )
     text = _log_text(tmp_path / "prof")

@@ -3,14 +3,11 @@ composes it, and a run of one tagged with its name, which the comparison shows."
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from omegaconf import OmegaConf
 
 from experiment.serving.compare import table
-from experiment.train import main
-from tests.conftest import all_runs, compose_config, sqlite_uri, store_overrides
+from tests.conftest import all_runs, compose_config, sqlite_uri, store_overrides, train_in_process
 
 
 def test_a_preset_pins_each_choice_and_the_command_line_still_wins():
@@ -26,10 +23,8 @@ def test_a_preset_pins_each_choice_and_the_command_line_still_wins():
 @pytest.mark.slow  # a run, in this process
 def test_a_run_of_a_preset_is_tagged_with_it_and_the_comparison_shows_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     argv = ["experiment=digits_mlp", "trainer.epochs=2", "tracking.log_model=false"]
-    monkeypatch.setattr(sys, "argv", ["experiment.train", *argv, *store_overrides(tmp_path)])
-    main()  # the command's Hydra entry, in this process
+    train_in_process(monkeypatch, *argv, *store_overrides(tmp_path))
     (run,) = all_runs(sqlite_uri(tmp_path))
     assert run.data.tags["experiment.preset"] == "digits_mlp"
     assert run.data.params["model._target_"] == "experiment.models.nets.MLP"
